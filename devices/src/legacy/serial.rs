@@ -1,0 +1,82 @@
+//! The 8250/16550 UART at COM1, emulated by `vm-superio`; its output goes
+//! to a host writer (the VMM's stdout when `--serial-console` is given).
+
+use std::io::Write;
+
+use vm_superio::serial::NoEvents;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+
+/// COM1's first I/O port.
+pub const SERIAL_PORT_BASE: u64 = 0x3f8;
+/// Number of ports a UART occupies.
+pub const SERIAL_PORT_LEN: u64 = 8;
+/// COM1's ISA interrupt line.
+pub const SERIAL_PORT_IRQ: u32 = 4;
+
+/// A UART as a bus device.
+pub struct Serial {
+    inner: vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl Serial {
+    /// A UART that raises its interrupt through `irq_evt` (an irqfd) and
+    /// writes what the guest transmits to `out`.
+    pub fn new(irq_evt: EventFd, out: Box<dyn Write + Send>) -> Self {
+        Self {
+            inner: vm_superio::Serial::new(EventFdTrigger::new(irq_evt), out),
+        }
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if data.len() == 1 && offset < SERIAL_PORT_LEN {
+            data[0] = self.inner.read(offset as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 || offset >= SERIAL_PORT_LEN {
+            return;
+        }
+        if let Err(e) = self.inner.write(offset as u8, data[0]) {
+            tracing::debug!("serial write failed: {e:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_bytes_and_ignores_odd_accesses() {
+        let sink = Sink::default();
+        let mut s = Serial::new(EventFd::new(0).unwrap(), Box::new(sink.clone()));
+        s.write(0, b"h");
+        s.write(0, b"i");
+        s.write(0, b"xx"); // a two-byte access: ignored
+        s.write(100, b"x"); // outside the UART: ignored
+        let mut lsr = [0u8; 1];
+        s.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "transmit holding register empty");
+        assert_eq!(&*sink.0.lock().unwrap(), b"hi");
+    }
+}

@@ -1,0 +1,463 @@
+//! Typed blocking host-side client of the agent.
+//!
+//! [`Client`] owns one control connection. A reader thread reads the agent's
+//! lines (bounded by [`MAX_LINE_BYTES`]), routes responses to the caller
+//! waiting on that request id and queues notifications (`exit`), so calls may
+//! be made from several threads at once (e.g. `wait` in one, `signal` in
+//! another). Everything the guest sends is untrusted: malformed lines are
+//! counted and skipped, an over-long line or a read error closes the
+//! connection, and no guest input can panic the client or grow its memory
+//! without bound (the notification queue holds at most
+//! [`MAX_QUEUED_NOTIFICATIONS`]; more are dropped and counted).
+//!
+//! Streams are attached with [`attach_stream`].
+
+mod connector;
+
+pub use connector::{Connector, HybridVsockConnector, UnixPortConnector};
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::framing::{Line, LineReader};
+use crate::protocol::*;
+
+/// Most notifications kept while nobody reads them.
+pub const MAX_QUEUED_NOTIFICATIONS: usize = 4096;
+
+/// Default timeout of [`Client::hello`].
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The transport failed.
+    #[error("agent connection: {0}")]
+    Io(#[from] io::Error),
+    /// The connection is closed (by the agent, or after a protocol violation).
+    #[error("agent connection closed")]
+    Closed,
+    /// No response within the timeout.
+    #[error("no response from the agent to {method} within {timeout:?}")]
+    Timeout {
+        /// The method called.
+        method: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The agent answered with an error object.
+    #[error("agent error: {0}")]
+    Rpc(RpcError),
+    /// The agent answered something that does not fit the protocol.
+    #[error("agent protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The JSON-RPC error code when the agent returned an error object.
+    pub fn rpc_code(&self) -> Option<i64> {
+        match self {
+            ClientError::Rpc(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// A message pushed by the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notification {
+    /// A process exited.
+    Exit(ProcessExit),
+    /// A notification this client does not know (newer agent).
+    Other {
+        /// Its method.
+        method: String,
+        /// Its params.
+        params: Value,
+    },
+}
+
+type Reply = Result<Value, RpcError>;
+
+struct Shared {
+    pending: Mutex<HashMap<i64, SyncSender<Reply>>>,
+    closed: AtomicBool,
+    bad_messages: AtomicU64,
+    dropped_notifications: AtomicU64,
+}
+
+/// A control connection to the agent.
+pub struct Client {
+    writer: Mutex<UnixStream>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    notifications: Mutex<Receiver<Notification>>,
+    default_timeout: Mutex<Option<Duration>>,
+}
+
+impl Client {
+    /// Connects to [`CONTROL_PORT`] through `connector`.
+    pub fn connect(connector: &dyn Connector) -> Result<Client, ClientError> {
+        Ok(Client::new(connector.connect(CONTROL_PORT)?)?)
+    }
+
+    /// Retries [`Client::connect`] and `hello` until the agent answers or
+    /// `deadline` passes, sleeping `interval` between attempts (the guest may
+    /// still be booting). Returns the client and the `hello` result.
+    pub fn connect_retry(
+        connector: &dyn Connector,
+        deadline: Instant,
+        interval: Duration,
+    ) -> Result<(Client, HelloResult), ClientError> {
+        loop {
+            let attempt = Client::connect(connector).and_then(|client| {
+                let hello = client.hello(
+                    HELLO_TIMEOUT.min(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(interval),
+                    ),
+                )?;
+                Ok((client, hello))
+            });
+            match attempt {
+                Ok(ok) => return Ok(ok),
+                Err(e @ ClientError::Rpc(_)) => return Err(e),
+                Err(e) if Instant::now() + interval >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(interval),
+            }
+        }
+    }
+
+    /// Wraps an already connected control stream and starts the reader thread.
+    pub fn new(stream: UnixStream) -> io::Result<Client> {
+        let reader = stream.try_clone()?;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            bad_messages: AtomicU64::new(0),
+            dropped_notifications: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::sync_channel(MAX_QUEUED_NOTIFICATIONS);
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("capsa-agent-client".into())
+            .spawn(move || read_loop(reader, thread_shared, tx))?;
+        Ok(Client {
+            writer: Mutex::new(stream),
+            shared,
+            next_id: AtomicU64::new(1),
+            notifications: Mutex::new(rx),
+            default_timeout: Mutex::new(None),
+        })
+    }
+
+    /// Sets the timeout of every call except `wait` (None: wait forever, the
+    /// default).
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        if let Ok(mut t) = self.default_timeout.lock() {
+            *t = timeout;
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        self.default_timeout.lock().map(|t| *t).unwrap_or(None)
+    }
+
+    /// Calls `method` with `params` and decodes the result as `R`.
+    pub fn call<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let value = self.call_value(
+            method,
+            serde_json::to_value(params).map_err(|e| {
+                ClientError::Protocol(format!("cannot encode params of {method}: {e}"))
+            })?,
+            timeout,
+        )?;
+        serde_json::from_value(value)
+            .map_err(|e| ClientError::Protocol(format!("bad result of {method}: {e}")))
+    }
+
+    /// Calls `method` with raw JSON params and returns the raw result.
+    pub fn call_value(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ClientError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(ClientError::Closed);
+        }
+        let id = (self.next_id.fetch_add(1, Ordering::SeqCst) & (i64::MAX as u64)) as i64;
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.pending_map()?.insert(id, tx);
+        let request = Request {
+            jsonrpc: JSONRPC_VERSION.to_string(),
+            id: Some(Id::Number(id)),
+            method: method.to_string(),
+            params: Some(params),
+        };
+        let line = to_line(&request);
+        let written = match self.writer.lock() {
+            Ok(mut w) => w.write_all(&line).and_then(|_| w.flush()),
+            Err(_) => Err(io::Error::other("writer lock poisoned")),
+        };
+        if let Err(e) = written {
+            self.forget(id);
+            return Err(e.into());
+        }
+        let reply = match timeout {
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.forget(id);
+                    return Err(ClientError::Timeout {
+                        method: method.to_string(),
+                        timeout: t,
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Closed),
+            },
+            None => rx.recv().map_err(|_| ClientError::Closed)?,
+        };
+        reply.map_err(ClientError::Rpc)
+    }
+
+    fn pending_map(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<i64, SyncSender<Reply>>>, ClientError> {
+        self.shared
+            .pending
+            .lock()
+            .map_err(|_| ClientError::Protocol("pending map poisoned".into()))
+    }
+
+    fn forget(&self, id: i64) {
+        if let Ok(mut p) = self.shared.pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    /// `hello`: checks the protocol version and returns the agent's boot info.
+    pub fn hello(&self, timeout: Duration) -> Result<HelloResult, ClientError> {
+        let params = HelloParams {
+            protocol_version: PROTOCOL_VERSION,
+            client: Some(format!("capsa-agent-client/{AGENT_VERSION}")),
+        };
+        let result: HelloResult = self.call(method::HELLO, &params, Some(timeout))?;
+        if result.protocol_version != PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!(
+                "agent speaks protocol {}, client {}",
+                result.protocol_version, PROTOCOL_VERSION
+            )));
+        }
+        Ok(result)
+    }
+
+    /// `create`: sets up the container; the init process waits for `start`.
+    pub fn create(&self, params: &CreateParams) -> Result<CreateResult, ClientError> {
+        self.call(method::CREATE, params, self.timeout())
+    }
+
+    /// `start`: starts the init process.
+    pub fn start(&self) -> Result<StartResult, ClientError> {
+        self.call(method::START, &Empty {}, self.timeout())
+    }
+
+    /// `exec`: starts another process in the container.
+    pub fn exec(&self, params: &ExecParams) -> Result<ExecResult, ClientError> {
+        self.call(method::EXEC, params, self.timeout())
+    }
+
+    /// `wait`: blocks until the process has exited (no timeout).
+    pub fn wait(&self, process_id: ProcessId) -> Result<ProcessExit, ClientError> {
+        self.call(method::WAIT, &WaitParams { process_id }, None)
+    }
+
+    /// `signal` to one process (its process group).
+    pub fn signal(&self, process_id: ProcessId, signal: i32) -> Result<(), ClientError> {
+        let params = SignalParams {
+            process_id: Some(process_id),
+            signal,
+            all: false,
+        };
+        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+            .map(|_| ())
+    }
+
+    /// `signal` to every running process of the container.
+    pub fn signal_all(&self, signal: i32) -> Result<(), ClientError> {
+        let params = SignalParams {
+            process_id: None,
+            signal,
+            all: true,
+        };
+        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+            .map(|_| ())
+    }
+
+    /// `resize`: sets the terminal size (rows × cols characters).
+    pub fn resize(&self, process_id: ProcessId, rows: u16, cols: u16) -> Result<(), ClientError> {
+        let params = ResizeParams {
+            process_id,
+            rows,
+            cols,
+        };
+        self.call::<_, Empty>(method::RESIZE, &params, self.timeout())
+            .map(|_| ())
+    }
+
+    /// `stats`: memory, cpu time and pid count.
+    pub fn stats(&self) -> Result<StatsResult, ClientError> {
+        self.call(method::STATS, &Empty {}, self.timeout())
+    }
+
+    /// `ps`: the container's processes.
+    pub fn ps(&self) -> Result<PsResult, ClientError> {
+        self.call(method::PS, &Empty {}, self.timeout())
+    }
+
+    /// `shutdown`: the agent answers, then syncs, unmounts and reboots the
+    /// guest (the VMM sees the reset and exits).
+    pub fn shutdown(&self) -> Result<(), ClientError> {
+        self.call::<_, Empty>(method::SHUTDOWN, &Empty {}, self.timeout())
+            .map(|_| ())
+    }
+
+    /// The next pushed notification, waiting at most `timeout`.
+    pub fn next_notification(&self, timeout: Duration) -> Option<Notification> {
+        let rx = self.notifications.lock().ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// Lines from the agent that were skipped as malformed.
+    pub fn bad_messages(&self) -> u64 {
+        self.shared.bad_messages.load(Ordering::Relaxed)
+    }
+
+    /// Notifications dropped because the queue was full.
+    pub fn dropped_notifications(&self) -> u64 {
+        self.shared.dropped_notifications.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn read_loop(stream: UnixStream, shared: Arc<Shared>, notify: SyncSender<Notification>) {
+    let mut reader = LineReader::new(stream, MAX_LINE_BYTES);
+    // An over-long line, EOF or a read error ends the connection.
+    while let Ok(Line::Line(line)) = reader.read_line() {
+        handle_line(&line, &shared, &notify);
+    }
+    shared.closed.store(true, Ordering::SeqCst);
+    let _ = reader.get_ref().shutdown(Shutdown::Both);
+    if let Ok(mut pending) = shared.pending.lock() {
+        // Dropping the senders wakes every caller with `Closed`.
+        pending.clear();
+    }
+}
+
+fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) {
+    let bad = || {
+        shared.bad_messages.fetch_add(1, Ordering::Relaxed);
+    };
+    let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
+        return bad();
+    };
+    if let Some(Value::String(method)) = msg.get("method").cloned() {
+        let params = msg.remove("params").unwrap_or(Value::Null);
+        let notification = if method == method::EXIT {
+            match serde_json::from_value::<ProcessExit>(params) {
+                Ok(exit) => Notification::Exit(exit),
+                Err(_) => return bad(),
+            }
+        } else {
+            Notification::Other { method, params }
+        };
+        if notify.try_send(notification).is_err() {
+            shared.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
+    let Some(id) = msg.get("id").and_then(Value::as_i64) else {
+        return bad();
+    };
+    let reply = match (msg.remove("result"), msg.remove("error")) {
+        (Some(result), None) => Ok(result),
+        (None, Some(error)) => match serde_json::from_value::<RpcError>(error) {
+            Ok(e) => Err(e),
+            Err(_) => return bad(),
+        },
+        _ => return bad(),
+    };
+    let sender = shared.pending.lock().ok().and_then(|mut p| p.remove(&id));
+    match sender {
+        Some(tx) => {
+            let _ = tx.try_send(reply);
+        }
+        None => bad(),
+    }
+}
+
+/// Attaches one stream: connects to [`STREAM_PORT`], sends the header naming
+/// `token` and checks the agent's ack. The returned socket then carries raw
+/// bytes: write to a `stdin`/`tty` stream (`shutdown(Write)` on `stdin` gives
+/// the process EOF), read a `stdout`/`stderr`/`tty` stream until EOF.
+pub fn attach_stream(connector: &dyn Connector, token: &str) -> Result<UnixStream, ClientError> {
+    let mut stream = connector.connect(STREAM_PORT)?;
+    let header = StreamHeader {
+        token: token.to_string(),
+    };
+    stream.write_all(&to_line(&header))?;
+    // Read the ack byte by byte: raw stream bytes follow it.
+    let mut line = Vec::with_capacity(32);
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(ClientError::Closed),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() > MAX_STREAM_HEADER_BYTES {
+                    return Err(ClientError::Protocol("stream ack too long".into()));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let ack: StreamAck = serde_json::from_slice(&line)
+        .map_err(|e| ClientError::Protocol(format!("bad stream ack: {e}")))?;
+    if !ack.ok {
+        return Err(ClientError::Rpc(RpcError::new(
+            error_code::INVALID_PARAMS,
+            ack.error.unwrap_or_else(|| "stream rejected".into()),
+        )));
+    }
+    Ok(stream)
+}

@@ -1,0 +1,478 @@
+//! Params and results of every method, and the `exit` notification.
+//!
+//! Field names are camelCase like the OCI runtime spec. Params reject unknown
+//! fields (`INVALID_PARAMS`) so that a typo is an error, not a silent default;
+//! results may gain fields in later versions, so clients should ignore unknown
+//! result fields. Process fields follow the OCI runtime spec, `config.md`
+//! § "Process" (v1.2).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Agent-assigned id of a process, unique for the agent's lifetime. The
+/// container's init process gets the id returned by `create`; every `exec`
+/// gets a new one. Not a Linux pid (see `pid` fields for that).
+pub type ProcessId = u64;
+
+/// Params of methods that take none (`start`, `stats`, `ps`, `shutdown`) and
+/// the result of methods that return nothing (`signal`, `resize`,
+/// `shutdown`): the empty object `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `hello` params: the client's protocol version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelloParams {
+    /// The protocol version the client speaks ([`PROTOCOL_VERSION`](super::PROTOCOL_VERSION)).
+    pub protocol_version: u32,
+    /// Free-form client name and version, for the agent's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+
+/// `hello` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelloResult {
+    /// The agent's version (semver of the `capsa-agent` crate).
+    pub agent_version: String,
+    /// The protocol version the agent speaks.
+    pub protocol_version: u32,
+    /// Time since the guest kernel booted (CLOCK_BOOTTIME), in ms.
+    pub uptime_ms: u64,
+    /// Guest uptime at which the agent's `main` started, in ms.
+    pub agent_start_ms: u64,
+    /// Whether `create` has already succeeded.
+    pub container_created: bool,
+}
+
+/// Filesystem type of the container's root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsType {
+    /// ext4 on a block device (virtio-blk).
+    Ext4,
+    /// erofs on a block device (always read-only).
+    Erofs,
+    /// virtio-fs share, named by `tag`.
+    Virtiofs,
+}
+
+/// Where the container's root filesystem comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RootfsSpec {
+    /// Guest device path for block types, e.g. `"/dev/vda"`. Ignored for
+    /// `virtiofs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Filesystem type.
+    pub fstype: RootfsType,
+    /// Mount the device read-only. A read-only or shared (virtiofs) rootfs
+    /// gets an overlay with a tmpfs upper layer, so the container can still
+    /// write (writes are lost at shutdown).
+    #[serde(default)]
+    pub readonly: bool,
+    /// virtio-fs tag, required for `virtiofs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// A mount inside the container (OCI runtime spec, `config.md` § "Mounts").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MountSpec {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// Filesystem type: `tmpfs`, `proc`, `sysfs`, `devpts`, `mqueue`, `bind`
+    /// (or `none` with a `bind`/`rbind` option). Others are passed to mount(2).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Source: a device, a name, or for binds a path in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// fstab-style options: flags (`ro`, `nosuid`, `nodev`, `noexec`, `bind`,
+    /// `rbind`, `rprivate`, …) and data (`mode=755`, `size=65536k`, …).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// User and groups of a process (OCI `process.user`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct User {
+    /// User id.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group id.
+    #[serde(default)]
+    pub gid: u32,
+    /// Supplementary group ids.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// File mode creation mask (e.g. 18 = 0o022); unchanged when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<u32>,
+    /// Accepted for OCI compatibility; ignored (numeric ids only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Terminal size in characters (OCI `process.consoleSize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsoleSize {
+    /// Rows.
+    pub height: u16,
+    /// Columns.
+    pub width: u16,
+}
+
+/// One resource limit (OCI `process.rlimits[]`, setrlimit(2)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rlimit {
+    /// `RLIMIT_*` name, e.g. `"RLIMIT_NOFILE"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Hard limit.
+    pub hard: u64,
+    /// Soft limit.
+    pub soft: u64,
+}
+
+/// The process to run (OCI runtime spec `process`, the subset that applies
+/// inside a micro-VM).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the process's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// Environment, `KEY=value` strings.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory inside the container (absolute); `/` when empty.
+    #[serde(default)]
+    pub cwd: String,
+    /// User and groups.
+    #[serde(default)]
+    pub user: User,
+    /// Give the process a pseudo-terminal (one `tty` stream instead of
+    /// stdin/stdout/stderr).
+    #[serde(default)]
+    pub terminal: bool,
+    /// Initial terminal size when `terminal` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<ConsoleSize>,
+    /// Resource limits.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// Set `PR_SET_NO_NEW_PRIVS` before exec.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// Accepted for OCI compatibility; ignored (the VM is the boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<serde_json::Value>,
+    /// Accepted for OCI compatibility; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor_profile: Option<String>,
+    /// Accepted for OCI compatibility; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux_label: Option<String>,
+    /// Accepted for OCI compatibility; ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// `create` params: set up the container and prepare (not start) its init
+/// process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateParams {
+    /// The container id (OCI); echoed back, used in logs.
+    pub container_id: String,
+    /// Root filesystem.
+    pub rootfs: RootfsSpec,
+    /// The init process.
+    pub process: ProcessSpec,
+    /// Hostname to set, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Mounts, applied in order after the rootfs.
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    /// Whether the process's stdin is a stream (true) or `/dev/null` (false).
+    /// Ignored when `process.terminal` is true.
+    #[serde(default = "default_true")]
+    pub stdin: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Tokens naming the stream connections of one process. Each token is
+/// single-use; see "Streams" in `docs/agent-protocol.md`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamTokens {
+    /// Host → process bytes (absent with a terminal or when `stdin` is false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Process → host stdout bytes (absent with a terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    /// Process → host stderr bytes (absent with a terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Both directions of the pseudo-terminal (only with a terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<String>,
+}
+
+/// `create` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateResult {
+    /// The container id from the params.
+    pub container_id: String,
+    /// Id of the (not yet started) init process.
+    pub process_id: ProcessId,
+    /// Its stream tokens.
+    pub streams: StreamTokens,
+}
+
+/// `start` params: start the init process prepared by `create`.
+pub type StartParams = Empty;
+
+/// `start` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartResult {
+    /// Id of the init process.
+    pub process_id: ProcessId,
+    /// Its Linux pid in the guest.
+    pub pid: i32,
+}
+
+/// `exec` params: run another process in the container, started at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecParams {
+    /// The process.
+    pub process: ProcessSpec,
+    /// Whether stdin is a stream (true) or `/dev/null` (false).
+    #[serde(default = "default_true")]
+    pub stdin: bool,
+}
+
+/// `exec` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// Id of the new process.
+    pub process_id: ProcessId,
+    /// Its Linux pid in the guest.
+    pub pid: i32,
+    /// Its stream tokens.
+    pub streams: StreamTokens,
+}
+
+/// `wait` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitParams {
+    /// The process to wait for (started or not).
+    pub process_id: ProcessId,
+}
+
+/// How a process ended: the `wait` result and the `exit` notification's
+/// params. Exactly one of `exitCode` and `signal` is present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessExit {
+    /// The process.
+    pub process_id: ProcessId,
+    /// Its Linux pid in the guest.
+    pub pid: i32,
+    /// Exit code (0..=255) of a normal exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Number of the signal that killed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+}
+
+impl ProcessExit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn status_code(&self) -> i32 {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128_i32.saturating_add(sig),
+            (None, None) => 255,
+        }
+    }
+}
+
+/// `signal` params: send `signal` to one process or to all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignalParams {
+    /// The process (its process group, which `setsid` made its own, is
+    /// signalled). Required unless `all` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_id: Option<ProcessId>,
+    /// Signal number (Linux x86_64: 9 = SIGKILL, 15 = SIGTERM, …); 0 only checks.
+    pub signal: i32,
+    /// Signal every running process of the container instead.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// `resize` params: set the terminal size of a process with a terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResizeParams {
+    /// The process.
+    pub process_id: ProcessId,
+    /// Rows (characters).
+    pub rows: u16,
+    /// Columns (characters).
+    pub cols: u16,
+}
+
+/// Memory figures of the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryStats {
+    /// `MemTotal` of /proc/meminfo, bytes.
+    pub total_bytes: u64,
+    /// `MemFree`, bytes.
+    pub free_bytes: u64,
+    /// `MemAvailable`, bytes.
+    pub available_bytes: u64,
+    /// `memory.current` of the root cgroup v2, bytes, when the guest has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_current_bytes: Option<u64>,
+}
+
+/// CPU time used by the container's processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuStats {
+    /// User plus system time, ns (live processes and exited ones).
+    pub usage_ns: u64,
+    /// User time, ns.
+    pub user_ns: u64,
+    /// System time, ns.
+    pub system_ns: u64,
+}
+
+/// `stats` result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsResult {
+    /// Memory.
+    pub memory: MemoryStats,
+    /// CPU time.
+    pub cpu: CpuStats,
+    /// Number of live processes in the container.
+    pub pids: u32,
+}
+
+/// One process of `ps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PsEntry {
+    /// Linux pid in the guest.
+    pub pid: i32,
+    /// Parent pid.
+    pub ppid: i32,
+    /// The agent's id when the process was started by `start`/`exec`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_id: Option<ProcessId>,
+    /// argv from /proc/PID/cmdline (empty for zombies).
+    pub cmdline: Vec<String>,
+}
+
+/// `ps` result: the live processes of the container (started processes and
+/// their descendants), by pid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PsResult {
+    /// Processes, sorted by pid.
+    pub processes: Vec<PsEntry>,
+}
+
+/// First line the host writes on a stream connection (to [`STREAM_PORT`](super::STREAM_PORT)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamHeader {
+    /// A token from [`StreamTokens`].
+    pub token: String,
+}
+
+/// The agent's answer line to a [`StreamHeader`]; raw bytes follow only when
+/// `ok` is true, otherwise the agent closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamAck {
+    /// Whether the token named a stream waiting to be attached.
+    pub ok: bool,
+    /// Why not, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_reject_unknown_fields() {
+        let r: Result<WaitParams, _> = serde_json::from_str(r#"{"processId":1,"x":2}"#);
+        assert!(r.is_err());
+        let r: Result<Empty, _> = serde_json::from_str(r#"{"x":2}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn oci_process_parses() {
+        let p: ProcessSpec = serde_json::from_str(
+            r#"{"args":["sh"],"env":["PATH=/bin"],"cwd":"/","terminal":true,
+                "consoleSize":{"height":24,"width":80},
+                "user":{"uid":1,"gid":2,"additionalGids":[3],"umask":18},
+                "rlimits":[{"type":"RLIMIT_NOFILE","hard":1024,"soft":1024}],
+                "noNewPrivileges":true,"capabilities":{"bounding":["CAP_KILL"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.user.additional_gids, vec![3]);
+        assert_eq!(
+            p.console_size,
+            Some(ConsoleSize {
+                height: 24,
+                width: 80
+            })
+        );
+    }
+
+    #[test]
+    fn exit_status_code() {
+        let mut e = ProcessExit {
+            process_id: 1,
+            pid: 5,
+            exit_code: Some(7),
+            signal: None,
+        };
+        assert_eq!(e.status_code(), 7);
+        e.exit_code = None;
+        e.signal = Some(9);
+        assert_eq!(e.status_code(), 137);
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"processId":1,"pid":5,"signal":9}"#
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! `do_<method>`: the work of each method, on the [`Agent`]'s owners.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::container::Phase;
+use super::error::AgentError;
+use super::processes::Pending;
+use super::spawn::{self, Plan};
+use super::streams::PreparedStdio;
+use super::{reaper, stats, streams, uptime_ms, Agent};
+use crate::agent_log;
+use crate::protocol::*;
+
+/// Highest signal number (SIGRTMAX on Linux x86_64).
+const MAX_SIGNAL: i32 = 64;
+
+fn kill(pid: i32, signal: i32) -> Result<(), AgentError> {
+    // Each process is its own process group leader (setsid), so signal the
+    // group; fall back to the pid if it left its group.
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(-pid, signal) } == 0 || unsafe { libc::kill(pid, signal) } == 0 {
+        return Ok(());
+    }
+    Err(AgentError::last_os(format!("kill({pid}, {signal})")))
+}
+
+impl Agent {
+    /// `hello`: version check and boot info.
+    pub fn do_hello(&self, p: HelloParams) -> Result<HelloResult, AgentError> {
+        if p.protocol_version != PROTOCOL_VERSION {
+            return Err(AgentError::UnsupportedVersion(p.protocol_version));
+        }
+        Ok(HelloResult {
+            agent_version: AGENT_VERSION.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            uptime_ms: uptime_ms(),
+            agent_start_ms: self.start_uptime_ms,
+            container_created: self.container.root().is_some(),
+        })
+    }
+
+    fn spawn_process(
+        &self,
+        id: ProcessId,
+        spec: &ProcessSpec,
+        stdio: &PreparedStdio,
+        root: &Path,
+    ) -> Result<i32, AgentError> {
+        let plan = Plan::new(spec, root)?;
+        let child = stdio.child.as_child_stdio()?;
+        let table = Arc::clone(&self.processes);
+        spawn::spawn(&plan, &child, Box::new(move |raw| table.on_exit(id, raw)))
+    }
+
+    /// `create`: mounts, hostname, and the init process's stdio.
+    pub fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
+        let mut phase = self.container.lock();
+        match *phase {
+            Phase::Empty => {}
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+            _ => return Err(AgentError::InvalidState("container already created".into())),
+        }
+        match p.rootfs.fstype {
+            RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
+                return Err(AgentError::InvalidParams(
+                    "rootfs.tag is required for virtiofs".into(),
+                ))
+            }
+            RootfsType::Ext4 | RootfsType::Erofs if p.rootfs.source.is_none() => {
+                return Err(AgentError::InvalidParams(
+                    "rootfs.source is required".into(),
+                ))
+            }
+            _ => {}
+        }
+        // Validate the process before touching anything.
+        Plan::new(&p.process, Path::new("/"))?;
+        let platform = &self.container.platform;
+        let root = platform.mount_rootfs(&p.rootfs)?;
+        let setup = platform
+            .apply_mounts(&root, &p.mounts)
+            .and_then(|_| match &p.hostname {
+                Some(h) if !h.is_empty() => platform.set_hostname(h),
+                _ => Ok(()),
+            });
+        let stdio = setup.and_then(|_| {
+            self.streams
+                .prepare(p.process.terminal, p.stdin, p.process.console_size)
+        });
+        let stdio = match stdio {
+            Ok(s) => s,
+            Err(e) => {
+                platform.unmount_all();
+                return Err(e);
+            }
+        };
+        let streams = stdio.tokens.clone();
+        let init = self.processes.add_created(Pending {
+            spec: p.process,
+            stdio,
+        });
+        *phase = Phase::Created { root, init };
+        agent_log!("created container {}", p.container_id);
+        Ok(CreateResult {
+            container_id: p.container_id,
+            process_id: init,
+            streams,
+        })
+    }
+
+    /// `start`: forks and execs the init process.
+    pub fn do_start(&self, _p: StartParams) -> Result<StartResult, AgentError> {
+        let mut phase = self.container.lock();
+        let (root, init) = match &*phase {
+            Phase::Created { root, init } => (root.clone(), *init),
+            Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
+            Phase::Started { .. } => {
+                return Err(AgentError::InvalidState("container already started".into()))
+            }
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+        };
+        let pending = self.processes.take_pending(init)?;
+        match self.spawn_process(init, &pending.spec, &pending.stdio, &root) {
+            Ok(pid) => {
+                self.processes.mark_running(init, pid);
+                // Dropping the pending stdio closes the child's ends here.
+                drop(pending);
+                *phase = Phase::Started { root, init };
+                Ok(StartResult {
+                    process_id: init,
+                    pid,
+                })
+            }
+            Err(e) => {
+                self.processes.restore_pending(init, pending);
+                Err(e)
+            }
+        }
+    }
+
+    /// `exec`: another process in the container, started at once.
+    pub fn do_exec(&self, p: ExecParams) -> Result<ExecResult, AgentError> {
+        let root = match &*self.container.lock() {
+            Phase::Created { root, .. } | Phase::Started { root, .. } => root.clone(),
+            Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+        };
+        Plan::new(&p.process, &root)?;
+        let stdio = self
+            .streams
+            .prepare(p.process.terminal, p.stdin, p.process.console_size)?;
+        let id = self.processes.add_starting(stdio.tty_master.clone());
+        match self.spawn_process(id, &p.process, &stdio, &root) {
+            Ok(pid) => {
+                self.processes.mark_running(id, pid);
+                Ok(ExecResult {
+                    process_id: id,
+                    pid,
+                    streams: stdio.tokens.clone(),
+                })
+            }
+            Err(e) => {
+                self.processes.remove(id);
+                self.streams.discard(&stdio.tokens);
+                Err(e)
+            }
+        }
+    }
+
+    /// `wait`: blocks until the process exits.
+    pub fn do_wait(&self, p: WaitParams) -> Result<ProcessExit, AgentError> {
+        self.processes.wait(p.process_id)
+    }
+
+    /// `signal`: one process group, or all of them.
+    pub fn do_signal(&self, p: SignalParams) -> Result<Empty, AgentError> {
+        if !(0..=MAX_SIGNAL).contains(&p.signal) {
+            return Err(AgentError::InvalidParams(format!(
+                "signal {} out of range",
+                p.signal
+            )));
+        }
+        if p.all {
+            for (_, pid) in self.processes.running() {
+                // A process that exits meanwhile is not an error.
+                let _ = kill(pid, p.signal);
+            }
+            return Ok(Empty {});
+        }
+        let Some(id) = p.process_id else {
+            return Err(AgentError::InvalidParams(
+                "processId or all is required".into(),
+            ));
+        };
+        kill(self.processes.running_pid(id)?, p.signal)?;
+        Ok(Empty {})
+    }
+
+    /// `resize`: TIOCSWINSZ on the process's pty.
+    pub fn do_resize(&self, p: ResizeParams) -> Result<Empty, AgentError> {
+        let tty = self.processes.tty(p.process_id)?;
+        streams::set_winsize(&tty, p.rows, p.cols)?;
+        Ok(Empty {})
+    }
+
+    /// `stats`: memory, cpu time, pids.
+    pub fn do_stats(&self, _p: Empty) -> Result<StatsResult, AgentError> {
+        let roots: Vec<i32> = self
+            .processes
+            .running()
+            .into_iter()
+            .map(|(_, pid)| pid)
+            .collect();
+        let live = stats::container_processes(&roots);
+        let (eu, es) = self.processes.exited_cpu_ns();
+        let (ou, os) = reaper::orphan_cpu_ns();
+        Ok(StatsResult {
+            memory: stats::memory(),
+            cpu: stats::cpu(&live, (eu.saturating_add(ou), es.saturating_add(os))),
+            pids: live.len().try_into().unwrap_or(u32::MAX),
+        })
+    }
+
+    /// `ps`: the container's live processes.
+    pub fn do_ps(&self, _p: Empty) -> Result<PsResult, AgentError> {
+        let running = self.processes.running();
+        let roots: Vec<i32> = running.iter().map(|&(_, pid)| pid).collect();
+        let ids = stats::id_by_pid(&running);
+        let processes = stats::container_processes(&roots)
+            .into_iter()
+            .map(|p| PsEntry {
+                pid: p.pid,
+                ppid: p.ppid,
+                process_id: ids.get(&p.pid).copied(),
+                cmdline: stats::cmdline(p.pid),
+            })
+            .collect();
+        Ok(PsResult { processes })
+    }
+
+    /// `shutdown`: marks the agent as shutting down; the work happens in
+    /// [`Agent::finish_shutdown`] after the response is written.
+    pub fn do_shutdown(&self, _p: Empty) -> Result<Empty, AgentError> {
+        *self.container.lock() = Phase::ShuttingDown;
+        Ok(Empty {})
+    }
+
+    /// Kills the remaining processes, syncs, unmounts and powers off. Runs
+    /// once, after `shutdown` was answered.
+    pub fn finish_shutdown(&self) {
+        if !self.container.claim_power_off() {
+            return;
+        }
+        agent_log!("shutting down");
+        for (_, pid) in self.processes.running() {
+            let _ = kill(pid, libc::SIGKILL);
+        }
+        self.streams.clear();
+        self.container.platform.unmount_all();
+        self.container.platform.power_off();
+    }
+}

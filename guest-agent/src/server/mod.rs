@@ -1,0 +1,430 @@
+//! The agent's RPC server, generic over its transport.
+//!
+//! [`serve_control`] accepts control connections from a [`Listener`] (vsock
+//! port [`CONTROL_PORT`](crate::protocol::CONTROL_PORT) in the guest, a Unix
+//! socket in tests) and runs one thread per connection: read a line (bounded),
+//! parse, dispatch to `do_<method>` in [`handlers`], write the response.
+//! `wait` runs on its own thread so that it does not block the connection.
+//! [`serve_streams`] accepts stream connections and hands them to
+//! [`streams::relay`].
+//!
+//! State has one owner per concern, not one big lock: [`processes`] (the
+//! process table), [`streams`] (stream tokens), [`container`] (the
+//! container's lifecycle and mounts through its [`Platform`]), and the
+//! notifier (the list of control connections that receive `exit`).
+
+pub mod container;
+pub mod error;
+pub mod handlers;
+pub mod platform;
+pub mod processes;
+pub mod reaper;
+pub mod spawn;
+pub mod stats;
+pub mod streams;
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::agent_log;
+use crate::protocol::framing::{Line, LineReader};
+use crate::protocol::*;
+
+pub use error::AgentError;
+pub use platform::{DirectoryPlatform, Platform};
+
+/// A byte-stream connection the server can use.
+pub trait Connection: Read + Write + Send + 'static {
+    /// A second handle on the same connection (for a reader and a writer).
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
+    /// Shuts down one or both directions.
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+/// A source of incoming connections.
+pub trait Listener: Send + 'static {
+    /// The connections it yields.
+    type Conn: Connection;
+    /// Blocks until the next connection.
+    fn accept(&self) -> io::Result<Self::Conn>;
+}
+
+impl Connection for UnixStream {
+    fn try_clone(&self) -> io::Result<Self> {
+        UnixStream::try_clone(self)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
+}
+
+impl Listener for UnixListener {
+    type Conn = UnixStream;
+    fn accept(&self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).map(|(s, _)| s)
+    }
+}
+
+type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The control connections that receive notifications.
+#[derive(Default)]
+struct Notifier {
+    next: AtomicU64,
+    conns: Mutex<Vec<(u64, SharedWriter)>>,
+}
+
+impl Notifier {
+    fn add(&self, writer: SharedWriter) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.conns.lock() {
+            c.push((id, writer));
+        }
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.retain(|(i, _)| *i != id);
+        }
+    }
+
+    fn broadcast(&self, line: &[u8]) {
+        let conns: Vec<SharedWriter> = match self.conns.lock() {
+            Ok(c) => c.iter().map(|(_, w)| w.clone()).collect(),
+            Err(_) => return,
+        };
+        for w in conns {
+            if let Ok(mut w) = w.lock() {
+                let _ = w.write_all(line).and_then(|_| w.flush());
+            }
+        }
+    }
+}
+
+/// The agent: every owner, shared by all connections.
+pub struct Agent {
+    /// The process table.
+    pub processes: Arc<processes::ProcessTable>,
+    /// Streams waiting to be attached.
+    pub streams: streams::StreamRegistry,
+    /// The container's lifecycle and mounts.
+    pub container: container::Container,
+    notifier: Arc<Notifier>,
+    start_uptime_ms: u64,
+}
+
+/// Guest uptime (CLOCK_BOOTTIME) in ms.
+pub fn uptime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec.max(0) as u64)
+        .saturating_mul(1000)
+        .saturating_add(ts.tv_nsec.max(0) as u64 / 1_000_000)
+}
+
+impl Agent {
+    /// A new agent using `platform`; starts the reaper and notifier threads.
+    /// `start_uptime_ms` is reported by `hello` as `agentStartMs`.
+    pub fn new(platform: Arc<dyn Platform>, start_uptime_ms: u64) -> Arc<Agent> {
+        reaper::start();
+        let (tx, rx) = mpsc::channel::<ProcessExit>();
+        let notifier = Arc::new(Notifier::default());
+        let thread_notifier = notifier.clone();
+        let spawned = std::thread::Builder::new()
+            .name("capsa-notifier".into())
+            .spawn(move || {
+                for exit in rx {
+                    let note = Request {
+                        jsonrpc: JSONRPC_VERSION.to_string(),
+                        id: None,
+                        method: method::EXIT.to_string(),
+                        params: serde_json::to_value(&exit).ok(),
+                    };
+                    thread_notifier.broadcast(&to_line(&note));
+                }
+            });
+        if let Err(e) = spawned {
+            agent_log!("cannot start the notifier thread: {e}");
+        }
+        Arc::new(Agent {
+            processes: Arc::new(processes::ProcessTable::new(tx)),
+            streams: streams::StreamRegistry::default(),
+            container: container::Container::new(platform),
+            notifier,
+            start_uptime_ms,
+        })
+    }
+}
+
+/// Accepts control connections forever, one thread each. Accept errors are
+/// logged and retried.
+pub fn serve_control<L: Listener>(agent: Arc<Agent>, listener: L) {
+    accept_loop(listener, "control", move |conn| {
+        serve_connection(&agent, conn)
+    });
+}
+
+/// Accepts stream connections forever, one thread each.
+pub fn serve_streams<L: Listener>(agent: Arc<Agent>, listener: L) {
+    accept_loop(listener, "stream", move |conn| serve_stream(&agent, conn));
+}
+
+fn accept_loop<L: Listener>(
+    listener: L,
+    what: &'static str,
+    handle: impl Fn(L::Conn) + Send + Sync + Clone + 'static,
+) {
+    let mut failures = 0u32;
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                failures = 0;
+                let handle = handle.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("capsa-{what}"))
+                    .spawn(move || {
+                        if catch_unwind(AssertUnwindSafe(|| handle(conn))).is_err() {
+                            agent_log!("{what} connection handler panicked");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    agent_log!("cannot spawn {what} thread: {e}");
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures <= 3 {
+                    agent_log!("accept on {what} listener: {e}");
+                }
+                // Back off on persistent errors (e.g. EMFILE) instead of spinning.
+                std::thread::sleep(std::time::Duration::from_millis(
+                    10 * u64::from(failures.min(100)),
+                ));
+            }
+        }
+    }
+}
+
+fn write_line(writer: &SharedWriter, line: &[u8]) {
+    if let Ok(mut w) = writer.lock() {
+        let _ = w.write_all(line).and_then(|_| w.flush());
+    }
+}
+
+fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
+    let writer: SharedWriter = match conn.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(Box::new(w))),
+        Err(e) => {
+            agent_log!("control connection: {e}");
+            return;
+        }
+    };
+    let note_id = agent.notifier.add(writer.clone());
+    let mut reader = LineReader::new(conn, MAX_LINE_BYTES);
+    loop {
+        match reader.read_line() {
+            Ok(Line::Line(line)) => handle_line(agent, &line, &writer),
+            Ok(Line::TooLong) => {
+                let err = RpcError::new(
+                    error_code::LINE_TOO_LONG,
+                    format!("line longer than {MAX_LINE_BYTES} bytes"),
+                );
+                write_line(&writer, &to_line(&Response::err(None, err)));
+            }
+            Ok(Line::Eof) | Err(_) => break,
+        }
+    }
+    agent.notifier.remove(note_id);
+    let _ = reader.get_ref().shutdown(Shutdown::Both);
+}
+
+/// Parses one request line and answers it (JSON-RPC 2.0 §4-5).
+fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    let reply = |id: Option<Id>, r: Result<Value, RpcError>| {
+        let resp = match r {
+            Ok(v) => Response::ok(id, v),
+            Err(e) => Response::err(id, e),
+        };
+        write_line(writer, &to_line(&resp));
+    };
+    let value: Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return reply(
+                None,
+                Err(RpcError::new(
+                    error_code::PARSE_ERROR,
+                    format!("parse error: {e}"),
+                )),
+            )
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        return reply(
+            None,
+            Err(RpcError::new(
+                error_code::INVALID_REQUEST,
+                "not a JSON object",
+            )),
+        );
+    };
+    let id = match obj.remove("id") {
+        None => None,
+        Some(v) => match serde_json::from_value::<Id>(v) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return reply(
+                    None,
+                    Err(RpcError::new(error_code::INVALID_REQUEST, "invalid id")),
+                )
+            }
+        },
+    };
+    let is_notification = id.is_none();
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
+        return reply(
+            id,
+            Err(RpcError::new(
+                error_code::INVALID_REQUEST,
+                "jsonrpc must be \"2.0\"",
+            )),
+        );
+    }
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return reply(
+            id,
+            Err(RpcError::new(
+                error_code::INVALID_REQUEST,
+                "method must be a string",
+            )),
+        );
+    };
+    let params = obj.remove("params").unwrap_or(Value::Null);
+    if method == method::WAIT {
+        // `wait` blocks: give it its own thread.
+        let agent = agent.clone();
+        let writer = writer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("capsa-wait".into())
+            .spawn(move || {
+                let result = guarded(&agent, &method, params);
+                if !is_notification {
+                    let resp = match result {
+                        Ok(v) => Response::ok(id, v),
+                        Err(e) => Response::err(id, e),
+                    };
+                    write_line(&writer, &to_line(&resp));
+                }
+            });
+        if let Err(e) = spawned {
+            agent_log!("cannot spawn wait thread: {e}");
+        }
+        return;
+    }
+    let result = guarded(agent, &method, params);
+    if !is_notification {
+        reply(id, result);
+    }
+    if method == method::SHUTDOWN {
+        agent.finish_shutdown();
+    }
+}
+
+fn guarded(agent: &Agent, method: &str, params: Value) -> Result<Value, RpcError> {
+    match catch_unwind(AssertUnwindSafe(|| dispatch(agent, method, params))) {
+        Ok(r) => r.map_err(|e| e.to_rpc()),
+        Err(_) => {
+            agent_log!("handler of {method} panicked");
+            Err(RpcError::new(error_code::INTERNAL_ERROR, "internal error"))
+        }
+    }
+}
+
+fn call<P, R>(
+    params: Value,
+    f: impl FnOnce(P) -> Result<R, AgentError>,
+) -> Result<Value, AgentError>
+where
+    P: serde::de::DeserializeOwned,
+    R: serde::Serialize,
+{
+    let params = match params {
+        Value::Null => Value::Object(Default::default()),
+        obj @ Value::Object(_) => obj,
+        _ => return Err(AgentError::InvalidParams("params must be an object".into())),
+    };
+    let p: P =
+        serde_json::from_value(params).map_err(|e| AgentError::InvalidParams(e.to_string()))?;
+    serde_json::to_value(f(p)?).map_err(|e| AgentError::Internal(e.to_string()))
+}
+
+/// Routes a method to its `do_<method>`.
+fn dispatch(agent: &Agent, method: &str, params: Value) -> Result<Value, AgentError> {
+    match method {
+        method::HELLO => call(params, |p| agent.do_hello(p)),
+        method::CREATE => call(params, |p| agent.do_create(p)),
+        method::START => call(params, |p| agent.do_start(p)),
+        method::EXEC => call(params, |p| agent.do_exec(p)),
+        method::WAIT => call(params, |p| agent.do_wait(p)),
+        method::SIGNAL => call(params, |p| agent.do_signal(p)),
+        method::RESIZE => call(params, |p| agent.do_resize(p)),
+        method::STATS => call(params, |p| agent.do_stats(p)),
+        method::PS => call(params, |p| agent.do_ps(p)),
+        method::SHUTDOWN => call(params, |p| agent.do_shutdown(p)),
+        other => Err(AgentError::MethodNotFound(other.to_string())),
+    }
+}
+
+fn serve_stream<C: Connection>(agent: &Agent, conn: C) {
+    let mut reader = LineReader::new(conn, MAX_STREAM_HEADER_BYTES);
+    let header = match reader.read_line() {
+        Ok(Line::Line(line)) => serde_json::from_slice::<StreamHeader>(&line)
+            .map_err(|e| format!("bad stream header: {e}")),
+        Ok(Line::TooLong) => Err("stream header too long".to_string()),
+        Ok(Line::Eof) | Err(_) => return,
+    };
+    let (conn, leftover) = reader.into_parts();
+    let endpoint = header.and_then(|h| {
+        agent
+            .streams
+            .take(&h.token)
+            .ok_or_else(|| "unknown or already attached stream token".to_string())
+    });
+    let mut conn = conn;
+    match endpoint {
+        Ok(endpoint) => {
+            let ack = StreamAck {
+                ok: true,
+                error: None,
+            };
+            if conn.write_all(&to_line(&ack)).is_ok() {
+                streams::relay(conn, endpoint, leftover);
+            }
+        }
+        Err(error) => {
+            let ack = StreamAck {
+                ok: false,
+                error: Some(error),
+            };
+            let _ = conn.write_all(&to_line(&ack));
+            let _ = conn.shutdown(Shutdown::Both);
+        }
+    }
+}

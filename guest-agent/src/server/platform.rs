@@ -1,0 +1,83 @@
+//! What differs between the guest and a host test: mounting and power.
+//!
+//! The guest's implementation is [`GuestPlatform`](crate::guest::GuestPlatform)
+//! (real mounts, `sethostname`, `reboot`); [`DirectoryPlatform`] uses a plain
+//! host directory as the rootfs and only records mounts, hostname and
+//! power-off, so protocol tests run the real server without touching the
+//! host's mounts.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::error::AgentError;
+use crate::protocol::{MountSpec, RootfsSpec};
+
+/// The machine-specific steps of the agent.
+pub trait Platform: Send + Sync + 'static {
+    /// Mounts the container's rootfs and returns the directory its processes
+    /// are chrooted into (`/` means no chroot).
+    fn mount_rootfs(&self, rootfs: &RootfsSpec) -> Result<PathBuf, AgentError>;
+    /// Applies the OCI mounts below `root`, in order.
+    fn apply_mounts(&self, root: &Path, mounts: &[MountSpec]) -> Result<(), AgentError>;
+    /// Sets the hostname.
+    fn set_hostname(&self, hostname: &str) -> Result<(), AgentError>;
+    /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
+    fn unmount_all(&self);
+    /// Powers the machine off (the guest reboots, which the VMM turns into
+    /// its exit). May return, e.g. in tests.
+    fn power_off(&self);
+}
+
+/// A rootfs that is a directory on the local machine (`rootfs.source`);
+/// mounts, hostname and power-off are recorded, not performed.
+#[derive(Default)]
+pub struct DirectoryPlatform {
+    /// Mounts received by `create`.
+    pub mounts: Mutex<Vec<MountSpec>>,
+    /// Hostname received by `create`.
+    pub hostname: Mutex<Option<String>>,
+    /// Whether `power_off` was called.
+    pub powered_off: AtomicBool,
+}
+
+impl Platform for DirectoryPlatform {
+    fn mount_rootfs(&self, rootfs: &RootfsSpec) -> Result<PathBuf, AgentError> {
+        let source = rootfs
+            .source
+            .as_deref()
+            .ok_or_else(|| AgentError::InvalidParams("rootfs.source is required".into()))?;
+        let path = Path::new(source);
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Ok(path.to_path_buf()),
+            Ok(_) => Err(AgentError::MountFailed {
+                path: source.to_string(),
+                errno: libc::ENOTDIR,
+            }),
+            Err(e) => Err(AgentError::MountFailed {
+                path: source.to_string(),
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            }),
+        }
+    }
+
+    fn apply_mounts(&self, _root: &Path, mounts: &[MountSpec]) -> Result<(), AgentError> {
+        if let Ok(mut m) = self.mounts.lock() {
+            m.extend_from_slice(mounts);
+        }
+        Ok(())
+    }
+
+    fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {
+        if let Ok(mut h) = self.hostname.lock() {
+            *h = Some(hostname.to_string());
+        }
+        Ok(())
+    }
+
+    fn unmount_all(&self) {}
+
+    fn power_off(&self) {
+        self.powered_off.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,420 @@
+//! Starting a container process: fork, set up, exec.
+//!
+//! Everything the child needs (argv, envp, candidate paths for the `PATH`
+//! lookup, ids, limits) is prepared in the parent as a [`Plan`], because
+//! after `fork` in a multi-threaded process the child may only make
+//! async-signal-safe calls: it runs raw system calls on prepared pointers and
+//! never allocates. A failure in the child is written as `(stage, errno)` to a
+//! close-on-exec pipe and the child `_exit(127)`s; an empty read means the
+//! exec succeeded. The child is reaped by [`reaper`](super::reaper), never
+//! here.
+//!
+//! Order in the child (as runc): signal mask and SIGPIPE reset, `setsid`,
+//! controlling tty / stdio, `chroot` + `chdir("/")`, rlimits (before dropping
+//! privileges, so hard limits can be raised), `setgroups`/`setgid`/`setuid`,
+//! `umask`, `chdir(cwd)`, `PR_SET_NO_NEW_PRIVS`, `execve`.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::error::AgentError;
+use super::reaper::{self, ExitRoute};
+use crate::protocol::ProcessSpec;
+
+/// `PATH` used to look up `args[0]` when the process's env has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The file descriptors the child gets as 0, 1 and 2.
+pub enum ChildStdio {
+    /// Separate descriptors for stdin, stdout and stderr.
+    Pipes {
+        /// Becomes fd 0.
+        stdin: RawFd,
+        /// Becomes fd 1.
+        stdout: RawFd,
+        /// Becomes fd 2.
+        stderr: RawFd,
+    },
+    /// A pty slave that becomes fds 0-2 and the controlling terminal.
+    Tty {
+        /// The slave.
+        slave: RawFd,
+    },
+}
+
+const STAGES: [&str; 13] = [
+    "unknown",
+    "sigprocmask",
+    "setsid",
+    "tty",
+    "dup2",
+    "chroot",
+    "setrlimit",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "chdir",
+    "no_new_privs",
+    "execve",
+];
+
+/// Everything the child needs, prepared before `fork`.
+pub struct Plan {
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    candidates: Vec<CString>,
+    root: Option<CString>,
+    cwd: CString,
+    set_ids: bool,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    umask: Option<libc::mode_t>,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    no_new_privs: bool,
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, AgentError> {
+    CString::new(s).map_err(|_| AgentError::InvalidParams(format!("{what} contains a NUL byte")))
+}
+
+/// The `RLIMIT_*` constant for an OCI rlimit name.
+pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "RLIMIT_AS" => libc::RLIMIT_AS,
+        "RLIMIT_CORE" => libc::RLIMIT_CORE,
+        "RLIMIT_CPU" => libc::RLIMIT_CPU,
+        "RLIMIT_DATA" => libc::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => libc::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
+        "RLIMIT_RSS" => libc::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+impl Plan {
+    /// Prepares `spec` to run chrooted into `root` (no chroot when `root` is `/`).
+    pub fn new(spec: &ProcessSpec, root: &Path) -> Result<Plan, AgentError> {
+        let Some(arg0) = spec.args.first() else {
+            return Err(AgentError::InvalidParams("process.args is empty".into()));
+        };
+        if arg0.is_empty() {
+            return Err(AgentError::InvalidParams("process.args[0] is empty".into()));
+        }
+        let argv = spec
+            .args
+            .iter()
+            .map(|a| cstring("process.args", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|e| cstring("process.env", e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path_var = spec
+            .env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        let candidates = if arg0.contains('/') {
+            vec![cstring("process.args[0]", arg0)?]
+        } else {
+            path_var
+                .split(':')
+                .map(|dir| if dir.is_empty() { "." } else { dir })
+                .map(|dir| cstring("PATH", &format!("{}/{}", dir.trim_end_matches('/'), arg0)))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let root = if root == Path::new("/") {
+            None
+        } else {
+            Some(cstring("rootfs path", &root.to_string_lossy())?)
+        };
+        let cwd = if spec.cwd.is_empty() {
+            "/"
+        } else {
+            spec.cwd.as_str()
+        };
+        if !cwd.starts_with('/') {
+            return Err(AgentError::InvalidParams(format!(
+                "process.cwd {cwd:?} is not absolute"
+            )));
+        }
+        let mut rlimits = Vec::with_capacity(spec.rlimits.len());
+        for r in &spec.rlimits {
+            let resource = rlimit_resource(&r.kind).ok_or_else(|| {
+                AgentError::InvalidParams(format!("process.rlimits: unknown type {:?}", r.kind))
+            })?;
+            rlimits.push((
+                resource,
+                libc::rlimit {
+                    rlim_cur: r.soft,
+                    rlim_max: r.hard,
+                },
+            ));
+        }
+        // SAFETY: these getters cannot fail.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let user = &spec.user;
+        let set_ids =
+            euid == 0 || user.uid != euid || user.gid != egid || !user.additional_gids.is_empty();
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(Plan {
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            candidates,
+            root,
+            cwd: cstring("process.cwd", cwd)?,
+            set_ids,
+            uid: user.uid,
+            gid: user.gid,
+            groups: user.additional_gids.clone(),
+            umask: user.umask.map(|m| m as libc::mode_t),
+            rlimits,
+            no_new_privs: spec.no_new_privileges,
+        })
+    }
+}
+
+/// Forks and execs `plan` with `stdio`, registering `route` with the reaper.
+/// Returns the child's pid once `execve` succeeded, or why it failed.
+pub fn spawn(plan: &Plan, stdio: &ChildStdio, route: ExitRoute) -> Result<i32, AgentError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid 2-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(AgentError::last_os("pipe2"));
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors.
+    let (err_read, err_write) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let pid = reaper::spawn_registered(
+        || {
+            // SAFETY: the child only runs `child_main`, which makes raw system
+            // calls on memory prepared before the fork and never returns.
+            match unsafe { libc::fork() } {
+                -1 => Err(std::io::Error::last_os_error()),
+                0 => child_main(plan, stdio, err_write.as_raw_fd()),
+                pid => Ok(pid),
+            }
+        },
+        route,
+    )
+    .map_err(|e| AgentError::from_io("fork", &e))?;
+    drop(err_write);
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled part of a local buffer.
+        let n = unsafe {
+            libc::read(
+                err_read.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got == 0 {
+        return Ok(pid);
+    }
+    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Err(AgentError::ExecFailed {
+        stage: STAGES.get(stage).copied().unwrap_or("unknown"),
+        errno: if got == 8 { errno } else { libc::EIO },
+    })
+}
+
+/// Reports `(stage, errno)` and exits; async-signal-safe.
+fn fail(err_fd: RawFd, stage: u32) -> ! {
+    // SAFETY: errno location is thread-local and valid; write/_exit are
+    // async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&stage.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// Makes `src` the child's `dst`, clearing close-on-exec when they are equal.
+///
+/// # Safety
+/// Only called in the forked child.
+unsafe fn move_fd(src: RawFd, dst: RawFd) -> bool {
+    if src == dst {
+        libc::fcntl(src, libc::F_SETFD, 0) == 0
+    } else {
+        libc::dup2(src, dst) == dst
+    }
+}
+
+fn child_main(plan: &Plan, stdio: &ChildStdio, err_fd: RawFd) -> ! {
+    // SAFETY: runs in the freshly forked child: only async-signal-safe raw
+    // system calls on pointers into `plan`, which the fork copied; every
+    // failure ends in `fail`, success in execve.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            fail(err_fd, 1);
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        if libc::setsid() < 0 {
+            fail(err_fd, 2);
+        }
+        match *stdio {
+            ChildStdio::Tty { slave } => {
+                if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+                    fail(err_fd, 3);
+                }
+                for fd in 0..3 {
+                    if !move_fd(slave, fd) {
+                        fail(err_fd, 4);
+                    }
+                }
+            }
+            ChildStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                // Descriptors below 3 would be clobbered by an earlier dup2;
+                // the agent keeps 0-2 open (on /dev/null at worst), so the
+                // stdio descriptors are always >= 3 or already in place.
+                if !move_fd(stdin, 0) || !move_fd(stdout, 1) || !move_fd(stderr, 2) {
+                    fail(err_fd, 4);
+                }
+            }
+        }
+        if let Some(root) = &plan.root {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                fail(err_fd, 5);
+            }
+        }
+        for (resource, limit) in &plan.rlimits {
+            if libc::setrlimit(*resource, limit) != 0 {
+                fail(err_fd, 6);
+            }
+        }
+        if plan.set_ids {
+            if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
+                fail(err_fd, 7);
+            }
+            if libc::setgid(plan.gid) != 0 {
+                fail(err_fd, 8);
+            }
+            if libc::setuid(plan.uid) != 0 {
+                fail(err_fd, 9);
+            }
+        }
+        if let Some(mask) = plan.umask {
+            libc::umask(mask);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) != 0 {
+            fail(err_fd, 10);
+        }
+        if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(err_fd, 11);
+        }
+        let mut first_error = libc::ENOENT;
+        for candidate in &plan.candidates {
+            libc::execve(
+                candidate.as_ptr(),
+                plan.argv_ptrs.as_ptr(),
+                plan.envp_ptrs.as_ptr(),
+            );
+            let errno = *libc::__errno_location();
+            // Like execvp: remember EACCES, keep looking past ENOENT/ENOTDIR.
+            if errno != libc::ENOENT && errno != libc::ENOTDIR && first_error == libc::ENOENT {
+                first_error = errno;
+            }
+        }
+        *libc::__errno_location() = first_error;
+        fail(err_fd, 12)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_resolves_path_candidates() {
+        let spec = ProcessSpec {
+            args: vec!["sh".into()],
+            env: vec!["PATH=/a:/b/".into()],
+            ..Default::default()
+        };
+        let plan = Plan::new(&spec, Path::new("/")).unwrap();
+        let c: Vec<_> = plan
+            .candidates
+            .iter()
+            .map(|c| c.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(c, vec!["/a/sh", "/b/sh"]);
+        assert!(plan.root.is_none());
+    }
+
+    #[test]
+    fn plan_rejects_bad_input() {
+        let empty = ProcessSpec::default();
+        assert!(Plan::new(&empty, Path::new("/")).is_err());
+        let nul = ProcessSpec {
+            args: vec!["a\0b".into()],
+            ..Default::default()
+        };
+        assert!(Plan::new(&nul, Path::new("/")).is_err());
+        let rel = ProcessSpec {
+            args: vec!["a".into()],
+            cwd: "tmp".into(),
+            ..Default::default()
+        };
+        assert!(Plan::new(&rel, Path::new("/")).is_err());
+        let rl = ProcessSpec {
+            args: vec!["a".into()],
+            rlimits: vec![crate::protocol::Rlimit {
+                kind: "RLIMIT_BOGUS".into(),
+                hard: 1,
+                soft: 1,
+            }],
+            ..Default::default()
+        };
+        assert!(Plan::new(&rl, Path::new("/")).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! Negative tests of the control protocol: the server answers every bad
+//! input with the documented error and keeps serving.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use capsa_agent::protocol::*;
+use common::*;
+
+fn code(v: &serde_json::Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no error in {v}"))
+}
+
+#[test]
+fn bad_json_unknown_method_and_bad_requests() {
+    let fx = start("errors");
+    let (mut w, mut r) = fx.raw();
+    send_line(&mut w, "{not json");
+    let v = recv_json(&mut r);
+    assert_eq!(code(&v), error_code::PARSE_ERROR);
+    assert!(v["id"].is_null());
+
+    send_line(&mut w, "[1,2]");
+    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_REQUEST);
+
+    send_line(&mut w, r#"{"jsonrpc":"1.0","id":1,"method":"ps"}"#);
+    let v = recv_json(&mut r);
+    assert_eq!(
+        (code(&v), v["id"].as_i64()),
+        (error_code::INVALID_REQUEST, Some(1))
+    );
+
+    send_line(&mut w, r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ps"}"#);
+    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_REQUEST);
+
+    send_line(&mut w, r#"{"jsonrpc":"2.0","id":2,"method":"frobnicate"}"#);
+    let v = recv_json(&mut r);
+    assert_eq!(
+        (code(&v), v["id"].as_i64()),
+        (error_code::METHOD_NOT_FOUND, Some(2))
+    );
+
+    send_line(
+        &mut w,
+        r#"{"jsonrpc":"2.0","id":"s","method":"hello","params":{"protocolVersion":"one"}}"#,
+    );
+    let v = recv_json(&mut r);
+    assert_eq!(
+        (code(&v), v["id"].as_str()),
+        (error_code::INVALID_PARAMS, Some("s"))
+    );
+
+    send_line(
+        &mut w,
+        r#"{"jsonrpc":"2.0","id":3,"method":"hello","params":{"protocolVersion":1,"extra":true}}"#,
+    );
+    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_PARAMS);
+
+    send_line(
+        &mut w,
+        r#"{"jsonrpc":"2.0","id":4,"method":"ps","params":[1]}"#,
+    );
+    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_PARAMS);
+
+    send_line(
+        &mut w,
+        r#"{"jsonrpc":"2.0","id":5,"method":"hello","params":{"protocolVersion":999}}"#,
+    );
+    let v = recv_json(&mut r);
+    assert_eq!(code(&v), error_code::UNSUPPORTED_VERSION);
+    assert_eq!(v["error"]["data"]["supportedVersions"][0], PROTOCOL_VERSION);
+
+    // A notification (no id) gets no answer; the next request still does.
+    send_line(&mut w, r#"{"jsonrpc":"2.0","method":"ps"}"#);
+    send_line(
+        &mut w,
+        r#"{"jsonrpc":"2.0","id":6,"method":"hello","params":{"protocolVersion":1}}"#,
+    );
+    let v = recv_json(&mut r);
+    assert_eq!(v["id"].as_i64(), Some(6));
+    assert_eq!(v["result"]["protocolVersion"], PROTOCOL_VERSION);
+}
+
+#[test]
+fn invalid_state_and_no_such_process() {
+    let fx = start("state");
+    let c = fx.client();
+    assert_eq!(
+        c.start().unwrap_err().rpc_code(),
+        Some(error_code::INVALID_STATE)
+    );
+    let exec = ExecParams {
+        process: process(&["true"]),
+        stdin: false,
+    };
+    assert_eq!(
+        c.exec(&exec).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_STATE)
+    );
+    assert_eq!(
+        c.wait(99).unwrap_err().rpc_code(),
+        Some(error_code::NO_SUCH_PROCESS)
+    );
+    assert_eq!(
+        c.signal(99, 15).unwrap_err().rpc_code(),
+        Some(error_code::NO_SUCH_PROCESS)
+    );
+    assert_eq!(
+        c.resize(99, 1, 1).unwrap_err().rpc_code(),
+        Some(error_code::NO_SUCH_PROCESS)
+    );
+    assert_eq!(
+        c.signal_all(99).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_PARAMS)
+    );
+
+    let mut bad = create_params(&["true"]);
+    bad.rootfs.source = Some("/nonexistent/rootfs".into());
+    assert_eq!(
+        c.create(&bad).unwrap_err().rpc_code(),
+        Some(error_code::MOUNT_FAILED)
+    );
+    let mut bad = create_params(&[]);
+    bad.process.args.clear();
+    assert_eq!(
+        c.create(&bad).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_PARAMS)
+    );
+
+    let created = fx.create(&c, &["true"]);
+    assert_eq!(
+        c.create(&create_params(&["true"])).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_STATE)
+    );
+    // Not started yet: cannot signal or resize (no tty).
+    assert_eq!(
+        c.signal(created.process_id, 15).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_STATE)
+    );
+    assert_eq!(
+        c.resize(created.process_id, 1, 1).unwrap_err().rpc_code(),
+        Some(error_code::INVALID_STATE)
+    );
+}
+
+#[test]
+fn huge_lines_are_rejected_and_the_connection_stays_usable() {
+    let fx = start("huge");
+    let (mut w, mut r) = fx.raw();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..3 {
+            w.write_all(&chunk).unwrap();
+        }
+        send_line(&mut w, "");
+        send_line(
+            &mut w,
+            r#"{"jsonrpc":"2.0","id":7,"method":"hello","params":{"protocolVersion":1}}"#,
+        );
+        w
+    });
+    let v = recv_json(&mut r);
+    assert_eq!(code(&v), error_code::LINE_TOO_LONG);
+    let v = recv_json(&mut r);
+    assert_eq!(v["id"].as_i64(), Some(7));
+    writer.join().unwrap();
+}
+
+#[test]
+fn vanishing_clients_do_not_hurt_the_server() {
+    let fx = start("vanish");
+    for _ in 0..5 {
+        let mut s = UnixStream::connect(&fx.connector.ports[&CONTROL_PORT]).unwrap();
+        let _ = s.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"hel"#);
+        drop(s);
+    }
+    // A stream connection that vanishes before its header, and one with a bad token.
+    drop(UnixStream::connect(&fx.connector.ports[&STREAM_PORT]).unwrap());
+    let err = capsa_agent::client::attach_stream(&fx.connector, "nope").unwrap_err();
+    assert!(err.to_string().contains("unknown"), "{err}");
+
+    let c = fx.client();
+    let created = fx.create(&c, &["sh", "-c", "echo hi; sleep 0.2"]);
+    // A client that attaches stdout, then vanishes mid-stream while a wait is pending.
+    let out = fx.attach(&created.streams.stdout);
+    {
+        let c2 = fx.client();
+        c2.start().unwrap();
+        let (s, _r) = fx.raw();
+        let mut s = s;
+        send_line(
+            &mut s,
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"wait","params":{{"processId":{}}}}}"#,
+                created.process_id
+            ),
+        );
+        drop(s);
+    }
+    drop(out);
+    let exit = c.wait(created.process_id).unwrap();
+    assert!(exit.exit_code.is_some() || exit.signal.is_some());
+    assert!(c.hello(Duration::from_secs(5)).is_ok());
+}

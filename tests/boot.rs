@@ -1,0 +1,206 @@
+//! Booting the real guest kernel with `capsa vmm`: init is reached (seen
+//! through the boot timer and the serial console), the guest's reset ends
+//! the VM with exit 0, both entry points work, guest crashes end it with a
+//! clear message and a non-zero exit, and bad input is refused cleanly.
+
+use std::time::Instant;
+
+use capsa_tests::*;
+
+const INIT: &str = "/bin/busybox mount -t devtmpfs dev /dev\n\
+    MARK\n\
+    /bin/busybox echo INIT REACHED\n\
+    /bin/busybox mount -t proc proc /proc\n\
+    /bin/busybox echo \"UPTIME $(/bin/busybox cat /proc/uptime)\"\n\
+    /bin/busybox reboot -f\n";
+
+fn boot(protocol: &str) {
+    require_kvm();
+    let kernel = guest_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = busybox_initramfs(dir.path(), &INIT.replace("MARK", MARK_INIT_REACHED));
+    let started = Instant::now();
+    let out = capsa(
+        &[
+            "--log-format",
+            "text",
+            "vmm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initramfs",
+            initrd.to_str().unwrap(),
+            "--serial-console",
+            "--boot-timer",
+            "--boot-protocol",
+            protocol,
+        ],
+        300,
+    );
+    let wall = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("INIT REACHED"), "stdout:\n{stdout}");
+    let init_us = boot_timer_us(&stderr, "guest init reached")
+        .unwrap_or_else(|| panic!("no boot-timer mark in stderr:\n{stderr}"));
+    let uptime = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("UPTIME "))
+        .unwrap_or("?");
+    // Reported, not asserted: performance lives in benches/.
+    println!(
+        "[{protocol}] time to guest init (boot timer): {:.3} s; guest uptime at init: {uptime}; \
+         wall time including reset: {:.3} s",
+        init_us as f64 / 1e6,
+        wall.as_secs_f64()
+    );
+}
+
+#[test]
+fn boots_to_init_through_the_pvh_entry_and_resets_cleanly() {
+    boot("pvh");
+}
+
+#[test]
+fn boots_to_init_through_the_64bit_entry_and_resets_cleanly() {
+    boot("linux64");
+}
+
+/// A minimal ELF64 "kernel" whose entry point executes `ud2`: with no IDT
+/// the CPU triple-faults, and capsa must say so and exit non-zero.
+fn crashing_kernel(dir: &std::path::Path) -> std::path::PathBuf {
+    const LOAD: u64 = 0x100_0000;
+    let code = [0x0f, 0x0b, 0xf4]; // ud2; hlt
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&LOAD.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes());
+    elf.extend_from_slice(&0u16.to_le_bytes());
+    let off = 64 + 56;
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    elf.extend_from_slice(&(off as u64).to_le_bytes());
+    elf.extend_from_slice(&LOAD.to_le_bytes());
+    elf.extend_from_slice(&LOAD.to_le_bytes());
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    elf.extend_from_slice(&0x1000u64.to_le_bytes());
+    elf.extend_from_slice(&code);
+    let path = dir.join("crash.elf");
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+#[test]
+fn guest_crash_is_a_clear_error_and_nonzero_exit() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = crashing_kernel(dir.path());
+    let out = capsa(&["vmm", "--kernel", kernel.to_str().unwrap()], 120);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("triple fault") || stderr.contains("KVM internal error"),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("RIP 0x"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+}
+
+/// Runs `capsa vmm` with bad input: it must exit 1 with a message that
+/// contains `expect`, without panicking.
+fn refused(args: &[&str], expect: &str) {
+    let out = capsa(args, 60);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: stderr:\n{stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{args:?}: expected {expect:?} in:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?}: stderr:\n{stderr}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    require_kvm();
+    let kernel = guest_kernel().to_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let not_kernel = dir.path().join("not-a-kernel");
+    std::fs::write(&not_kernel, b"#!/bin/sh\necho hello\n").unwrap();
+    let not_kernel = not_kernel.to_str().unwrap();
+
+    refused(
+        &["vmm", "--kernel", "/nonexistent/vmlinux"],
+        "kernel: cannot open /nonexistent/vmlinux",
+    );
+    refused(
+        &["vmm", "--kernel", not_kernel],
+        "is neither an x86_64 ELF vmlinux nor a bzImage",
+    );
+    refused(
+        &["vmm", "--kernel", &kernel, "--memory-mib", "0"],
+        "memory_mib: 0 MiB is less than",
+    );
+    refused(
+        &["vmm", "--kernel", &kernel, "--memory-mib", "4000000"],
+        "more than this host's memory",
+    );
+    refused(
+        &["vmm", "--kernel", &kernel, "--vcpus", "0"],
+        "vcpus: must be at least 1",
+    );
+    refused(
+        &[
+            "vmm",
+            "--kernel",
+            &kernel,
+            "--initramfs",
+            "/nonexistent/initrd",
+        ],
+        "initramfs: cannot read /nonexistent/initrd",
+    );
+    refused(&["vmm"], "--kernel is required");
+
+    let config = dir.path().join("vm.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"kernel": "{kernel}", "memory": 128}}"#),
+    )
+    .unwrap();
+    refused(
+        &["vmm", "--config", config.to_str().unwrap()],
+        "unknown field `memory`",
+    );
+    std::fs::write(
+        &config,
+        format!(r#"{{"kernel": "{kernel}", "vcpus": "two"}}"#),
+    )
+    .unwrap();
+    refused(
+        &["vmm", "--config", config.to_str().unwrap()],
+        "vcpus: invalid type",
+    );
+    std::fs::write(&config, "{").unwrap();
+    refused(
+        &["vmm", "--config", config.to_str().unwrap()],
+        "invalid config file",
+    );
+    refused(
+        &["vmm", "--config", "/nonexistent/vm.json"],
+        "cannot read config file",
+    );
+}

@@ -1,0 +1,140 @@
+//! Building a micro-VM from a [`VmConfig`]: a short recipe of small steps,
+//! each of which fails with an error that says what could not be done.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::Instant;
+
+use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
+use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::BOOT_TIMER_START;
+use crate::arch::x86_64::mptable::{self, MptableError};
+use crate::boot::{self, cmdline, BootError};
+use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
+use crate::device_manager::{self, shared, DeviceError, DeviceManager};
+use crate::pvm;
+use crate::vmm::Vmm;
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building a VM; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The host's memory size cannot be read.
+    #[error("cannot read the host's memory size: {0}")]
+    HostMemory(std::io::Error),
+    /// Creating the KVM VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the kernel or initramfs failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// The command line is invalid.
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    /// The MP table failed.
+    #[error(transparent)]
+    Mptable(#[from] MptableError),
+    /// A device could not be attached.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// Creates the VM described by `config`, ready to run. `start` is the
+/// instant the boot timer measures from (the VMM process start).
+pub fn build_microvm(
+    config: &VmConfig,
+    start: Instant,
+) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
+    config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
+    let quirks = pvm::enabled(config.host_quirks);
+    let mem_bytes = u64::from(config.memory_mib) << 20;
+
+    let vm = Vm::new()?;
+    let mem = memory::create(mem_bytes)?;
+    memory::register(&vm.fd, &mem)?;
+
+    let kernel = boot::load_kernel(&mem, &config.kernel, config.boot_protocol)?;
+    let initramfs = match &config.initramfs {
+        Some(path) => Some(boot::load_initramfs(&mem, path, kernel.end, mem_bytes)?),
+        None => None,
+    };
+
+    let mut devices = DeviceManager::new();
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    attach_legacy(&vm, &mut devices, config, &reset_evt)?;
+    let (marks_tx, marks_rx) = channel();
+    devices.add_mmio(
+        shared(BootTimer::new(start, marks_tx)),
+        BOOT_TIMER_START,
+        BOOT_TIMER_LEN,
+    )?;
+
+    let (quirk_param, quirk_clear) = pvm::kernel_params();
+    let params: &[&str] = if quirks { &[quirk_param] } else { &[] };
+    let cmdline = cmdline::build(
+        config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
+        &cmdline::CmdlineParts {
+            serial_console: config.serial_console,
+            devices: &devices.virtio_devices,
+            params,
+            clearcpuid: if quirks { quirk_clear } else { &[] },
+        },
+    )?;
+    tracing::debug!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
+    boot::configure(&mem, &kernel, &cmdline, initramfs, mem_bytes)?;
+    mptable::setup_mptable(&mem, config.vcpus)?;
+
+    let vcpus = (0..config.vcpus)
+        .map(|i| Vcpu::new(&vm.kvm, &vm.fd, &mem, i, config.vcpus, &kernel, quirks))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (exits_tx, exits_rx) = channel();
+    let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let shared = Arc::new(VcpuShared {
+        pio: devices.pio.clone(),
+        mmio: devices.mmio.clone(),
+        mem: mem.clone(),
+        exits: exits_tx,
+        exit_evt: exit_evt.try_clone().map_err(BuildError::EventFd)?,
+        stop: AtomicBool::new(false),
+        unhandled_accesses: AtomicU64::new(0),
+        start,
+    });
+    let vmm = Vmm::new(vm, mem, vcpus, shared, exits_rx, exit_evt, reset_evt)
+        .map_err(BuildError::EventFd)?;
+    Ok((vmm, marks_rx))
+}
+
+/// The i8042 (for guest resets) and, when asked for, the serial console.
+fn attach_legacy(
+    vm: &Vm,
+    devices: &mut DeviceManager,
+    config: &VmConfig,
+    reset_evt: &EventFd,
+) -> Result<(), BuildError> {
+    let reset = reset_evt.try_clone().map_err(BuildError::EventFd)?;
+    devices.add_pio(shared(I8042::new(reset)), I8042::PORT_BASE, I8042::PORT_LEN)?;
+    if config.serial_console {
+        let irq = device_manager::irqfd(&vm.fd, SERIAL_PORT_IRQ)?;
+        let serial = Serial::new(irq, Box::new(std::io::stdout()));
+        devices.add_pio(shared(serial), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+    }
+    Ok(())
+}

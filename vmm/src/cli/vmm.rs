@@ -1,0 +1,142 @@
+//! `capsa vmm`: boot a micro-VM from flags or a JSON configuration file.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
+use capsa_vmm::builder::build_microvm;
+use capsa_vmm::config::{BootProtocol, HostQuirks, VmConfig};
+
+use super::EXIT_GUEST_FAILURE;
+
+/// Flags of `capsa vmm`. Flags given together with `--config` override the
+/// file's values.
+#[derive(Debug, clap::Args)]
+pub struct VmmArgs {
+    /// JSON configuration file (fields as in docs/cli.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (uncompressed cpio archive).
+    #[arg(long, value_name = "PATH")]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line (replaces the default; capsa still appends
+    /// device and host parameters).
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-32).
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long = "memory-mib", visible_alias = "mem")]
+    memory_mib: Option<u32>,
+    /// Connect the guest's serial console to stdout.
+    #[arg(long)]
+    serial_console: bool,
+    /// Print the boot-timer marks (time to guest init) on stderr.
+    #[arg(long)]
+    boot_timer: bool,
+    /// Kernel entry point: auto, pvh or linux64.
+    #[arg(long, value_enum)]
+    boot_protocol: Option<BootProtocolArg>,
+    /// PVM host workarounds: auto, on or off.
+    #[arg(long, value_enum)]
+    host_quirks: Option<HostQuirksArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BootProtocolArg {
+    Auto,
+    Pvh,
+    Linux64,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HostQuirksArg {
+    Auto,
+    On,
+    Off,
+}
+
+impl VmmArgs {
+    fn into_config(self) -> anyhow::Result<VmConfig> {
+        let mut config = match (&self.config, &self.kernel) {
+            (Some(path), _) => VmConfig::from_file(path)?,
+            (None, Some(kernel)) => VmConfig::new(kernel),
+            (None, None) => anyhow::bail!("--kernel is required (or give --config FILE)"),
+        };
+        if let Some(k) = self.kernel {
+            config.kernel = k;
+        }
+        if self.initramfs.is_some() {
+            config.initramfs = self.initramfs;
+        }
+        if self.cmdline.is_some() {
+            config.cmdline = self.cmdline;
+        }
+        if let Some(v) = self.vcpus {
+            config.vcpus = v;
+        }
+        if let Some(m) = self.memory_mib {
+            config.memory_mib = m;
+        }
+        config.serial_console |= self.serial_console;
+        config.boot_timer |= self.boot_timer;
+        if let Some(p) = self.boot_protocol {
+            config.boot_protocol = match p {
+                BootProtocolArg::Auto => BootProtocol::Auto,
+                BootProtocolArg::Pvh => BootProtocol::Pvh,
+                BootProtocolArg::Linux64 => BootProtocol::Linux64,
+            };
+        }
+        if let Some(q) = self.host_quirks {
+            config.host_quirks = match q {
+                HostQuirksArg::Auto => HostQuirks::Auto,
+                HostQuirksArg::On => HostQuirks::On,
+                HostQuirksArg::Off => HostQuirks::Off,
+            };
+        }
+        Ok(config)
+    }
+}
+
+/// Boots the VM and waits for it to end.
+pub fn run(args: VmmArgs, start: Instant) -> anyhow::Result<u8> {
+    let config = args.into_config()?;
+    let (vmm, marks) = build_microvm(&config, start).context("cannot create the VM")?;
+    tracing::info!(setup_us = start.elapsed().as_micros() as u64, "VM created");
+    let printer = config.boot_timer.then(|| {
+        std::thread::spawn(move || {
+            for mark in marks {
+                let what = match mark.value {
+                    MAGIC_INIT_REACHED => "guest init reached".to_string(),
+                    MAGIC_AGENT_READY => "guest agent ready".to_string(),
+                    v => format!("guest mark {v}"),
+                };
+                eprintln!(
+                    "capsa: boot-timer: {what} after {} us",
+                    mark.elapsed.as_micros()
+                );
+            }
+        })
+    });
+    let exit = vmm.run();
+    // The VM is gone, and with it the boot timer's sender: let the printer
+    // drain what is left (bounded, should a vCPU thread still hold it).
+    if let Some(printer) = printer {
+        let deadline = Instant::now() + std::time::Duration::from_millis(200);
+        while !printer.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    if exit.is_clean() {
+        tracing::info!("{exit}");
+        Ok(0)
+    } else {
+        eprintln!("capsa: {exit}");
+        Ok(EXIT_GUEST_FAILURE)
+    }
+}

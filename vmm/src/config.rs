@@ -1,0 +1,290 @@
+//! The VM configuration: one serde struct, given as flags of `capsa vmm` or
+//! as a JSON file (`capsa vmm --config vm.json`). Unknown fields are
+//! rejected; every value is validated before anything is created, and an
+//! invalid one is an error naming the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::mptable::MAX_CPUS;
+
+/// Default number of vCPUs.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Default guest memory in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+/// Smallest guest memory in MiB that the shipped kernel boots with.
+pub const MIN_MEMORY_MIB: u32 = 32;
+/// Default kernel command line, before capsa adds its own parameters
+/// (devices, console, host quirks).
+pub const DEFAULT_CMDLINE: &str =
+    "reboot=k panic=-1 nomodule i8042.noaux no_timer_check tsc=reliable \
+     init_on_alloc=0 rcupdate.rcu_expedited=1 quiet";
+
+/// How to pick the kernel's entry point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// The PVH entry when the vmlinux announces one, the 64-bit entry
+    /// otherwise (always for a bzImage).
+    #[default]
+    Auto,
+    /// The PVH entry (vmlinux with `XEN_ELFNOTE_PHYS32_ENTRY` only).
+    Pvh,
+    /// The 64-bit Linux boot protocol entry.
+    Linux64,
+}
+
+/// Whether to apply the workarounds for PVM hosts (see `pvm.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostQuirks {
+    /// Detect the host (`/sys/module/kvm_pvm`).
+    #[default]
+    Auto,
+    /// Always apply them.
+    On,
+    /// Never apply them.
+    Off,
+}
+
+/// Everything needed to create and boot one micro-VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Guest kernel: an uncompressed ELF `vmlinux` or a `bzImage`.
+    pub kernel: PathBuf,
+    /// Initramfs (a cpio archive), loaded at the top of low memory.
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line; [`DEFAULT_CMDLINE`] when absent. capsa appends
+    /// the device announcements and, on PVM hosts, the quirk parameters.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs, 1 to 32.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB, at least [`MIN_MEMORY_MIB`] and at most the
+    /// host's memory.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Connect the guest's serial port (COM1, `console=ttyS0`) to stdout.
+    #[serde(default)]
+    pub serial_console: bool,
+    /// Print the boot-timer marks (time from VMM start to guest init) on
+    /// stderr.
+    #[serde(default)]
+    pub boot_timer: bool,
+    /// Entry point selection.
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
+    /// PVM host workarounds.
+    #[serde(default)]
+    pub host_quirks: HostQuirks,
+}
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// A configuration value that cannot work, with the field it is in.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct ConfigError {
+    /// The field, as named in the JSON file (`memory_mib`, `kernel`, …).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration; the message names the field.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The field path and the problem, e.g. `vcpus: invalid type …`.
+        message: String,
+    },
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: None,
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            serial_console: false,
+            boot_timer: false,
+            boot_protocol: BootProtocol::Auto,
+            host_quirks: HostQuirks::Auto,
+        }
+    }
+
+    /// Parses a JSON configuration. Errors name the field.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })
+    }
+
+    /// Reads and parses a JSON configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|message| ConfigFileError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Checks every value that does not need the files opened: counts and
+    /// sizes against the limits of capsa and of this host
+    /// (`host_memory_mib`, from /proc/meminfo).
+    pub fn validate(&self, host_memory_mib: u64) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::new("kernel", "is required"));
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::new("vcpus", "must be at least 1"));
+        }
+        if self.vcpus > MAX_CPUS {
+            return Err(ConfigError::new(
+                "vcpus",
+                format!("{} is more than the maximum of {MAX_CPUS}", self.vcpus),
+            ));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::new(
+                "memory_mib",
+                format!(
+                    "{} MiB is less than the minimum of {MIN_MEMORY_MIB} MiB",
+                    self.memory_mib
+                ),
+            ));
+        }
+        if u64::from(self.memory_mib) > host_memory_mib {
+            return Err(ConfigError::new(
+                "memory_mib",
+                format!(
+                    "{} MiB is more than this host's memory ({host_memory_mib} MiB)",
+                    self.memory_mib
+                ),
+            ));
+        }
+        if let Some(cmdline) = &self.cmdline {
+            if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
+                return Err(ConfigError::new(
+                    "cmdline",
+                    "must not contain NUL or newline characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host's memory in MiB, from `MemTotal` in /proc/meminfo.
+pub fn host_memory_mib() -> std::io::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .ok_or_else(|| std::io::Error::other("no MemTotal in /proc/meminfo"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_with_defaults() {
+        let c = VmConfig::from_json(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "mem": 5}"#).unwrap_err();
+        assert!(e.contains("unknown field `mem`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "vcpus": 300}"#).unwrap_err();
+        assert!(e.starts_with("vcpus: "), "{e}");
+        let e = VmConfig::from_json(r#"{"kernel": "/k", "boot_protocol": "uefi"}"#).unwrap_err();
+        assert!(e.starts_with("boot_protocol: "), "{e}");
+    }
+
+    #[test]
+    fn missing_kernel_is_an_error() {
+        let e = VmConfig::from_json(r#"{"vcpus": 1}"#).unwrap_err();
+        assert!(e.contains("missing field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_fields() {
+        let ok = VmConfig::new("/k");
+        assert_eq!(ok.validate(1024), Ok(()));
+        let mut c = ok.clone();
+        c.vcpus = 0;
+        assert_eq!(c.validate(1024).unwrap_err().field, "vcpus");
+        c.vcpus = 33;
+        assert_eq!(c.validate(1024).unwrap_err().field, "vcpus");
+        let mut c = ok.clone();
+        c.memory_mib = 0;
+        assert_eq!(c.validate(1024).unwrap_err().field, "memory_mib");
+        c.memory_mib = 2048;
+        let e = c.validate(1024).unwrap_err();
+        assert_eq!(e.field, "memory_mib");
+        assert!(e.message.contains("host"), "{e}");
+        let mut c = ok.clone();
+        c.cmdline = Some("a\nb".into());
+        assert_eq!(c.validate(1024).unwrap_err().field, "cmdline");
+        let c = VmConfig::new("");
+        assert_eq!(c.validate(1024).unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn host_memory_is_readable() {
+        assert!(host_memory_mib().unwrap() > 0);
+    }
+}

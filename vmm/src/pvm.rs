@@ -1,0 +1,91 @@
+//! Workarounds for PVM hosts, all in one place.
+//!
+//! On a PVM host (`/dev/kvm` provided by the `kvm_pvm` module, a
+//! paravirtual hypervisor without VT-x/SVM, as on capsa's development and
+//! CI machines), guest kernel mode runs in an instruction emulator that
+//! cannot execute a handful of instructions, and SYSCALL from guest user
+//! mode does not reach the guest kernel. capsa's guest kernel carries
+//! patches for that which stay inert unless the `capsa_pvm` boot parameter
+//! is given (see `kernel-config/patches/` and docs/kernel.md); this module
+//! decides whether to pass it, and which CPU features to hide with
+//! `clearcpuid=` because the emulator cannot run their instructions.
+//!
+//! On a real KVM host (VT-x/SVM) none of this applies and nothing here
+//! changes the VM.
+
+use std::path::Path;
+
+use kvm_bindings::CpuId;
+
+use crate::config::HostQuirks;
+
+/// Present when the host's KVM is PVM.
+pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
+
+/// Boot parameter that switches on the guest kernel's PVM patches.
+pub const KERNEL_PARAM: &str = "capsa_pvm";
+
+/// CPU features whose instructions the PVM CPL0 emulator cannot execute:
+/// `xsave` (XSAVE/XRSTOR), `cx16` (CMPXCHG16B in SLUB), `smap` (CLAC/STAC),
+/// `popcnt`; `erms` and `fsrm` are not required but make string copies take
+/// a path that emulates faster (~2 s less boot time).
+pub const CLEARCPUID: &[&str] = &["xsave", "cx16", "smap", "popcnt", "erms", "fsrm"];
+
+/// CPUID.80000008H:EBX bit 2, "XSAVE always saves/restores the error
+/// pointers" (Linux `X86_FEATURE_XSAVEERPTR`): when set, Linux skips the
+/// FNCLEX-based workaround that the emulator cannot execute.
+const XSAVEERPTR: u32 = 1 << 2;
+
+/// Whether this host is a PVM host.
+pub fn is_pvm_host() -> bool {
+    Path::new(PVM_MODULE_PATH).exists()
+}
+
+/// Whether to apply the workarounds, given the configured mode.
+pub fn enabled(mode: HostQuirks) -> bool {
+    match mode {
+        HostQuirks::Auto => is_pvm_host(),
+        HostQuirks::On => true,
+        HostQuirks::Off => false,
+    }
+}
+
+/// Kernel parameters that the quirks add. The kernel honours only the last
+/// `clearcpuid=`, so one from the user's command line is merged into this
+/// list by the command-line builder.
+pub fn kernel_params() -> (&'static str, &'static [&'static str]) {
+    (KERNEL_PARAM, CLEARCPUID)
+}
+
+/// CPUID changes for PVM hosts: advertise XSAVEERPTR.
+pub fn adjust_cpuid(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 0x8000_0008 {
+            entry.ebx |= XSAVEERPTR;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    #[test]
+    fn explicit_modes_win_over_detection() {
+        assert!(enabled(HostQuirks::On));
+        assert!(!enabled(HostQuirks::Off));
+        assert_eq!(enabled(HostQuirks::Auto), is_pvm_host());
+    }
+
+    #[test]
+    fn xsaveerptr_is_advertised() {
+        let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            ..Default::default()
+        }])
+        .unwrap();
+        adjust_cpuid(&mut cpuid);
+        assert_eq!(cpuid.as_slice()[0].ebx & XSAVEERPTR, XSAVEERPTR);
+    }
+}

@@ -1,0 +1,162 @@
+//! A built micro-VM and its lifetime: the vCPU threads, the event loop on
+//! the calling thread, and the end of the VM.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::vstate::vcpu::{Vcpu, VcpuShared, VmExit};
+use crate::vstate::vm::Vm;
+
+/// The event loop's subscriber set.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Signal that kicks a vCPU thread out of `KVM_RUN`.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+/// A micro-VM ready to run.
+pub struct Vmm {
+    // Field order is drop order: the vCPUs and devices go before the VM.
+    vcpus: Vec<Vcpu>,
+    shared: Arc<VcpuShared>,
+    event_loop: EventLoop,
+    watcher: Arc<Mutex<ExitWatcher>>,
+    _mem: GuestMemoryMmap,
+    _vm: Vm,
+}
+
+impl Vmm {
+    pub(crate) fn new(
+        vm: Vm,
+        mem: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        shared: Arc<VcpuShared>,
+        exits: Receiver<VmExit>,
+        exit_evt: EventFd,
+        reset_evt: EventFd,
+    ) -> std::io::Result<Self> {
+        let mut event_loop = EventLoop::new().map_err(std::io::Error::other)?;
+        let watcher = Arc::new(Mutex::new(ExitWatcher {
+            exit_evt,
+            reset_evt,
+            exits,
+            exit: None,
+        }));
+        event_loop.add_subscriber(watcher.clone());
+        Ok(Self {
+            vcpus,
+            shared,
+            event_loop,
+            watcher,
+            _mem: mem,
+            _vm: vm,
+        })
+    }
+
+    /// The event loop, for devices that need to subscribe to it.
+    pub fn event_loop(&mut self) -> &mut EventLoop {
+        &mut self.event_loop
+    }
+
+    /// Runs the VM until it ends; returns why it ended.
+    pub fn run(mut self) -> VmExit {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        if let Err(e) = register_signal_handler(kick_signal(), noop) {
+            tracing::warn!("cannot install the vCPU kick signal handler: {e}");
+        }
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (i, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("capsa-vcpu{i}"))
+                .spawn(move || vcpu.run(shared));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.stop(threads);
+                    return VmExit::Error {
+                        cpu: i as u8,
+                        message: format!("cannot start the vCPU thread: {e}"),
+                    };
+                }
+            }
+        }
+        let exit = loop {
+            if let Err(e) = self.event_loop.run() {
+                tracing::error!("event loop: {e}");
+            }
+            if let Some(exit) = lock(&self.watcher).exit.take() {
+                break exit;
+            }
+        };
+        let unhandled = self.shared.unhandled_accesses.load(Ordering::Relaxed);
+        if unhandled > 0 {
+            tracing::debug!(unhandled, "guest accesses to addresses without a device");
+        }
+        self.stop(threads);
+        exit
+    }
+
+    /// Stops the vCPU threads: sets the stop flag and kicks each thread
+    /// out of `KVM_RUN` until it returns (bounded: a thread that does not
+    /// stop within a second is left to end with the process).
+    fn stop(&self, threads: Vec<JoinHandle<()>>) {
+        self.shared.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for t in threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Watches the events that end the VM: the i8042 reset and the vCPU exit
+/// eventfd.
+struct ExitWatcher {
+    exit_evt: EventFd,
+    reset_evt: EventFd,
+    exits: Receiver<VmExit>,
+    exit: Option<VmExit>,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.reset_evt.as_raw_fd() {
+            let _ = self.reset_evt.read();
+            self.exit.get_or_insert(VmExit::Reset);
+        } else if events.fd() == self.exit_evt.as_raw_fd() {
+            let _ = self.exit_evt.read();
+            if let Ok(exit) = self.exits.try_recv() {
+                self.exit.get_or_insert(exit);
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.exit_evt, &self.reset_evt] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                tracing::error!("cannot watch a VM exit event: {e}");
+            }
+        }
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
