@@ -8,6 +8,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 CARGO_PROFILE_RELEASE_PANIC=unwind RUSTFLAGS="-C target-feature=+crt-static" \
+    CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_PROFILE_RELEASE_DEBUG=false \
     cargo build -p capsa-agent --release --target x86_64-unknown-linux-gnu >&2
 target_dir="${CARGO_TARGET_DIR:-$(pwd)/target}"
 case "$target_dir" in

@@ -29,3 +29,4 @@ if [ ! -e /dev/kvm ]; then
 fi
 
 log "guest kernel: $("$top/kernel-config/build.sh")"
+log "guest agent: $("$top/guest-agent/build.sh")"

@@ -18,5 +18,6 @@
 pub mod boot_timer;
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError, SharedBusDevice};

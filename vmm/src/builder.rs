@@ -8,6 +8,10 @@ use std::time::Instant;
 
 use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
+use capsa_devices::virtio::block::{Block, BlockConfig};
+use capsa_devices::virtio::rng::Rng;
+use capsa_devices::virtio::vsock::{Vsock, VsockConfig};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::BOOT_TIMER_START;
@@ -16,7 +20,7 @@ use crate::boot::{self, cmdline, BootError};
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
 use crate::device_manager::{self, shared, DeviceError, DeviceManager};
 use crate::pvm;
-use crate::vmm::Vmm;
+use crate::vmm::{EventLoop, ExitEvents, Vmm};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
@@ -54,6 +58,23 @@ pub enum BuildError {
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The event loop could not be created.
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    /// A disk's backing file cannot be used.
+    #[error("disks[{index}]: {message}")]
+    Disk {
+        /// Position in the configuration's `disks`.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+    /// The vsock device cannot be created (e.g. its socket cannot be bound).
+    #[error("vsock: {0}")]
+    Vsock(String),
+    /// The rng device cannot be created.
+    #[error("rng: {0}")]
+    Rng(std::io::Error),
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
@@ -86,6 +107,9 @@ pub fn build_microvm(
         BOOT_TIMER_LEN,
     )?;
 
+    let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config)?;
+
     let (quirk_param, quirk_clear) = pvm::kernel_params();
     let params: &[&str] = if quirks { &[quirk_param] } else { &[] };
     let cmdline = cmdline::build(
@@ -117,9 +141,49 @@ pub fn build_microvm(
         unhandled_accesses: AtomicU64::new(0),
         start,
     });
-    let vmm = Vmm::new(vm, mem, vcpus, shared, exits_rx, exit_evt, reset_evt)
-        .map_err(BuildError::EventFd)?;
+    let exit_events = ExitEvents {
+        exits: exits_rx,
+        exit_evt,
+        reset_evt,
+    };
+    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events);
     Ok((vmm, marks_rx))
+}
+
+/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device and
+/// the rng.
+fn attach_virtio_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    devices: &mut DeviceManager,
+    event_loop: &mut EventLoop,
+    config: &VmConfig,
+) -> Result<(), BuildError> {
+    for (index, disk) in config.disks.iter().enumerate() {
+        let block = Block::new(&BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            serial: None,
+        })
+        .map_err(|e| BuildError::Disk {
+            index,
+            message: e.to_string(),
+        })?;
+        devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        let dev = Vsock::new(&VsockConfig {
+            guest_cid: u64::from(vsock.guest_cid),
+            uds_path: vsock.uds_path.clone(),
+        })
+        .map_err(|e| BuildError::Vsock(e.to_string()))?;
+        devices.attach_virtio(&vm.fd, mem, event_loop, dev)?;
+    }
+    if config.rng {
+        let rng = Rng::new().map_err(BuildError::Rng)?;
+        devices.attach_virtio(&vm.fd, mem, event_loop, rng)?;
+    }
+    Ok(())
 }
 
 /// The i8042 (for guest resets) and, when asked for, the serial console.

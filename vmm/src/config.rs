@@ -81,6 +81,73 @@ pub struct VmConfig {
     /// PVM host workarounds.
     #[serde(default)]
     pub host_quirks: HostQuirks,
+    /// Block devices (virtio-blk), in order: the first is `/dev/vda`.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// The vsock device (virtio-vsock with the hybrid Unix-socket backend).
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// Offer a virtio-rng device fed from the host's getrandom.
+    #[serde(default = "default_true")]
+    pub rng: bool,
+}
+
+/// A virtio-blk disk backed by a host file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The backing file (a raw image; its size is the disk's capacity).
+    pub path: PathBuf,
+    /// Offer the disk read-only (`VIRTIO_BLK_F_RO`); guest writes fail.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// Parses `PATH[,ro]` as `--disk` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((p, "ro")) => (p, true),
+            Some((p, "rw")) => (p, false),
+            Some((_, opt)) => {
+                return Err(format!("unknown disk option `{opt}` (expected ro or rw)"))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err("empty disk path".into());
+        }
+        Ok(Self {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
+/// The guest CID capsa gives a VM unless told otherwise.
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+/// virtio-vsock with Firecracker's hybrid backend: host programs connect
+/// to `uds_path` and write `CONNECT <port>`; guest connections to host
+/// port P reach a listener at `<uds_path>_P`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    #[serde(default = "default_guest_cid")]
+    pub guest_cid: u32,
+    /// The Unix socket the VMM listens on.
+    pub uds_path: PathBuf,
+}
+
+fn default_guest_cid() -> u32 {
+    DEFAULT_GUEST_CID
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_vcpus() -> u8 {
@@ -144,6 +211,9 @@ impl VmConfig {
             boot_timer: false,
             boot_protocol: BootProtocol::Auto,
             host_quirks: HostQuirks::Auto,
+            disks: Vec::new(),
+            vsock: None,
+            rng: true,
         }
     }
 
@@ -206,6 +276,31 @@ impl VmConfig {
                     self.memory_mib
                 ),
             ));
+        }
+        for disk in &self.disks {
+            if disk.path.as_os_str().is_empty() {
+                return Err(ConfigError::new("disks", "a disk has an empty path"));
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
+            if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
+                return Err(ConfigError::new(
+                    "vsock.guest_cid",
+                    format!("{} is reserved (use 3 to 4294967294)", vsock.guest_cid),
+                ));
+            }
+            if vsock.uds_path.as_os_str().is_empty() {
+                return Err(ConfigError::new("vsock.uds_path", "is required"));
+            }
+            // sockaddr_un holds 108 bytes including the NUL, and guest
+            // connections use `<uds_path>_<port>` (up to 11 more bytes).
+            if vsock.uds_path.as_os_str().len() > 107 - 11 {
+                return Err(ConfigError::new(
+                    "vsock.uds_path",
+                    "is too long for a Unix socket path (at most 96 bytes)",
+                ));
+            }
         }
         if let Some(cmdline) = &self.cmdline {
             if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
@@ -281,6 +376,39 @@ mod tests {
         assert_eq!(c.validate(1024).unwrap_err().field, "cmdline");
         let c = VmConfig::new("");
         assert_eq!(c.validate(1024).unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn disk_flag_syntax() {
+        let d: DiskConfig = "/a/b.img,ro".parse().unwrap();
+        assert_eq!((d.path.to_str().unwrap(), d.read_only), ("/a/b.img", true));
+        let d: DiskConfig = "/a/b.img".parse().unwrap();
+        assert!(!d.read_only);
+        assert!("/a,xx".parse::<DiskConfig>().is_err());
+        assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn vsock_validation() {
+        let mut c = VmConfig::new("/k");
+        c.vsock = Some(VsockConfig {
+            guest_cid: 2,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "vsock.guest_cid");
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/x".repeat(60).into(),
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "vsock.uds_path");
+        c.vsock = Some(VsockConfig {
+            guest_cid: 3,
+            uds_path: "/tmp/v.sock".into(),
+        });
+        assert_eq!(c.validate(1024), Ok(()));
+        let j = VmConfig::from_json(r#"{"kernel":"/k","vsock":{"uds_path":"/v","cid":3}}"#)
+            .unwrap_err();
+        assert!(j.starts_with("vsock"), "{j}");
     }
 
     #[test]

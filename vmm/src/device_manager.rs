@@ -4,9 +4,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use capsa_devices::virtio::{self, VirtioDevice};
 use capsa_devices::{Bus, BusError, SharedBusDevice};
-use kvm_ioctls::VmFd;
+use event_manager::{MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::vmm::EventLoop;
 
 use crate::arch::x86_64::layout::{
     IRQ_BASE, IRQ_MAX, VIRTIO_MMIO_END, VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
@@ -93,16 +98,36 @@ impl DeviceManager {
         Ok(info)
     }
 
-    /// Places a virtio-mmio transport in `slot` and records it for the
-    /// command line.
-    pub fn add_virtio(
+    /// Attaches a virtio device: wraps it in a virtio-mmio transport in the
+    /// next slot, registers its interrupt (irqfd on the slot's IRQ line) and
+    /// its queue notifications (one ioeventfd per queue on the QueueNotify
+    /// register, datamatch = queue index) with KVM, adds it to the event
+    /// loop and records it for the command line.
+    pub fn attach_virtio<D>(
         &mut self,
-        dev: SharedBusDevice,
-        slot: MmioDeviceInfo,
-    ) -> Result<(), DeviceError> {
-        self.mmio.insert(dev, slot.base, slot.size)?;
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        event_loop: &mut EventLoop,
+        device: D,
+    ) -> Result<MmioDeviceInfo, DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let slot = self.allocate_virtio_slot()?;
+        let io_err = |what| move |source| DeviceError::Io { what, source };
+        let att = virtio::attach(device, mem.clone()).map_err(io_err("virtio-mmio transport"))?;
+        self.mmio
+            .insert(att.transport.clone(), slot.base, slot.size)?;
+        vm.register_irqfd(&att.irq_evt, slot.irq)
+            .map_err(|e| io_err("KVM_IRQFD")(e.into()))?;
+        for (i, evt) in att.queue_evts.iter().enumerate() {
+            let addr = IoEventAddress::Mmio(slot.base + virtio::NOTIFY_REG_OFFSET);
+            vm.register_ioevent(evt, &addr, i as u32)
+                .map_err(|e| io_err("KVM_IOEVENTFD")(e.into()))?;
+        }
+        event_loop.add_subscriber(att.subscriber);
         self.virtio_devices.push(slot);
-        Ok(())
+        Ok(slot)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod boot;
 pub mod builder;
 pub mod config;
 pub mod device_manager;
+pub mod guest_agent;
 pub mod pvm;
 pub mod vmm;
 pub mod vstate;

@@ -42,31 +42,31 @@ impl Vmm {
         mem: GuestMemoryMmap,
         vcpus: Vec<Vcpu>,
         shared: Arc<VcpuShared>,
-        exits: Receiver<VmExit>,
-        exit_evt: EventFd,
-        reset_evt: EventFd,
-    ) -> std::io::Result<Self> {
-        let mut event_loop = EventLoop::new().map_err(std::io::Error::other)?;
+        mut event_loop: EventLoop,
+        exit_events: ExitEvents,
+    ) -> Self {
         let watcher = Arc::new(Mutex::new(ExitWatcher {
-            exit_evt,
-            reset_evt,
-            exits,
+            exit_evt: exit_events.exit_evt,
+            reset_evt: exit_events.reset_evt,
+            exits: exit_events.exits,
             exit: None,
         }));
         event_loop.add_subscriber(watcher.clone());
-        Ok(Self {
+        Self {
             vcpus,
             shared,
             event_loop,
             watcher,
             _mem: mem,
             _vm: vm,
-        })
+        }
     }
 
-    /// The event loop, for devices that need to subscribe to it.
-    pub fn event_loop(&mut self) -> &mut EventLoop {
-        &mut self.event_loop
+    /// A handle with which other threads can end the VM.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Runs the VM until it ends; returns why it ended.
@@ -124,6 +124,32 @@ impl Vmm {
             }
         }
     }
+}
+
+/// Ends a running VM from another thread (the container runtime does so
+/// when the container's process has exited and the guest was shut down).
+#[derive(Clone)]
+pub struct VmmHandle {
+    shared: Arc<VcpuShared>,
+}
+
+impl VmmHandle {
+    /// Makes [`Vmm::run`] return `exit` (unless the VM already ended for
+    /// another reason).
+    pub fn request_exit(&self, exit: VmExit) {
+        let _ = self.shared.exits.send(exit);
+        let _ = self.shared.exit_evt.write(1);
+    }
+}
+
+/// The sources of VM exits the event loop watches.
+pub(crate) struct ExitEvents {
+    /// Exits reported by vCPU threads (and [`VmmHandle`]).
+    pub exits: Receiver<VmExit>,
+    /// Signalled with every report on `exits`.
+    pub exit_evt: EventFd,
+    /// Signalled by the i8042 when the guest resets the machine.
+    pub reset_evt: EventFd,
 }
 
 /// Watches the events that end the VM: the i8042 reset and the vCPU exit

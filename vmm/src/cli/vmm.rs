@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
-use capsa_vmm::config::{BootProtocol, HostQuirks, VmConfig};
+use capsa_vmm::config::{
+    BootProtocol, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
 
 use super::EXIT_GUEST_FAILURE;
 
@@ -45,6 +47,23 @@ pub struct VmmArgs {
     /// PVM host workarounds: auto, on or off.
     #[arg(long, value_enum)]
     host_quirks: Option<HostQuirksArg>,
+    /// Add a virtio-blk disk backed by PATH (",ro" for read-only);
+    /// repeatable: the first is /dev/vda.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
+    /// Add a virtio-vsock device whose hybrid Unix socket is PATH.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Guest CID of the vsock device.
+    #[arg(long, value_name = "CID", requires = "vsock_uds")]
+    vsock_cid: Option<u32>,
+    /// Do not offer a virtio-rng device.
+    #[arg(long)]
+    no_rng: bool,
+    /// Boot the guest agent as /init: an initramfs built from the agent
+    /// binary (found as docs/cli.md says), instead of --initramfs.
+    #[arg(long, conflicts_with = "initramfs")]
+    agent: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -82,6 +101,24 @@ impl VmmArgs {
         }
         if let Some(m) = self.memory_mib {
             config.memory_mib = m;
+        }
+        config.disks.extend(self.disks);
+        if let Some(uds_path) = self.vsock_uds {
+            config.vsock = Some(VsockConfig {
+                guest_cid: self.vsock_cid.unwrap_or(DEFAULT_GUEST_CID),
+                uds_path,
+            });
+        }
+        if self.no_rng {
+            config.rng = false;
+        }
+        if self.agent {
+            let agent = capsa_vmm::guest_agent::locate()?;
+            let cache = capsa_vmm::guest_agent::cache_dir().join("initramfs");
+            config.initramfs = Some(
+                capsa_vmm::guest_agent::initramfs(&agent, &cache)
+                    .context("--agent: cannot build the agent initramfs")?,
+            );
         }
         config.serial_console |= self.serial_console;
         config.boot_timer |= self.boot_timer;

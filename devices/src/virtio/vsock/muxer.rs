@@ -1,0 +1,453 @@
+//! The hybrid Unix-socket backend (Firecracker's `unix/muxer`): owns the
+//! listening socket, host connections in their `CONNECT` handshake, and the
+//! table of [`Connection`]s keyed by `(host port, guest port)`.
+//!
+//! The device gives it the guest's packets ([`Muxer::send_pkt`]) and asks
+//! it for packets to deliver ([`Muxer::recv_pkt`]); the event loop gives it
+//! socket readiness ([`Muxer::handle_event`]). It never touches queues. The
+//! epoll interest of each socket is kept by the muxer and applied by the
+//! device ([`Muxer::apply_epoll`]), which owns the `EventOps`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use event_manager::{EventOps, EventSet, Events};
+
+use super::csm::{ConnState, Connection};
+use super::packet::VsockHeader;
+use super::{op, HOST_CID, TYPE_STREAM};
+
+/// Most connections at once (established or waiting).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Most host clients that connected but have not finished `CONNECT <port>\n`.
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Longest accepted `CONNECT <port>\n` line, in bytes.
+pub const MAX_CONNECT_LINE: usize = 32;
+/// RSTs for unknown connections waiting for RX buffers; while full, the
+/// device stops taking TX packets (back-pressure instead of growth).
+pub const MAX_QUEUED_RST: usize = 256;
+/// Event data of the listening socket.
+pub const LISTENER_TOKEN: u32 = 100;
+/// Event data of connection and handshake sockets.
+pub const CONN_TOKEN: u32 = 101;
+/// Host clients accepted per listener event.
+const ACCEPTS_PER_EVENT: usize = 32;
+
+/// Connection key: (host-side port, guest-side port).
+pub type ConnKey = (u32, u32);
+
+/// A host client that has not sent its `CONNECT` line yet.
+#[derive(Debug)]
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// Counters of the backend.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MuxerCounters {
+    /// Guest packets dropped: wrong CIDs.
+    pub bad_addr: u64,
+    /// RSTs sent for packets of unknown connections or refused requests.
+    pub rst_sent: u64,
+    /// Guest connects to `<uds>_P` that failed.
+    pub connect_failed: u64,
+    /// Host handshakes refused (bad line, limits).
+    pub handshake_refused: u64,
+}
+
+/// The backend.
+#[derive(Debug)]
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    conns: HashMap<ConnKey, Connection>,
+    conn_fds: HashMap<RawFd, ConnKey>,
+    handshakes: HashMap<RawFd, Handshake>,
+    rst_queue: VecDeque<VsockHeader>,
+    rx_ready: VecDeque<ConnKey>,
+    in_rx_ready: HashSet<ConnKey>,
+    registered: HashMap<RawFd, EventSet>,
+    dirty: HashSet<RawFd>,
+    /// Sockets closed since the last `apply_epoll`: kept open until their
+    /// epoll registration is removed (event-manager must see the fd).
+    graveyard: Vec<UnixStream>,
+    local_port_last: u32,
+    counters: MuxerCounters,
+}
+
+impl Muxer {
+    /// Binds the listening socket at `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> std::io::Result<Self> {
+        let listener = UnixListener::bind(uds_path)?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            conns: HashMap::new(),
+            conn_fds: HashMap::new(),
+            handshakes: HashMap::new(),
+            rst_queue: VecDeque::new(),
+            rx_ready: VecDeque::new(),
+            in_rx_ready: HashSet::new(),
+            registered: HashMap::new(),
+            dirty: HashSet::new(),
+            graveyard: Vec::new(),
+            local_port_last: 1 << 30,
+            counters: MuxerCounters::default(),
+        })
+    }
+
+    /// The listening socket (watched by the device from `init`).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> MuxerCounters {
+        self.counters
+    }
+
+    /// Number of connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether a packet waits for an RX buffer.
+    pub fn has_pending_rx(&self) -> bool {
+        !self.rst_queue.is_empty() || !self.rx_ready.is_empty()
+    }
+
+    /// Whether the device must stop taking TX packets until RX drains.
+    pub fn tx_blocked(&self) -> bool {
+        self.rst_queue.len() >= MAX_QUEUED_RST
+    }
+
+    /// A local port for a host-initiated connection, in `[2^30, 2^31)` as
+    /// Firecracker picks them, not in use by a connection.
+    fn allocate_local_port(&mut self) -> u32 {
+        loop {
+            self.local_port_last =
+                ((self.local_port_last.wrapping_add(1)) & !(1 << 31)) | (1 << 30);
+            let p = self.local_port_last;
+            if !self.conns.keys().any(|&(l, _)| l == p) {
+                return p;
+            }
+        }
+    }
+
+    fn queue_rst(&mut self, h: &VsockHeader) {
+        self.counters.rst_sent += 1;
+        self.rst_queue.push_back(VsockHeader {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: op::RST,
+            flags: 0,
+            buf_alloc: 0,
+            fwd_cnt: 0,
+        });
+    }
+
+    /// Handles a packet the guest sent (§5.10.6).
+    pub fn send_pkt(&mut self, h: &VsockHeader, payload: &[u8]) {
+        if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
+            // Not from this guest or not for the host: drop, never answer.
+            self.counters.bad_addr += 1;
+            tracing::debug!("vsock: dropped packet {}->{}", h.src_cid, h.dst_cid);
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if h.type_ != TYPE_STREAM {
+            if h.op != op::RST {
+                self.queue_rst(h);
+            }
+            return;
+        }
+        if h.op == op::REQUEST {
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.kill();
+                self.touch(key);
+                return;
+            }
+            return self.guest_connect(h);
+        }
+        match self.conns.get_mut(&key) {
+            Some(c) => {
+                c.on_guest_packet(h, payload);
+                self.touch(key);
+            }
+            None if h.op != op::RST => self.queue_rst(h),
+            None => {}
+        }
+    }
+
+    /// Guest → host: connects to `<uds_path>_<port>`.
+    fn guest_connect(&mut self, h: &VsockHeader) {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            return self.queue_rst(h);
+        }
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", h.dst_port));
+        let stream = match UnixStream::connect(&path).and_then(|s| {
+            s.set_nonblocking(true)?;
+            Ok(s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("vsock: guest connect to {path:?} failed: {e}");
+                self.counters.connect_failed += 1;
+                return self.queue_rst(h);
+            }
+        };
+        let key = (h.dst_port, h.src_port);
+        let fd = stream.as_raw_fd();
+        let conn = Connection::new_guest_initiated(stream, self.guest_cid, key.0, key.1, h);
+        self.conns.insert(key, conn);
+        self.conn_fds.insert(fd, key);
+        self.touch(key);
+    }
+
+    /// Re-evaluates a connection after anything happened to it: RX
+    /// scheduling, epoll interest, removal once dead.
+    fn touch(&mut self, key: ConnKey) {
+        let Some(c) = self.conns.get(&key) else {
+            return;
+        };
+        let fd = c.stream.as_raw_fd();
+        if c.state() == ConnState::Dead {
+            if let Some(c) = self.conns.remove(&key) {
+                self.conn_fds.remove(&fd);
+                self.graveyard.push(c.stream);
+                self.dirty.insert(fd);
+            }
+            return;
+        }
+        if c.has_pending_rx() && self.in_rx_ready.insert(key) {
+            self.rx_ready.push_back(key);
+        }
+        self.dirty.insert(fd);
+    }
+
+    /// The next packet for the guest, with at most `max_payload` bytes of
+    /// payload.
+    pub fn recv_pkt(&mut self, max_payload: usize) -> Option<(VsockHeader, Vec<u8>)> {
+        if let Some(h) = self.rst_queue.pop_front() {
+            return Some((h, Vec::new()));
+        }
+        while let Some(key) = self.rx_ready.pop_front() {
+            self.in_rx_ready.remove(&key);
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let pkt = c.next_rx_packet(max_payload);
+            if pkt.as_ref().is_some_and(|(h, _)| h.op == op::RW) {
+                // Room for more host data now.
+                c.fill_from_host(false);
+            }
+            self.touch(key);
+            if pkt.is_some() {
+                return pkt;
+            }
+        }
+        None
+    }
+
+    /// Handles readiness of a socket: the listener, a handshake or a
+    /// connection.
+    pub fn handle_event(&mut self, fd: RawFd, set: EventSet) {
+        if fd == self.listener.as_raw_fd() {
+            return self.accept();
+        }
+        if self.handshakes.contains_key(&fd) {
+            return self.read_handshake(fd);
+        }
+        let Some(&key) = self.conn_fds.get(&fd) else {
+            tracing::debug!("vsock: event for unknown fd {fd}");
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(&key) {
+            if set.contains(EventSet::OUT) {
+                c.flush_host();
+            }
+            if set.intersects(
+                EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+            ) {
+                c.fill_from_host(set.intersects(EventSet::HANG_UP | EventSet::ERROR));
+            }
+        }
+        self.touch(key);
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("vsock: accept: {e}");
+                    return;
+                }
+            };
+            if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                self.counters.handshake_refused += 1;
+                let _ = stream.write_all(b"ERR too many pending connections\n");
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let fd = stream.as_raw_fd();
+            self.handshakes.insert(
+                fd,
+                Handshake {
+                    stream,
+                    line: Vec::new(),
+                },
+            );
+            self.dirty.insert(fd);
+        }
+    }
+
+    fn refuse_handshake(&mut self, fd: RawFd, why: &str) {
+        self.counters.handshake_refused += 1;
+        if let Some(mut hs) = self.handshakes.remove(&fd) {
+            let _ = hs.stream.write_all(format!("ERR {why}\n").as_bytes());
+            self.graveyard.push(hs.stream);
+            self.dirty.insert(fd);
+        }
+    }
+
+    /// Reads `CONNECT <port>\n` byte-wise bounded; data after the newline
+    /// is kept for the guest.
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(hs) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        let mut buf = [0u8; MAX_CONNECT_LINE];
+        let room = MAX_CONNECT_LINE - hs.line.len();
+        match hs.stream.read(&mut buf[..room.max(1)]) {
+            Ok(0) => {
+                // The client left before finishing the line.
+                if let Some(hs) = self.handshakes.remove(&fd) {
+                    self.graveyard.push(hs.stream);
+                    self.dirty.insert(fd);
+                }
+                return;
+            }
+            Ok(n) => hs.line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+            Err(_) => return self.refuse_handshake(fd, "read error"),
+        }
+        let Some(nl) = hs.line.iter().position(|&b| b == b'\n') else {
+            if hs.line.len() >= MAX_CONNECT_LINE {
+                return self.refuse_handshake(fd, "CONNECT line too long");
+            }
+            return;
+        };
+        let port = parse_connect(&hs.line[..nl]);
+        let Some(port) = port else {
+            return self.refuse_handshake(fd, "expected CONNECT <port>");
+        };
+        if self.conns.len() >= MAX_CONNECTIONS {
+            return self.refuse_handshake(fd, "too many connections");
+        }
+        let Some(hs) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let local_port = self.allocate_local_port();
+        let conn = Connection::new_host_initiated(
+            hs.stream,
+            self.guest_cid,
+            local_port,
+            port,
+            &hs.line[nl + 1..],
+        );
+        let key = (local_port, port);
+        self.conns.insert(key, conn);
+        self.conn_fds.insert(fd, key);
+        self.touch(key);
+    }
+
+    /// Applies pending epoll changes through the device's `ops`, then
+    /// closes the sockets that were waiting for it.
+    pub fn apply_epoll(&mut self, ops: &mut EventOps) {
+        for fd in std::mem::take(&mut self.dirty) {
+            let want = if let Some(&key) = self.conn_fds.get(&fd) {
+                self.conns.get(&key).and_then(Connection::interest)
+            } else if self.handshakes.contains_key(&fd) {
+                Some(EventSet::IN)
+            } else {
+                None
+            };
+            let have = self.registered.get(&fd).copied();
+            let r = match (have, want) {
+                (None, Some(w)) => ops.add(Events::with_data_raw(fd, CONN_TOKEN, w)),
+                (Some(h), Some(w)) if h != w => {
+                    ops.modify(Events::with_data_raw(fd, CONN_TOKEN, w))
+                }
+                (Some(h), None) => ops.remove(Events::with_data_raw(fd, CONN_TOKEN, h)),
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::error!("vsock: epoll update of fd {fd}: {e:?}");
+            }
+            match want {
+                Some(w) => self.registered.insert(fd, w),
+                None => self.registered.remove(&fd),
+            };
+        }
+        self.graveyard.clear();
+    }
+
+    /// Device reset: drops every connection except host connections whose
+    /// REQUEST was never sent (they wait for the next driver).
+    pub fn reset(&mut self) {
+        self.rst_queue.clear();
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            if let Some(c) = self.conns.get_mut(&key) {
+                if !c.request_pending() {
+                    c.close();
+                }
+            }
+            self.touch(key);
+        }
+    }
+}
+
+/// Parses `CONNECT <port>` (an optional trailing `\r` is accepted).
+pub fn parse_connect(line: &[u8]) -> Option<u32> {
+    let line = std::str::from_utf8(line).ok()?;
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let port = line.strip_prefix("CONNECT ")?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_line_parsing() {
+        assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect(b"CONNECT 52\r"), Some(52));
+        assert_eq!(parse_connect(b"CONNECT "), None);
+        assert_eq!(parse_connect(b"CONNECT -1"), None);
+        assert_eq!(parse_connect(b"CONNECT +1"), None);
+        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+        assert_eq!(parse_connect(b"connect 1"), None);
+        assert_eq!(parse_connect(b"\xff\xfe"), None);
+    }
+}
