@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 
 use capsa_vmm::boot::initramfs::CpioWriter;
 
+// Fixtures of one area each (one file per area, so that they do not grow
+// into one big module).
+pub mod support;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
