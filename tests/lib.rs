@@ -143,12 +143,47 @@ pub const MARK_INIT_REACHED: &str = "/bin/busybox devmem 0xc0000000 8 123";
 
 /// Runs `capsa` with `args`, with a timeout; returns its output.
 pub fn capsa(args: &[&str], timeout_s: u64) -> Output {
+    capsa_with_env(args, &[], timeout_s)
+}
+
+/// Runs `capsa` with `args` and extra environment variables, with a
+/// timeout; returns its output.
+pub fn capsa_with_env(args: &[&str], env: &[(&str, &str)], timeout_s: u64) -> Output {
     let mut cmd = Command::new("timeout");
     cmd.arg("--kill-after=5")
         .arg(timeout_s.to_string())
         .arg(capsa_bin())
-        .args(args);
+        .args(args)
+        .envs(env.iter().copied());
     cmd.output().expect("run capsa")
+}
+
+/// The value of `key=N` in the first log line of `stderr` that contains
+/// `message` (capsa's text log format).
+pub fn log_field_u64(stderr: &str, message: &str, key: &str) -> Option<u64> {
+    let line = stderr.lines().find(|l| l.contains(message))?;
+    // Strip ANSI colour codes, then look for `key=digits`.
+    let plain: String = {
+        let mut out = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let rest = &plain[plain.find(&format!("{key}="))? + key.len() + 1..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The microseconds of a `capsa: boot-timer: <what> after N us` line.
