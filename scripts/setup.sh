@@ -13,6 +13,14 @@ packages=(
   erofs-utils       # mkfs.erofs: read-only rootfs images
   cpio file         # test fixtures cross-check archives and binaries
   qemu-system-x86   # peer VMM for the boot benchmark
+  fonts-dejavu-core # text in the benchmark charts
+  # Container engines that drive capsa as their OCI runtime (tests/engines.rs,
+  # docs/engines.md); runc is also what capsa hands `process` containers to.
+  podman runc conmon uidmap fuse-overlayfs slirp4netns containernetworking-plugins
+  golang-github-containers-common catatonit iptables
+  containerd        # ctr run --runc-binary capsa
+  docker.io         # dockerd with a "capsa" runtimes entry
+  mmdebstrap        # scripts/images.sh: the Debian minbase sample image
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -27,6 +35,10 @@ fi
 if [ ! -e /dev/kvm ]; then
   log "warning: /dev/kvm is missing; capsa needs KVM to run guests and its end-to-end tests will fail"
 fi
+
+# Private configurations of podman, containerd and dockerd (never /etc);
+# the daemons are started by scripts/engines.sh start (and the tests).
+"$top/scripts/engines.sh" setup
 
 log "guest kernel: $("$top/kernel-config/build.sh")"
 log "guest agent: $("$top/guest-agent/build.sh")"

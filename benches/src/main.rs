@@ -1,1 +1,418 @@
-fn main() {}
+//! `capsa-benches`: boot latency and overhead of capsa, side by side with
+//! peer VMMs on the same kernel and initramfs. The method (what starts and
+//! stops each clock) is described in docs/performance.md.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+mod fixtures;
+mod launch;
+mod report;
+mod stats;
+mod vmms;
+
+use vmms::{LaunchRecord, Vmm};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "capsa-benches",
+    about = "capsa boot-latency and overhead benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Boot latency per phase, CPU time, RSS overhead and parallel
+    /// launches/s of capsa, and the boot comparison with peer VMMs.
+    Boot(BootArgs),
+    /// Re-renders table.md and boot.png of a results directory from its
+    /// results.json.
+    Report {
+        /// The results directory.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct BootArgs {
+    /// Launches per VMM and workload.
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// VMs at once in the launches/s round (0: skip the round).
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
+    /// Results directory (default: benches/results/<UTC timestamp>/).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Peers of the boot comparison: `auto` (QEMU, plus Firecracker and
+    /// Cloud Hypervisor when on PATH), `none`, or a comma-separated list of
+    /// qemu, firecracker, cloud-hypervisor.
+    #[arg(long, default_value = "auto")]
+    peers: String,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// Timeout of one launch, s.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+}
+
+/// The peers asked for; those asked for by name but absent are an error,
+/// those of `auto` are skipped with a reason.
+fn select_peers(spec: &str) -> anyhow::Result<(Vec<Vmm>, Vec<serde_json::Value>)> {
+    let mut peers = Vec::new();
+    let mut skipped = Vec::new();
+    let find = |name: &str, bin: &str| vmms::which(bin).map(|p| (name.to_string(), p));
+    let wanted: Vec<&str> = match spec {
+        "none" => vec![],
+        "auto" => vec!["qemu", "firecracker", "cloud-hypervisor"],
+        list => list.split(',').map(str::trim).collect(),
+    };
+    for w in wanted {
+        let (bin, make): (&str, fn(PathBuf) -> Vmm) = match w {
+            "qemu" => ("qemu-system-x86_64", Vmm::Qemu),
+            "firecracker" => ("firecracker", Vmm::Firecracker),
+            "cloud-hypervisor" => ("cloud-hypervisor", Vmm::CloudHypervisor),
+            other => anyhow::bail!("--peers: unknown peer {other:?}"),
+        };
+        match find(w, bin) {
+            Some((_, path)) => peers.push(make(path)),
+            None if spec == "auto" && w != "qemu" => skipped.push(json!({
+                "peer": w, "reason": format!("{bin} is not on PATH (the bench never downloads it)")
+            })),
+            None => anyhow::bail!("--peers: {bin} is not on PATH"),
+        }
+    }
+    Ok((peers, skipped))
+}
+
+/// `YYYYMMDDTHHMMSSZ` of now (UTC).
+fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_mib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|k| k / 1024);
+    let root = fixtures::workspace_root();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&root)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    json!({
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_mib": mem_mib,
+        "host_kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "kvm": if capsa_vmm::pvm::is_pvm_host() {
+            "PVM (kvm_pvm): guest kernel mode is emulated"
+        } else {
+            "hardware-assisted KVM"
+        },
+        "pvm_host": capsa_vmm::pvm::is_pvm_host(),
+        "loadavg_at_start": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "qemu": first_line("qemu-system-x86_64", &["-version"]),
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+    })
+}
+
+fn machine_line(m: &serde_json::Value) -> String {
+    format!(
+        "{} ({} CPUs, {} MiB), host kernel {}, {}",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cpus"],
+        m["memory_mib"],
+        m["host_kernel"].as_str().unwrap_or("?"),
+        m["kvm"].as_str().unwrap_or("?")
+    )
+}
+
+fn describe(rec: &LaunchRecord) -> String {
+    match &rec.error {
+        Some(e) => format!(
+            "{} {} #{}: FAILED: {}",
+            rec.vmm,
+            rec.workload,
+            rec.iteration,
+            e.lines().next().unwrap_or("")
+        ),
+        None => {
+            let marks: Vec<String> = vmms::PHASES
+                .iter()
+                .filter_map(|(k, _)| rec.marks_ms.get(*k).map(|v| format!("{k} {:.2}s", v / 1e3)))
+                .collect();
+            format!(
+                "{} {} #{}: {}",
+                rec.vmm,
+                rec.workload,
+                rec.iteration,
+                marks.join(", ")
+            )
+        }
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.iterations >= 1, "--iterations must be at least 1");
+    let (peers, skipped) = select_peers(&args.peers)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        fixtures::workspace_root()
+            .join("benches/results")
+            .join(timestamp())
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let work = tempdir()?;
+    eprintln!("capsa-benches: preparing (capsa, agent, kernel, initramfs, rootfs)...");
+    let fx = fixtures::Fixtures::prepare(work.path())?;
+    let machine = machine();
+    let timeout = Duration::from_secs(args.timeout_s);
+    let mem = args.memory_mib;
+
+    let mut vmms_in_comparison = Vec::new();
+    if !peers.is_empty() {
+        vmms_in_comparison.push(Vmm::Capsa);
+        vmms_in_comparison.extend(peers.iter().cloned());
+    }
+    let per_iter = 1 + vmms_in_comparison.len();
+    let parallel_rounds = usize::from(args.parallel > 0);
+    let total = (args.iterations * per_iter + parallel_rounds) as u64;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} launches (eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(500));
+
+    let mut launches = Vec::new();
+    for i in 0..args.iterations {
+        pb.set_message(format!("capsa container launch #{i}"));
+        let mut rec = vmms::capsa_launch(&fx, work.path(), &format!("l{i}"), mem, timeout);
+        rec.iteration = i;
+        say(&pb, describe(&rec));
+        launches.push(rec);
+        pb.inc(1);
+        // The boot comparison, A B A B: capsa then each peer, every iteration.
+        for vmm in &vmms_in_comparison {
+            pb.set_message(format!("{} boot #{i}", vmm.name()));
+            let mut rec = vmms::boot_once(vmm, &fx, work.path(), &format!("b{i}"), mem, timeout);
+            rec.iteration = i;
+            say(&pb, describe(&rec));
+            launches.push(rec);
+            pb.inc(1);
+        }
+    }
+    let mut parallel = Vec::new();
+    if args.parallel > 0 {
+        // capsa only: the peers' launches/s would be skewed by the kill of
+        // those that do not exit on the guest's reset.
+        let round_vmms = [Vmm::Capsa];
+        for vmm in &round_vmms {
+            pb.set_message(format!("{} x{} in parallel", vmm.name(), args.parallel));
+            let p = vmms::boot_parallel(vmm, &fx, work.path(), args.parallel, mem, timeout);
+            say(
+                &pb,
+                format!(
+                    "{}: {} at once: {:.3} launches/s{}",
+                    p.vmm,
+                    p.parallel,
+                    p.launches_per_second,
+                    p.error
+                        .as_deref()
+                        .map(|e| format!(" (error: {})", e.lines().next().unwrap_or("")))
+                        .unwrap_or_default()
+                ),
+            );
+            parallel.push(p);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+
+    let peer_names: Vec<String> = peers.iter().map(|p| p.name().to_string()).collect();
+    let (rows, ratios) = render(
+        &out,
+        &launches,
+        &parallel,
+        &peer_names,
+        &machine,
+        args.iterations,
+    )?;
+    let failed = launches.iter().filter(|l| l.error.is_some()).count();
+    let results = json!({
+        "schema": "capsa-benches/boot/1",
+        "timestamp": timestamp(),
+        "machine": machine,
+        "config": {
+            "iterations": args.iterations,
+            "parallel": args.parallel,
+            "memory_mib": mem,
+            "timeout_s": args.timeout_s,
+            "peers": peer_names,
+            "skipped_peers": skipped,
+            "kernel": fx.kernel,
+            "comparison_cmdline": vmms::comparison_cmdline(),
+            "comparison_init": fixtures::boot_init_script(),
+        },
+        "phases": vmms::PHASES.iter().map(|(k, l)| json!({"key": k, "label": l})).collect::<Vec<_>>(),
+        "summary": rows,
+        "ratios": ratios,
+        "parallel": parallel,
+        "launches": launches,
+        "failed_launches": failed,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)? + "\n",
+    )?;
+    println!("results: {}", out.join("results.json").display());
+    if failed > 0 {
+        eprintln!("capsa-benches: {failed} launch(es) failed; see results.json");
+    }
+    Ok(())
+}
+
+/// Writes table.md and boot.png into `out`, prints the table; returns the
+/// summaries.
+fn render(
+    out: &Path,
+    launches: &[LaunchRecord],
+    parallel: &[vmms::ParallelRecord],
+    peer_names: &[String],
+    machine: &serde_json::Value,
+    iterations: usize,
+) -> anyhow::Result<(Vec<report::RowSummary>, Vec<report::Ratio>)> {
+    let rows = report::summarize_rows(launches);
+    let ratios = report::ratios(launches, peer_names);
+    let table = report::markdown(&rows, &ratios, parallel, &machine_line(machine));
+    let png = out.join("boot.png");
+    let title = format!(
+        "capsa launch phases (median of {iterations}){}",
+        if machine["pvm_host"].as_bool().unwrap_or(false) {
+            "; PVM host: guest kernel mode emulated"
+        } else {
+            ""
+        }
+    );
+    if !report::chart(&rows, &title, &png)? {
+        eprintln!("capsa-benches: no TTF font found (fonts-dejavu-core); the chart has no text");
+    }
+    std::fs::write(out.join("table.md"), &table)?;
+    println!("{table}");
+    println!("table:   {}", out.join("table.md").display());
+    println!("chart:   {}", png.display());
+    Ok((rows, ratios))
+}
+
+fn rerender(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join("results.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+    let launches: Vec<LaunchRecord> = serde_json::from_value(v["launches"].clone())?;
+    let parallel: Vec<vmms::ParallelRecord> = serde_json::from_value(v["parallel"].clone())?;
+    let peers: Vec<String> = serde_json::from_value(v["config"]["peers"].clone())?;
+    let iterations = v["config"]["iterations"].as_u64().unwrap_or(0) as usize;
+    render(dir, &launches, &parallel, &peers, &v["machine"], iterations)?;
+    Ok(())
+}
+
+/// A line above the progress bar, or on stderr when the bar is hidden (not
+/// a terminal).
+fn say(pb: &ProgressBar, line: impl AsRef<str>) {
+    if pb.is_hidden() {
+        eprintln!("{}", line.as_ref());
+    } else {
+        pb.println(line);
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> anyhow::Result<TempDir> {
+    let base = std::env::temp_dir().join(format!("capsa-benches-{}", std::process::id()));
+    std::fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    Ok(TempDir(base))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Boot(args) => boot(args),
+        Cmd::Report { dir } => rerender(&dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("capsa-benches: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -72,6 +72,9 @@ pub enum BuildError {
     /// The vsock device cannot be created (e.g. its socket cannot be bound).
     #[error("vsock: {0}")]
     Vsock(String),
+    /// The serial log file cannot be opened.
+    #[error("serial_log: cannot open {0}")]
+    SerialLog(String),
     /// The rng device cannot be created.
     #[error("rng: {0}")]
     Rng(std::io::Error),
@@ -115,7 +118,7 @@ pub fn build_microvm(
     let cmdline = cmdline::build(
         config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
         &cmdline::CmdlineParts {
-            serial_console: config.serial_console,
+            serial_console: config.serial_console || config.serial_log.is_some(),
             devices: &devices.virtio_devices,
             params,
             clearcpuid: if quirks { quirk_clear } else { &[] },
@@ -195,9 +198,21 @@ fn attach_legacy(
 ) -> Result<(), BuildError> {
     let reset = reset_evt.try_clone().map_err(BuildError::EventFd)?;
     devices.add_pio(shared(I8042::new(reset)), I8042::PORT_BASE, I8042::PORT_LEN)?;
-    if config.serial_console {
+    let out: Option<Box<dyn std::io::Write + Send>> = if config.serial_console {
+        Some(Box::new(std::io::stdout()))
+    } else if let Some(path) = &config.serial_log {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| BuildError::SerialLog(format!("{}: {e}", path.display())))?;
+        Some(Box::new(file))
+    } else {
+        None
+    };
+    if let Some(out) = out {
         let irq = device_manager::irqfd(&vm.fd, SERIAL_PORT_IRQ)?;
-        let serial = Serial::new(irq, Box::new(std::io::stdout()));
+        let serial = Serial::new(irq, out);
         devices.add_pio(shared(serial), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
     }
     Ok(())

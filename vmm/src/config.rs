@@ -71,6 +71,10 @@ pub struct VmConfig {
     /// Connect the guest's serial port (COM1, `console=ttyS0`) to stdout.
     #[serde(default)]
     pub serial_console: bool,
+    /// Write the guest's serial console (COM1, `console=ttyS0`) to this
+    /// file (appending) instead of stdout. Ignored with `serial_console`.
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
     /// Print the boot-timer marks (time from VMM start to guest init) on
     /// stderr.
     #[serde(default)]
@@ -208,6 +212,7 @@ impl VmConfig {
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_console: false,
+            serial_log: None,
             boot_timer: false,
             boot_protocol: BootProtocol::Auto,
             host_quirks: HostQuirks::Auto,

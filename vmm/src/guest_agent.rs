@@ -14,17 +14,26 @@ pub const AGENT_ENV: &str = "CAPSA_AGENT";
 /// next to the running `capsa`; the static build of a development
 /// checkout (`target/x86_64-unknown-linux-gnu/release/capsa-agent`, as
 /// `guest-agent/build.sh` makes it); `/usr/local/lib/capsa` and
-/// `/usr/lib/capsa`.
+/// `/usr/lib/capsa`. Only a statically linked binary qualifies: the
+/// initramfs has no dynamic loader, so a dynamically linked agent (such as
+/// the one `cargo build` leaves next to a development `capsa`) would fail
+/// as `/init` with ENOENT.
 pub fn locate() -> io::Result<PathBuf> {
     if let Some(p) = std::env::var_os(AGENT_ENV) {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{AGENT_ENV}={} is not a file", p.display()),
-            ))
+        return match is_static_elf(&p) {
+            Ok(true) => Ok(p),
+            Ok(false) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{AGENT_ENV}={} is dynamically linked; build it with guest-agent/build.sh",
+                    p.display()
+                ),
+            )),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{AGENT_ENV}={}: {e}", p.display()),
+            )),
         };
     }
     let mut candidates = Vec::new();
@@ -39,15 +48,45 @@ pub fn locate() -> io::Result<PathBuf> {
     }
     candidates.push("/usr/local/lib/capsa/capsa-agent".into());
     candidates.push("/usr/lib/capsa/capsa-agent".into());
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
+    candidates
+        .into_iter()
+        .find(|p| matches!(is_static_elf(p), Ok(true)))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
                 "cannot find the guest agent (capsa-agent): build it with guest-agent/build.sh \
                  or set {AGENT_ENV}"
             ),
-        )
-    })
+            )
+        })
+}
+
+/// Whether `path` is an x86_64 ELF executable without a program
+/// interpreter (`PT_INTERP`), i.e. one that runs without a dynamic loader.
+pub fn is_static_elf(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    let mut f = std::fs::File::open(path)?;
+    let mut ehdr = [0u8; 64];
+    if f.read_exact(&mut ehdr).is_err() || &ehdr[..4] != b"\x7fELF" || ehdr[4] != 2 {
+        return Ok(false);
+    }
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[54], ehdr[55]]));
+    let phnum = u16::from_le_bytes([ehdr[56], ehdr[57]]);
+    if phentsize < 56 {
+        return Ok(false);
+    }
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 4];
+        f.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
+        f.read_exact(&mut ph)?;
+        if u32::from_le_bytes(ph) == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Writes an initramfs whose `/init` is `agent` (plus the directories and
@@ -100,6 +139,20 @@ pub fn cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_static_executables_qualify_as_the_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("script");
+        std::fs::write(&text, b"#!/bin/sh\n").unwrap();
+        assert!(!is_static_elf(&text).unwrap());
+        // The test binary itself is dynamically linked.
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me).unwrap());
+        if Path::new("/bin/busybox").is_file() {
+            assert!(is_static_elf(Path::new("/bin/busybox")).unwrap());
+        }
+    }
 
     #[test]
     fn initramfs_is_cached_by_content() {

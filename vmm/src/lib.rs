@@ -13,5 +13,6 @@ pub mod config;
 pub mod device_manager;
 pub mod guest_agent;
 pub mod pvm;
+pub mod runtime;
 pub mod vmm;
 pub mod vstate;

@@ -15,10 +15,15 @@ fn main() -> ExitCode {
         eprintln!("capsa: {e:#}");
         return ExitCode::from(cli::EXIT_ERROR);
     }
+    let logs_to_file = args.global.log.is_some();
     match cli::run(args, start) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Engines read the error from the --log file (runc writes it
+            // there); without one, the log is stderr already.
+            if logs_to_file {
+                tracing::error!("{e:#}");
+            }
             eprintln!("capsa: {e:#}");
             ExitCode::from(cli::EXIT_ERROR)
         }

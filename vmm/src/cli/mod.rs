@@ -1,6 +1,17 @@
 //! Command-line front end: global flags, logging, and one module per
 //! command.
 
+mod create;
+mod delete;
+mod exec;
+mod internal;
+mod kill;
+mod list;
+mod pause;
+mod ps;
+mod run;
+mod start;
+mod state;
 mod vmm;
 
 use std::path::PathBuf;
@@ -38,6 +49,35 @@ pub struct GlobalArgs {
     /// Log at debug level.
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Directory of the containers' state.
+    #[arg(long, global = true, value_name = "DIR", default_value = capsa_vmm::runtime::DEFAULT_ROOT)]
+    pub root: PathBuf,
+    /// Accepted and ignored (runc's; a VM has no host cgroup to manage).
+    #[arg(long, global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted and ignored.
+    #[arg(long, global = true, hide = true, value_name = "MANAGER")]
+    pub cgroup_manager: Option<String>,
+    /// Accepted and ignored.
+    #[arg(long, global = true, hide = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub rootless: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The runtime front end for these flags.
+    pub fn runtime(&self) -> capsa_vmm::runtime::container::Runtime {
+        use capsa_vmm::runtime::{runc::Runc, state::Root};
+        let root = Root::new(&self.root);
+        let runc = Runc {
+            root: root.runc_root(),
+            log: self.log.clone(),
+            log_format: self.log.as_ref().map(|_| match self.log_format {
+                LogFormat::Text => "text".to_string(),
+                LogFormat::Json => "json".to_string(),
+            }),
+        };
+        capsa_vmm::runtime::container::Runtime { root, runc }
+    }
 }
 
 /// Log formats.
@@ -55,6 +95,36 @@ pub enum Command {
     /// Boot a micro-VM from a kernel (and initramfs) and run it until the
     /// guest resets or fails.
     Vmm(vmm::VmmArgs),
+    /// Create a container from a bundle: boot its VM and prepare its
+    /// process (which waits for `start`).
+    Create(create::CreateArgs),
+    /// Start the process of a created container.
+    Start(start::StartArgs),
+    /// Print the OCI state of a container as JSON.
+    State(state::StateArgs),
+    /// Send a signal to a container's process (default SIGTERM).
+    Kill(kill::KillArgs),
+    /// Remove a stopped container (--force: also a running one).
+    Delete(delete::DeleteArgs),
+    /// Run a new process in a running container.
+    Exec(exec::ExecArgs),
+    /// List the processes of a container.
+    Ps(ps::PsArgs),
+    /// List the containers.
+    #[command(visible_alias = "ls")]
+    List(list::ListArgs),
+    /// Pause a container (process runtime only).
+    Pause(pause::PauseArgs),
+    /// Resume a paused container (process runtime only).
+    Resume(pause::PauseArgs),
+    /// Create and start a container, wait for it, and exit with its status.
+    Run(run::RunArgs),
+    /// The per-container VMM process (started by `create`).
+    #[command(hide = true)]
+    ContainerVmm(internal::ContainerVmmArgs),
+    /// A detached exec'd process's host side (started by `exec --detach`).
+    #[command(hide = true)]
+    ExecProcess(internal::ExecProcessArgs),
 }
 
 /// Sets up `tracing` from the global flags. `CAPSA_LOG` (an env-filter
@@ -87,7 +157,21 @@ pub fn init_logging(args: &GlobalArgs) -> anyhow::Result<()> {
 
 /// Runs the command; returns the process exit code.
 pub fn run(cli: Cli, start: Instant) -> anyhow::Result<u8> {
+    let g = &cli.global;
     match cli.command {
         Command::Vmm(args) => vmm::run(args, start),
+        Command::Create(args) => create::run(g, args),
+        Command::Start(args) => start::run(g, args),
+        Command::State(args) => state::run(g, args),
+        Command::Kill(args) => kill::run(g, args),
+        Command::Delete(args) => delete::run(g, args),
+        Command::Exec(args) => exec::run(g, args),
+        Command::Ps(args) => ps::run(g, args),
+        Command::List(args) => list::run(g, args),
+        Command::Pause(args) => pause::run(g, args, "pause"),
+        Command::Resume(args) => pause::run(g, args, "resume"),
+        Command::Run(args) => run::run(g, args),
+        Command::ContainerVmm(args) => internal::container_vmm(g, args, start),
+        Command::ExecProcess(args) => internal::exec_process(g, args),
     }
 }

@@ -1,0 +1,449 @@
+//! Summaries, the markdown table and the PNG chart of a run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::stats::{summarize, Summary};
+use crate::vmms::{LaunchRecord, ParallelRecord, PHASES};
+
+/// Per phase: its own duration (since the previous phase seen) and the
+/// cumulative time from spawn, ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    pub label: String,
+    pub duration_ms: Summary,
+    pub cumulative_ms: Summary,
+}
+
+/// Summary of one (VMM, workload) row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowSummary {
+    pub vmm: String,
+    pub workload: String,
+    pub launches_ok: usize,
+    pub launches_failed: usize,
+    /// Phase key → summary, in [`PHASES`] order when iterated by the key list.
+    pub phases: BTreeMap<String, PhaseSummary>,
+    /// user + sys CPU time of the VMM process, ms.
+    pub cpu_ms: Option<Summary>,
+    /// Host CPU time up to the init line (boot comparison), ms.
+    pub cpu_to_init_ms: Option<Summary>,
+    /// Peak RSS minus resident guest memory, MiB.
+    pub rss_overhead_mib: Option<Summary>,
+}
+
+/// Phase durations of one launch: key → ms since the previous mark it has.
+pub fn durations(rec: &LaunchRecord) -> Vec<(&'static str, f64)> {
+    let mut prev = 0.0;
+    let mut out = Vec::new();
+    for (key, _) in PHASES {
+        if let Some(&t) = rec.marks_ms.get(*key) {
+            out.push((*key, t - prev));
+            prev = t;
+        }
+    }
+    out
+}
+
+/// The label of a phase in a row: the first phase a row has starts at exec.
+pub fn phase_label(key: &str, first: bool) -> String {
+    let label = PHASES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, l)| *l)
+        .unwrap_or(key);
+    if first && label.starts_with('→') {
+        format!("exec {label}")
+    } else {
+        label.to_string()
+    }
+}
+
+/// Summarizes the successful launches of each (VMM, workload).
+pub fn summarize_rows(launches: &[LaunchRecord]) -> Vec<RowSummary> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for l in launches {
+        let k = (l.vmm.clone(), l.workload.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter()
+        .map(|(vmm, workload)| {
+            let rows: Vec<&LaunchRecord> = launches
+                .iter()
+                .filter(|l| l.vmm == vmm && l.workload == workload)
+                .collect();
+            let ok: Vec<&LaunchRecord> =
+                rows.iter().copied().filter(|l| l.error.is_none()).collect();
+            let mut phases = BTreeMap::new();
+            for (i, (key, _)) in PHASES.iter().enumerate() {
+                let d: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|l| durations(l).into_iter().find(|(k, _)| k == key))
+                    .map(|(_, v)| v)
+                    .collect();
+                let c: Vec<f64> = ok
+                    .iter()
+                    .filter_map(|l| l.marks_ms.get(*key).copied())
+                    .collect();
+                let first = !PHASES[..i]
+                    .iter()
+                    .any(|(k, _)| ok.iter().any(|l| l.marks_ms.contains_key(*k)));
+                if let (Some(duration_ms), Some(cumulative_ms)) = (summarize(&d), summarize(&c)) {
+                    phases.insert(
+                        key.to_string(),
+                        PhaseSummary {
+                            label: phase_label(key, first),
+                            duration_ms,
+                            cumulative_ms,
+                        },
+                    );
+                }
+            }
+            let cpu: Vec<f64> = ok.iter().map(|l| l.cpu_user_ms + l.cpu_sys_ms).collect();
+            let cpu_init: Vec<f64> = ok.iter().filter_map(|l| l.cpu_to_init_ms).collect();
+            let rss: Vec<f64> = ok
+                .iter()
+                .filter(|l| l.rss_samples > 0)
+                .map(|l| l.rss_overhead_kib as f64 / 1024.0)
+                .collect();
+            RowSummary {
+                vmm,
+                workload,
+                launches_ok: ok.len(),
+                launches_failed: rows.len() - ok.len(),
+                phases,
+                cpu_ms: summarize(&cpu),
+                cpu_to_init_ms: summarize(&cpu_init),
+                rss_overhead_mib: summarize(&rss),
+            }
+        })
+        .collect()
+}
+
+/// One peer against capsa on the boot comparison, pair by pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub peer: String,
+    /// What is compared.
+    pub what: String,
+    /// Median over the pairs of peer / capsa.
+    pub median_ratio: f64,
+    pub min_ratio: f64,
+    pub max_ratio: f64,
+    pub pairs: usize,
+}
+
+/// Ratios peer / capsa of the boot comparison, per pair (same iteration).
+pub fn ratios(launches: &[LaunchRecord], peers: &[String]) -> Vec<Ratio> {
+    let capsa: BTreeMap<usize, &LaunchRecord> = launches
+        .iter()
+        .filter(|l| l.vmm == "capsa" && l.workload == "boot" && l.error.is_none())
+        .map(|l| (l.iteration, l))
+        .collect();
+    type Metric = fn(&LaunchRecord) -> Option<f64>;
+    let metrics: [(&str, Metric); 5] = [
+        ("exec → guest /init (serial line)", |l| {
+            l.marks_ms.get("init").copied()
+        }),
+        ("guest /init → exit (reset)", |l| {
+            Some(l.marks_ms.get("exit")? - l.marks_ms.get("init")?)
+        }),
+        ("exec → exit", |l| l.marks_ms.get("exit").copied()),
+        ("host CPU time to guest /init", |l| l.cpu_to_init_ms),
+        ("RSS overhead", |l| {
+            (l.rss_samples > 0).then_some(l.rss_overhead_kib as f64)
+        }),
+    ];
+    let mut out = Vec::new();
+    for peer in peers {
+        for (what, metric) in metrics {
+            let r: Vec<f64> = launches
+                .iter()
+                .filter(|l| &l.vmm == peer && l.workload == "boot" && l.error.is_none())
+                .filter_map(|l| {
+                    let c = metric(capsa.get(&l.iteration)?)?;
+                    let p = metric(l)?;
+                    (c > 0.0).then_some(p / c)
+                })
+                .collect();
+            if let Some(s) = summarize(&r) {
+                out.push(Ratio {
+                    peer: peer.clone(),
+                    what: what.into(),
+                    median_ratio: s.median,
+                    min_ratio: s.min,
+                    max_ratio: s.max,
+                    pairs: s.n,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn s(ms: f64) -> String {
+    format!("{:.2}", ms / 1e3)
+}
+
+fn workload_name(w: &str) -> &str {
+    match w {
+        "launch" => "container launch",
+        "boot" => "boot comparison",
+        other => other,
+    }
+}
+
+/// The markdown tables of a run.
+pub fn markdown(
+    rows: &[RowSummary],
+    ratios: &[Ratio],
+    parallel: &[ParallelRecord],
+    machine: &str,
+) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "Machine: {machine}\n");
+    let _ = writeln!(
+        md,
+        "Phase durations in seconds (median / p90 / min / max); each phase runs from the \
+         previous mark of the same launch, the first from the spawn of the VMM process.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| VMM | workload | phase | median | p90 | min | max | cumulative median |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        for (key, _) in PHASES {
+            if let Some(p) = r.phases.get(*key) {
+                let d = p.duration_ms;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    r.vmm,
+                    workload_name(&r.workload),
+                    p.label,
+                    s(d.median),
+                    s(d.p90),
+                    s(d.min),
+                    s(d.max),
+                    s(p.cumulative_ms.median)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n| VMM | workload | launches ok / failed | host CPU per launch, s | host CPU to /init, s | VMM RSS overhead, MiB (median / max) |"
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|");
+    for r in rows {
+        let rss = r
+            .rss_overhead_mib
+            .map(|x| format!("{:.1} / {:.1}", x.median, x.max))
+            .unwrap_or_else(|| "n/a".into());
+        let cpu = r
+            .cpu_ms
+            .map(|x| s(x.median))
+            .unwrap_or_else(|| "n/a".into());
+        let cpu_init = r
+            .cpu_to_init_ms
+            .map(|x| s(x.median))
+            .unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} / {} | {} | {} | {} |",
+            r.vmm,
+            workload_name(&r.workload),
+            r.launches_ok,
+            r.launches_failed,
+            cpu,
+            cpu_init,
+            rss
+        );
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nBoot comparison, peer / capsa, per pair (median, [min, max] over the pairs):\n"
+        );
+        let _ = writeln!(md, "| peer | measure | ratio to capsa | pairs |");
+        let _ = writeln!(md, "|---|---|---:|---:|");
+        for r in ratios {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} [{:.2}, {:.2}] | {} |",
+                r.peer, r.what, r.median_ratio, r.min_ratio, r.max_ratio, r.pairs
+            );
+        }
+    }
+    if !parallel.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| VMM | workload | VMs at once | wall, s | launches/s |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        for p in parallel {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.3}{} |",
+                p.vmm,
+                workload_name(&p.workload),
+                p.parallel,
+                s(p.wall_ms),
+                p.launches_per_second,
+                if p.error.is_some() { " (errors)" } else { "" }
+            );
+        }
+    }
+    md
+}
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a TTF font for the chart's text; false when none is found
+/// (the chart is then drawn without text).
+fn register_font() -> bool {
+    use plotters::style::{register_font, FontStyle};
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        for p in FONT_PATHS {
+            if let Ok(bytes) = std::fs::read(p) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Colors of the phases, in [`PHASES`] order.
+const COLORS: [(u8, u8, u8); 5] = [
+    (120, 120, 120),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+];
+
+/// Draws the phase breakdown (median phase durations stacked) per row as a
+/// horizontal bar chart into `path` (PNG). Returns whether text was drawn.
+pub fn chart(rows: &[RowSummary], title: &str, path: &Path) -> anyhow::Result<bool> {
+    use plotters::prelude::*;
+
+    let text = register_font();
+    let width = 1000u32;
+    let row_h = 46u32;
+    let top = 56u32;
+    let legend_h = 60u32;
+    let height = top + row_h * rows.len().max(1) as u32 + 40 + legend_h;
+    let left = 250i32;
+    let right = 90i32;
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let font = |size: i32| ("sans-serif", size).into_font();
+
+    let total = |r: &RowSummary| -> f64 {
+        PHASES
+            .iter()
+            .filter_map(|(k, _)| r.phases.get(*k).map(|p| p.duration_ms.median))
+            .sum()
+    };
+    let max_ms = rows.iter().map(total).fold(0.0, f64::max).max(1.0);
+    // A round tick step (at most 6 ticks) and axis end, in seconds.
+    let raw = max_ms / 1e3;
+    let step = [
+        0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    ]
+    .into_iter()
+    .find(|st| raw / st <= 6.0)
+    .unwrap_or(600.0);
+    let ticks = (raw / step).ceil().max(1.0) as usize;
+    let max_s = ticks as f64 * step;
+    let plot_w = (width as i32 - left - right) as f64;
+    let x = |ms: f64| left + ((ms / 1e3) / max_s * plot_w).round() as i32;
+
+    if text {
+        root.draw(&Text::new(title.to_string(), (20, 14), font(20)))?;
+    }
+    // Grid and axis labels.
+    let axis_y = (top + row_h * rows.len() as u32) as i32 + 4;
+    for i in 0..=ticks {
+        let ms = step * 1e3 * i as f64;
+        let gx = x(ms);
+        root.draw(&PathElement::new(
+            vec![(gx, top as i32 - 6), (gx, axis_y)],
+            RGBColor(220, 220, 220),
+        ))?;
+        if text {
+            root.draw(&Text::new(
+                format!("{} s", ms / 1e3),
+                (gx - 14, axis_y + 6),
+                font(13),
+            ))?;
+        }
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y0 = (top + row_h * i as u32) as i32 + 8;
+        let y1 = y0 + row_h as i32 - 16;
+        let mut acc = 0.0;
+        for (j, (key, _)) in PHASES.iter().enumerate() {
+            if let Some(p) = r.phases.get(*key) {
+                let d = p.duration_ms.median;
+                let (cr, cg, cb) = COLORS[j % COLORS.len()];
+                let x0 = x(acc);
+                let x1 = x(acc + d).max(x0 + 1);
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x1, y1)],
+                    RGBColor(cr, cg, cb).filled(),
+                ))?;
+                acc += d;
+            }
+        }
+        if text {
+            root.draw(&Text::new(
+                r.vmm.clone(),
+                (12, y0 + 2),
+                font(15).style(FontStyle::Normal),
+            ))?;
+            root.draw(&Text::new(
+                workload_name(&r.workload).to_string(),
+                (12, y0 + 19),
+                font(12).color(&RGBColor(90, 90, 90)),
+            ))?;
+            let end = if r.phases.is_empty() {
+                format!("no data ({} failed)", r.launches_failed)
+            } else {
+                format!("{:.1} s", acc / 1e3)
+            };
+            root.draw(&Text::new(end, (x(acc) + 6, y0 + 8), font(13)))?;
+        }
+    }
+    // Legend.
+    let ly = axis_y + 30;
+    let mut lx = 20;
+    for (j, (_, label)) in PHASES.iter().enumerate() {
+        let (cr, cg, cb) = COLORS[j % COLORS.len()];
+        root.draw(&Rectangle::new(
+            [(lx, ly), (lx + 14, ly + 14)],
+            RGBColor(cr, cg, cb).filled(),
+        ))?;
+        if text {
+            root.draw(&Text::new(label.to_string(), (lx + 20, ly), font(13)))?;
+        }
+        lx += 190;
+    }
+    root.present()?;
+    Ok(text)
+}

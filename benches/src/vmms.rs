@@ -1,0 +1,596 @@
+//! The launches that are timed: capsa's full container launch (agent,
+//! vsock, virtio-blk rootfs, one container process), and the boot
+//! comparison that every VMM runs with the same kernel and initramfs.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use capsa_agent::client::{attach_stream, Client, HybridVsockConnector};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::fixtures::{Fixtures, CONTAINER_OUTPUT, INIT_LINE};
+use crate::launch::{Event, Pipe, Watched};
+
+/// The phases, in order; each is timed as the host time from spawn to the
+/// event that ends it (cumulative). A phase's own duration is the time
+/// since the previous phase that this launch saw.
+pub const PHASES: &[(&str, &str)] = &[
+    ("first_kvm_run", "exec → first KVM_RUN"),
+    ("init", "→ guest /init"),
+    ("agent_ready", "→ agent ready"),
+    ("first_output", "→ container output"),
+    ("exit", "→ exit"),
+];
+
+/// A VMM taking part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vmm {
+    Capsa,
+    Qemu(PathBuf),
+    Firecracker(PathBuf),
+    CloudHypervisor(PathBuf),
+}
+
+impl Vmm {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Vmm::Capsa => "capsa",
+            Vmm::Qemu(_) => "qemu-microvm",
+            Vmm::Firecracker(_) => "firecracker",
+            Vmm::CloudHypervisor(_) => "cloud-hypervisor",
+        }
+    }
+}
+
+/// `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// One timed launch.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct LaunchRecord {
+    pub vmm: String,
+    /// `launch` (capsa's full container launch) or `boot` (the comparison).
+    pub workload: String,
+    pub iteration: usize,
+    /// Phase key → ms from spawn (host clock) to the event ending it.
+    pub marks_ms: BTreeMap<String, f64>,
+    /// Other host-clock marks (ms from spawn), e.g. the arrival of capsa's
+    /// boot-timer line in the boot comparison.
+    pub extra_ms: BTreeMap<String, f64>,
+    /// What the VMM itself reported (µs from its `main`).
+    pub vmm_reported_us: BTreeMap<String, u64>,
+    pub cpu_user_ms: f64,
+    pub cpu_sys_ms: f64,
+    pub max_rss_kib: u64,
+    /// Peak of RSS minus resident guest memory, KiB.
+    pub rss_overhead_kib: u64,
+    pub rss_kib_at_peak: u64,
+    pub guest_rss_kib_at_peak: u64,
+    pub rss_samples: u32,
+    /// Largest total Rss and resident guest memory seen, KiB.
+    pub rss_max_kib: u64,
+    pub guest_rss_max_kib: u64,
+    /// Host CPU time (user + system) used up to the init line, ms (boot
+    /// comparison; from /proc/PID/stat when the line arrived).
+    pub cpu_to_init_ms: Option<f64>,
+    pub exit_code: i32,
+    /// Why a launch has no exit mark although it did not fail.
+    pub note: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The guest command line of the boot comparison, as capsa builds it with
+/// `--serial-console --no-rng` (given verbatim to the peers).
+pub fn comparison_cmdline() -> String {
+    let mut c = format!("{} console=ttyS0", capsa_vmm::config::DEFAULT_CMDLINE);
+    if capsa_vmm::pvm::is_pvm_host() {
+        c.push_str(&format!(
+            " {} clearcpuid={}",
+            capsa_vmm::pvm::KERNEL_PARAM,
+            capsa_vmm::pvm::CLEARCPUID.join(",")
+        ));
+    }
+    c
+}
+
+/// `capsa: boot-timer: guest init reached after N us`.
+fn boot_timer_us(text: &str) -> Option<u64> {
+    text.strip_prefix("capsa: boot-timer: guest init reached after ")?
+        .strip_suffix(" us")?
+        .parse()
+        .ok()
+}
+
+/// capsa's JSON log line `first KVM_RUN` → its `elapsed_us`.
+fn first_kvm_run_us(text: &str) -> Option<Option<u64>> {
+    if !text.contains("first KVM_RUN") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    Some(v["fields"]["elapsed_us"].as_u64())
+}
+
+fn capsa_command(fx: &Fixtures) -> Command {
+    let mut cmd = Command::new(&fx.capsa);
+    cmd.env("CAPSA_LOG", "capsa_vmm=info")
+        .env(capsa_vmm::guest_agent::AGENT_ENV, &fx.agent)
+        .args(["--log-format", "json", "vmm", "--kernel"])
+        .arg(&fx.kernel);
+    cmd
+}
+
+/// Records the capsa marks found in the events seen so far.
+fn collect_capsa_marks(w: &Watched, rec: &mut LaunchRecord, boot_timer_is_init: bool) {
+    for ev in &w.seen {
+        let Event::Line {
+            pipe: Pipe::Stderr,
+            text,
+            at,
+        } = ev
+        else {
+            continue;
+        };
+        if let Some(us) = first_kvm_run_us(text) {
+            rec.marks_ms
+                .entry("first_kvm_run".into())
+                .or_insert(w.ms(*at));
+            if let Some(us) = us {
+                rec.vmm_reported_us
+                    .entry("first_kvm_run".into())
+                    .or_insert(us);
+            }
+        } else if let Some(us) = boot_timer_us(text) {
+            let key = if boot_timer_is_init {
+                rec.marks_ms.entry("init".into()).or_insert(w.ms(*at));
+                "init"
+            } else {
+                rec.extra_ms
+                    .entry("boot_timer_line".into())
+                    .or_insert(w.ms(*at));
+                "boot_timer_init"
+            };
+            rec.vmm_reported_us.entry(key.into()).or_insert(us);
+        }
+    }
+}
+
+fn finish_record(w: &mut Watched, rec: &mut LaunchRecord, deadline: Instant) -> anyhow::Result<()> {
+    let (at, end, mem, killed) = w.finish(deadline);
+    rec.cpu_user_ms = end.user_ms;
+    rec.cpu_sys_ms = end.sys_ms;
+    rec.max_rss_kib = end.max_rss_kib;
+    rec.rss_overhead_kib = mem.overhead_kib;
+    rec.rss_kib_at_peak = mem.rss_kib;
+    rec.guest_rss_kib_at_peak = mem.guest_kib;
+    rec.rss_samples = mem.samples;
+    rec.rss_max_kib = mem.rss_max_kib;
+    rec.guest_rss_max_kib = mem.guest_max_kib;
+    rec.exit_code = end.code;
+    if !killed {
+        rec.marks_ms.insert("exit".into(), w.ms(at));
+    }
+    w.check_end(&end, killed)
+}
+
+/// capsa's full launch: `capsa vmm --agent` with a vsock socket and the
+/// rootfs disk; the host connects, `hello`, `create` + `start` a process
+/// that echoes one line, reads its first stdout byte, `wait`s for it and
+/// asks the agent to `shutdown`; the VMM then exits.
+pub fn capsa_launch(
+    fx: &Fixtures,
+    work: &Path,
+    tag: &str,
+    memory_mib: u32,
+    timeout: Duration,
+) -> LaunchRecord {
+    let mut rec = LaunchRecord {
+        vmm: "capsa".into(),
+        workload: "launch".into(),
+        ..Default::default()
+    };
+    if let Err(e) = capsa_launch_inner(fx, work, tag, memory_mib, timeout, &mut rec) {
+        rec.error = Some(format!("{e:#}"));
+    }
+    rec
+}
+
+fn capsa_launch_inner(
+    fx: &Fixtures,
+    work: &Path,
+    tag: &str,
+    memory_mib: u32,
+    timeout: Duration,
+    rec: &mut LaunchRecord,
+) -> anyhow::Result<()> {
+    let uds = work.join(format!("vsock-{tag}.sock"));
+    let _ = std::fs::remove_file(&uds);
+    let disk = work.join(format!("rootfs-{tag}.ext4"));
+    std::fs::copy(&fx.rootfs, &disk).context("copy the rootfs image")?;
+    let mut cmd = capsa_command(fx);
+    cmd.arg("--agent")
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--boot-timer")
+        .args(["--memory-mib", &memory_mib.to_string()]);
+    let mut w = Watched::spawn(cmd, memory_mib)?;
+    let deadline = w.t0 + timeout;
+    let result = drive_agent(&mut w, &uds, deadline, rec);
+    if result.is_err() {
+        w.kill();
+    }
+    let finished = finish_record(&mut w, rec, deadline + Duration::from_secs(30));
+    collect_capsa_marks(&w, rec, true);
+    let _ = std::fs::remove_file(&uds);
+    let _ = std::fs::remove_file(&disk);
+    result.and(finished)
+}
+
+fn drive_agent(
+    w: &mut Watched,
+    uds: &Path,
+    deadline: Instant,
+    rec: &mut LaunchRecord,
+) -> anyhow::Result<()> {
+    let connector = HybridVsockConnector::new(uds);
+    // Retry until the agent answers `hello`, as Client::connect_retry does,
+    // but stop as soon as the VMM has died.
+    let client = loop {
+        let attempt = Client::connect(&connector).and_then(|c| {
+            c.hello(Duration::from_secs(5))?;
+            Ok(c)
+        });
+        match attempt {
+            Ok(c) => break c,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    bail!("agent not ready before the timeout: {e}");
+                }
+                w.wait_for(Instant::now() + Duration::from_millis(10), |_| None::<()>);
+                if w.ended().is_some() {
+                    bail!(
+                        "the VMM ended before the agent answered; last output:\n{}",
+                        w.tail(20)
+                    );
+                }
+            }
+        }
+    };
+    rec.marks_ms
+        .insert("agent_ready".into(), w.ms(Instant::now()));
+    let rpc_timeout = Some(deadline.saturating_duration_since(Instant::now()));
+    let created = client
+        .call_value(
+            "create",
+            json!({
+                "containerId": "capsa-bench",
+                "rootfs": { "source": "/dev/vda", "fstype": "ext4" },
+                "process": {
+                    "args": ["/bin/busybox", "echo", CONTAINER_OUTPUT],
+                    "env": ["PATH=/bin"],
+                    "cwd": "/",
+                },
+                "stdin": false,
+            }),
+            rpc_timeout,
+        )
+        .context("create")?;
+    let process_id = created["processId"].clone();
+    let token = created["streams"]["stdout"]
+        .as_str()
+        .ok_or_else(|| anyhow!("create gave no stdout stream: {created}"))?
+        .to_owned();
+    let mut stream = attach_stream(&connector, &token).context("attach stdout")?;
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut first = None;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    first.get_or_insert_with(Instant::now);
+                    out.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        let _ = tx.send((first, out));
+    });
+    client
+        .call_value("start", json!({}), rpc_timeout)
+        .context("start")?;
+    let exit = client
+        .call_value("wait", json!({ "processId": process_id }), None)
+        .context("wait")?;
+    let (first, out) = rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| anyhow!("the stdout stream did not end"))?;
+    let first = first.ok_or_else(|| anyhow!("the container process printed nothing"))?;
+    rec.marks_ms.insert("first_output".into(), w.ms(first));
+    let out = String::from_utf8_lossy(&out);
+    if !out.contains(CONTAINER_OUTPUT) || exit["exitCode"].as_i64() != Some(0) {
+        bail!("container process: output {out:?}, exit {exit}");
+    }
+    // The agent answers, then reboots the guest; the answer may be lost
+    // with the connection.
+    let _ = client.call_value("shutdown", json!({}), rpc_timeout);
+    Ok(())
+}
+
+/// The command of the boot comparison for `vmm`.
+fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u32) -> Command {
+    let cmdline = comparison_cmdline();
+    match vmm {
+        Vmm::Capsa => {
+            let mut cmd = capsa_command(fx);
+            cmd.arg("--initramfs")
+                .arg(&fx.boot_initramfs)
+                .args(["--serial-console", "--boot-timer", "--no-rng"])
+                .args(["--memory-mib", &memory_mib.to_string()]);
+            cmd
+        }
+        Vmm::Qemu(bin) => {
+            // As /work/shared/guest-kernel/boot.sh: microvm without legacy
+            // devices but the serial port, PVH entry of the vmlinux.
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "-M",
+                "microvm,x-option-roms=off,isa-serial=on,rtc=off,pic=off,pit=off",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "qemu64,-cx16,+tsc-deadline,+xsaveerptr",
+                "-smp",
+                "1",
+                "-m",
+                &memory_mib.to_string(),
+                "-display",
+                "none",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-kernel",
+            ])
+            .arg(&fx.kernel)
+            .arg("-initrd")
+            .arg(&fx.boot_initramfs)
+            .arg("-append")
+            .arg(&cmdline);
+            cmd
+        }
+        Vmm::Firecracker(bin) => {
+            let config = json!({
+                "boot-source": {
+                    "kernel_image_path": fx.kernel,
+                    "initrd_path": fx.boot_initramfs,
+                    "boot_args": cmdline,
+                },
+                "drives": [],
+                "machine-config": { "vcpu_count": 1, "mem_size_mib": memory_mib },
+            });
+            let path = work.join(format!("firecracker-{tag}.json"));
+            let _ = std::fs::write(&path, config.to_string());
+            let mut cmd = Command::new(bin);
+            cmd.arg("--no-api").arg("--config-file").arg(path);
+            cmd
+        }
+        Vmm::CloudHypervisor(bin) => {
+            let mut cmd = Command::new(bin);
+            cmd.arg("--kernel")
+                .arg(&fx.kernel)
+                .arg("--initramfs")
+                .arg(&fx.boot_initramfs)
+                .arg("--cmdline")
+                .arg(&cmdline)
+                .args(["--cpus", "boot=1", "--memory"])
+                .arg(format!("size={memory_mib}M"))
+                .args(["--serial", "tty", "--console", "off"]);
+            cmd
+        }
+    }
+}
+
+/// A boot-comparison launch running (for the parallel rounds).
+pub struct BootRun {
+    vmm: Vmm,
+    w: Watched,
+    rec: LaunchRecord,
+    timeout: Duration,
+}
+
+/// Starts one boot-comparison launch.
+pub fn boot_start(
+    vmm: &Vmm,
+    fx: &Fixtures,
+    work: &Path,
+    tag: &str,
+    memory_mib: u32,
+    timeout: Duration,
+) -> anyhow::Result<BootRun> {
+    let cmd = boot_command(vmm, fx, work, tag, memory_mib);
+    Ok(BootRun {
+        vmm: vmm.clone(),
+        w: Watched::spawn(cmd, memory_mib)?,
+        rec: LaunchRecord {
+            vmm: vmm.name().into(),
+            workload: "boot".into(),
+            ..Default::default()
+        },
+        timeout,
+    })
+}
+
+impl BootRun {
+    /// When it was spawned.
+    pub fn t0(&self) -> Instant {
+        self.w.t0
+    }
+
+    /// Waits for the init line and the exit; returns the record and the
+    /// exit instant.
+    pub fn finish(mut self) -> (LaunchRecord, Option<Instant>) {
+        let deadline = self.w.t0 + self.timeout;
+        let init = self.w.wait_for(deadline, |ev| match ev {
+            Event::Line {
+                pipe: Pipe::Stdout,
+                text,
+                at,
+            } if text.contains(INIT_LINE) => Some(*at),
+            _ => None,
+        });
+        if let Some(at) = init {
+            let ms = self.w.ms(at);
+            self.rec.marks_ms.insert("init".into(), ms);
+            self.rec.cpu_to_init_ms = self.w.cpu_ms_now();
+        }
+        // The guest resets right after the line. capsa and Firecracker end
+        // on the i8042 reset; QEMU microvm has no i8042 and on this host the
+        // kernel's fallbacks do not end it, and cloud-hypervisor reboots the
+        // guest: those are killed 5 s after the line and have no exit mark.
+        let exits_on_reset = matches!(self.vmm, Vmm::Capsa | Vmm::Firecracker(_));
+        let exit_deadline = match init {
+            Some(at) if !exits_on_reset => at + Duration::from_secs(5),
+            _ => deadline,
+        };
+        let result = finish_record(&mut self.w, &mut self.rec, exit_deadline);
+        if self.vmm == Vmm::Capsa {
+            collect_capsa_marks(&self.w, &mut self.rec, false);
+        }
+        let exit = self.w.ended().map(|(at, _)| at);
+        match (init, result) {
+            (None, Err(e)) => self.rec.error = Some(format!("no init line: {e:#}")),
+            (None, Ok(())) => {
+                self.rec.error = Some(format!("no init line; last output:\n{}", self.w.tail(20)))
+            }
+            (Some(_), Err(e)) if exits_on_reset => self.rec.error = Some(format!("{e:#}")),
+            (Some(_), Err(_)) => {
+                self.rec.marks_ms.remove("exit");
+                self.rec.note = Some(
+                    "does not exit on the guest's reset here: killed 5 s after the init line, \
+                     no exit mark"
+                        .into(),
+                )
+            }
+            (Some(_), Ok(())) => {}
+        }
+        (self.rec, exit)
+    }
+}
+
+/// One boot-comparison launch, start to end.
+pub fn boot_once(
+    vmm: &Vmm,
+    fx: &Fixtures,
+    work: &Path,
+    tag: &str,
+    memory_mib: u32,
+    timeout: Duration,
+) -> LaunchRecord {
+    match boot_start(vmm, fx, work, tag, memory_mib, timeout) {
+        Ok(run) => run.finish().0,
+        Err(e) => LaunchRecord {
+            vmm: vmm.name().into(),
+            workload: "boot".into(),
+            error: Some(format!("{e:#}")),
+            ..Default::default()
+        },
+    }
+}
+
+/// Throughput with `k` VMs at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParallelRecord {
+    pub vmm: String,
+    pub workload: String,
+    pub parallel: usize,
+    /// From the first spawn to the last exit, ms.
+    pub wall_ms: f64,
+    pub launches_per_second: f64,
+    pub launches: Vec<LaunchRecord>,
+    pub error: Option<String>,
+}
+
+/// Starts `k` boot-comparison launches of `vmm` at once and waits for all.
+pub fn boot_parallel(
+    vmm: &Vmm,
+    fx: &Fixtures,
+    work: &Path,
+    k: usize,
+    memory_mib: u32,
+    timeout: Duration,
+) -> ParallelRecord {
+    let mut runs = Vec::new();
+    let mut error = None;
+    for i in 0..k {
+        match boot_start(vmm, fx, work, &format!("par{i}"), memory_mib, timeout) {
+            Ok(r) => runs.push(r),
+            Err(e) => error = Some(format!("{e:#}")),
+        }
+    }
+    let first = runs.iter().map(BootRun::t0).min();
+    // Each run is finished on its own thread so that none waits on another.
+    let handles: Vec<_> = runs
+        .into_iter()
+        .map(|r| std::thread::spawn(move || r.finish()))
+        .collect();
+    let mut launches = Vec::new();
+    let mut last = None;
+    for h in handles {
+        if let Ok((rec, exit)) = h.join() {
+            if let Some(e) = &rec.error {
+                error.get_or_insert_with(|| e.clone());
+            }
+            last = last.max(exit);
+            launches.push(rec);
+        }
+    }
+    let wall_ms = match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64() * 1e3,
+        _ => 0.0,
+    };
+    let ok = launches.iter().filter(|l| l.error.is_none()).count();
+    ParallelRecord {
+        vmm: vmm.name().into(),
+        workload: "boot".into(),
+        parallel: k,
+        wall_ms,
+        launches_per_second: if wall_ms > 0.0 {
+            ok as f64 / (wall_ms / 1e3)
+        } else {
+            0.0
+        },
+        launches,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capsa_lines_are_parsed() {
+        assert_eq!(
+            boot_timer_us("capsa: boot-timer: guest init reached after 1234 us"),
+            Some(1234)
+        );
+        let log = r#"{"timestamp":"x","level":"INFO","fields":{"message":"first KVM_RUN","elapsed_us":987},"target":"capsa_vmm::vstate::vcpu"}"#;
+        assert_eq!(first_kvm_run_us(log), Some(Some(987)));
+        assert_eq!(first_kvm_run_us("other"), None);
+    }
+}

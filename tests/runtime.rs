@@ -1,0 +1,316 @@
+//! The OCI runtime commands with the real `capsa` binary and real guests:
+//! `run` (output and exit status), the create/start/state/exec/kill/delete
+//! lifecycle with a pid file, stdin, the `process` runtime type through
+//! runc, and clean failures of bad bundles and bad CLI use.
+//!
+//! Each guest boot costs from ~30 s to minutes on the emulated test hosts,
+//! so one booted container serves all the lifecycle checks, and at most two
+//! VMs run at once (the two VM tests).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use capsa_tests::require_kvm;
+use capsa_tests::support::runtime::*;
+use serde_json::{json, Value};
+
+fn state(root: &Path, id: &str) -> Value {
+    let out = capsa_in(root, &["state", id]);
+    assert_ok(&out, "capsa state");
+    serde_json::from_slice(&out.stdout).expect("state is JSON")
+}
+
+#[test]
+fn run_prints_and_exits_with_the_status() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        "b",
+        &vm_config(&["sh", "-c", "echo hi; exit 3"]),
+    );
+    let out = capsa_in(&root, &["run", "--bundle", b.to_str().unwrap(), "run1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert!(!root.join("run1").exists(), "run leaves no state behind");
+    assert!(host_processes_with("container-vmm run1").is_empty());
+}
+
+#[test]
+fn lifecycle_exec_stdin_kill_delete() {
+    require_kvm();
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let id = "life1";
+    let b = bundle(
+        dir.path(),
+        "b",
+        &vm_config(&["sh", "-c", "read line; echo got:$line; exec sleep 1000"]),
+    );
+    let pid_file = dir.path().join("pid");
+    let out_file = dir.path().join("stdout");
+    let err_file = dir.path().join("stderr");
+
+    // create: stdin is a pipe we keep, stdout a file (as conmon's pipes).
+    let started = Instant::now();
+    let mut create = capsa_cmd(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
+        .arg(&pid_file)
+        .arg(id)
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdin = create.stdin.take().unwrap();
+    // The VMM process keeps the stdio: wait for `create` only, not for EOF.
+    let status = create.wait().unwrap();
+    assert!(
+        status.success(),
+        "capsa create failed ({status}): {}",
+        std::fs::read_to_string(&err_file).unwrap_or_default()
+    );
+    eprintln!("create took {:?}", started.elapsed());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        cmdline(pid).contains("container-vmm"),
+        "the pid file names the VMM process: {}",
+        cmdline(pid)
+    );
+    let s = state(&root, id);
+    assert_eq!(s["status"], "created");
+    assert_eq!(s["pid"], json!(pid));
+    assert_eq!(s["id"], id);
+
+    let list = capsa_in(&root, &["list"]);
+    assert_ok(&list, "capsa list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    let row = text.lines().find(|l| l.starts_with(id)).expect("listed");
+    assert!(row.contains("created") && row.contains(" vm "), "{row}");
+
+    // start, and start again.
+    assert_ok(&capsa_in(&root, &["start", id]), "capsa start");
+    assert_fails(&capsa_in(&root, &["start", id]), "running", "second start");
+    assert_eq!(state(&root, id)["status"], "running");
+
+    // stdin reaches the process.
+    stdin.write_all(b"hello\n").unwrap();
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&out_file)
+        .unwrap()
+        .contains("got:hello")
+    {
+        assert!(Instant::now() < deadline, "no got:hello in stdout");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // exec while running: output and status.
+    let out = capsa_in(
+        &root,
+        &["exec", id, "sh", "-c", "echo exec-ok; hostname; exit 5"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "exec-ok\ncapsa-test\n"
+    );
+    let ps = capsa_in(&root, &["ps", "--format", "json", id]);
+    assert_ok(&ps, "capsa ps");
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(!pids.is_empty());
+
+    // Isolation: the container's process is not a host process.
+    assert!(
+        host_processes_with("sleep 1000").is_empty(),
+        "the container's sleep must not be visible on the host"
+    );
+
+    // delete while running needs --force.
+    assert_fails(
+        &capsa_in(&root, &["delete", id]),
+        "running",
+        "delete running",
+    );
+    assert!(root.join(id).join("state.json").exists());
+
+    // kill: the VMM process exits with 128+9.
+    assert_ok(&capsa_in(&root, &["kill", id, "KILL"]), "capsa kill");
+    assert_eq!(wait_child(pid), 137);
+    assert_eq!(state(&root, id)["status"], "stopped");
+    assert_fails(
+        &capsa_in(&root, &["kill", id]),
+        "not running",
+        "kill stopped",
+    );
+
+    assert_ok(&capsa_in(&root, &["delete", id]), "capsa delete");
+    assert!(!root.join(id).exists(), "delete removes the state dir");
+    assert!(cmdline(pid).is_empty(), "no VMM process left");
+    assert_fails(
+        &capsa_in(&root, &["state", id]),
+        "does not exist",
+        "state after delete",
+    );
+}
+
+#[test]
+fn process_runtime_goes_to_runc() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let b = dir.path().join("pb");
+    std::fs::create_dir_all(&b).unwrap();
+    busybox_rootfs_dir(&b);
+    let out = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&b)
+        .output()
+        .expect("runc is installed by scripts/setup.sh");
+    assert_ok(&out, "runc spec");
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!(["sleep", "1001"]);
+    config["annotations"] = json!({"io.capsa.runtime": "process"});
+    std::fs::write(b.join("config.json"), config.to_string()).unwrap();
+    let id = "proc1";
+    let pid_file = dir.path().join("pid");
+    let out = capsa_detached(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ],
+        &dir.path().join("create"),
+    );
+    assert_ok(&out, "capsa create (process)");
+    let list = capsa_in(&root, &["list"]);
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    let row = text.lines().find(|l| l.starts_with(id)).expect("listed");
+    assert!(row.contains("process") && row.contains("created"), "{row}");
+    assert_ok(&capsa_in(&root, &["start", id]), "capsa start (process)");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        cmdline(pid).contains("sleep 1001"),
+        "the container's process is a host process: {}",
+        cmdline(pid)
+    );
+    assert_eq!(state(&root, id)["status"], "running");
+    let out = capsa_in(&root, &["exec", id, "sh", "-c", "echo in-runc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-runc\n");
+    assert_fails(
+        &capsa_in(&root, &["pause", "nosuch"]),
+        "does not exist",
+        "pause unknown",
+    );
+    assert_ok(&capsa_in(&root, &["kill", id, "9"]), "capsa kill (process)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&root, id)["status"] != "stopped" {
+        assert!(Instant::now() < deadline, "runc container did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ok(&capsa_in(&root, &["delete", id]), "capsa delete (process)");
+    assert!(!root.join(id).exists());
+    assert!(!root.join(".runc").join(id).exists());
+}
+
+/// Breaks a good bundle in one way.
+type Breaker = Box<dyn Fn(&Path)>;
+
+#[test]
+fn bad_bundles_and_bad_use_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let good = vm_config(&["true"]);
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "noconfig",
+            Box::new(|b: &Path| std::fs::remove_file(b.join("config.json")).unwrap()),
+            "config.json: no such file",
+        ),
+        (
+            "badjson",
+            Box::new(|b: &Path| {
+                std::fs::write(b.join("config.json"), "{\"ociVersion\": ").unwrap()
+            }),
+            "config.json",
+        ),
+        (
+            "norootfs",
+            Box::new(|b: &Path| std::fs::remove_dir_all(b.join("rootfs")).unwrap()),
+            "root.path",
+        ),
+        (
+            "noargs",
+            Box::new(|b: &Path| {
+                let mut c = vm_config(&[]);
+                c["process"]["args"] = json!([]);
+                std::fs::write(b.join("config.json"), c.to_string()).unwrap();
+            }),
+            "process.args",
+        ),
+        (
+            "baduser",
+            Box::new(|b: &Path| {
+                let mut c = vm_config(&["true"]);
+                c["process"]["user"]["username"] = json!("nosuchuser");
+                std::fs::write(b.join("config.json"), c.to_string()).unwrap();
+            }),
+            "unknown user",
+        ),
+    ];
+    for (name, breakit, needle) in cases {
+        let b = bundle(dir.path(), name, &good);
+        breakit(&b);
+        let out = capsa_in(&root, &["create", "--bundle", b.to_str().unwrap(), name]);
+        assert_fails(&out, needle, name);
+        assert!(!root.join(name).exists(), "{name}: state dir left behind");
+        assert!(host_processes_with(&format!("container-vmm {name}")).is_empty());
+    }
+    for verb in ["start", "state", "kill", "delete", "ps", "pause"] {
+        assert_fails(&capsa_in(&root, &[verb, "nosuch"]), "does not exist", verb);
+    }
+    assert_fails(
+        &capsa_in(&root, &["start", "../x"]),
+        "invalid container id",
+        "bad id",
+    );
+    assert_fails(
+        &capsa_in(&root, &["kill", "nosuch", "NOSIG"]),
+        "unknown signal",
+        "bad signal",
+    );
+    let list = capsa_in(&root, &["list", "--format", "json"]);
+    assert_ok(&list, "list");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&list.stdout).unwrap(),
+        json!([])
+    );
+}

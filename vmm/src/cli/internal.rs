@@ -1,0 +1,58 @@
+//! Hidden subcommands: the helper processes `capsa` starts itself.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use capsa_agent::protocol::ProcessSpec;
+use capsa_vmm::runtime::spawn::Ready;
+use capsa_vmm::runtime::{exec, shim};
+
+use super::GlobalArgs;
+
+/// Flags of `container-vmm`.
+#[derive(Debug, clap::Args)]
+pub struct ContainerVmmArgs {
+    /// The container id (its state directory holds the inputs).
+    pub id: String,
+}
+
+/// The per-container VMM process.
+pub fn container_vmm(g: &GlobalArgs, args: ContainerVmmArgs, start: Instant) -> anyhow::Result<u8> {
+    Ok(shim::run(&g.root.join(&args.id), start))
+}
+
+/// Flags of `exec-process`.
+#[derive(Debug, clap::Args)]
+pub struct ExecProcessArgs {
+    /// The agent's process spec as JSON (removed once read).
+    #[arg(long)]
+    pub process_file: PathBuf,
+    /// Unix socket for the pty master.
+    #[arg(long)]
+    pub console_socket: Option<PathBuf>,
+    /// The container id.
+    pub id: String,
+}
+
+/// The host side of a detached exec'd process.
+pub fn exec_process(g: &GlobalArgs, args: ExecProcessArgs) -> anyhow::Result<u8> {
+    let mut ready = Ready::from_env();
+    let result = (|| -> anyhow::Result<i32> {
+        let text = std::fs::read_to_string(&args.process_file)?;
+        let process: ProcessSpec = serde_json::from_str(&text)?;
+        let c = g.runtime().exec_target(&args.id)?;
+        Ok(exec::run(
+            &c,
+            process,
+            args.console_socket.as_deref(),
+            &mut ready,
+        )?)
+    })();
+    match result {
+        Ok(status) => Ok((status & 0xff) as u8),
+        Err(e) => {
+            ready.fail(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}

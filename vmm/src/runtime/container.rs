@@ -1,0 +1,533 @@
+//! The operations of the OCI runtime (runtime spec `runtime.md` §
+//! "Operations", with runc's semantics), one function per verb; the CLI
+//! files in `cli/` only parse arguments and print.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use capsa_agent::protocol::ProcessSpec;
+use serde_json::{json, Value};
+
+use super::bundle::Bundle;
+use super::exec::agent;
+use super::runc::{args, Runc};
+use super::shim::ShimOptions;
+use super::state::{self, Container, Record, Root, RuntimeType, Status};
+use super::vm_spec::{self, Machine};
+use super::{rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
+
+/// Where capsa and runc keep state; how to reach runc.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// `--root`.
+    pub root: Root,
+    /// runc for `process` containers.
+    pub runc: Runc,
+}
+
+/// Options of `create` (and `run`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// `--bundle`.
+    pub bundle: PathBuf,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// `run` in the foreground: keep the VMM process in the caller's
+    /// session.
+    pub foreground: bool,
+}
+
+/// What `create` made.
+pub enum Created {
+    /// A VMM process (a child of this process).
+    Vm(Child),
+    /// runc's exit code (process runtime).
+    Process(i32),
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    state::write_atomic(path, pid.to_string().as_bytes())
+}
+
+/// The guest kernel: `$CAPSA_KERNEL`; `vmlinux` next to `capsa`; the newest
+/// `<cache>/kernel/*/vmlinux` (what `kernel-config/build.sh` makes);
+/// `/usr/local/lib/capsa/vmlinux`, `/usr/lib/capsa/vmlinux`.
+pub fn locate_kernel() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CAPSA_KERNEL") {
+        return Ok(p.into());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
+        candidates.push(dir.join("vmlinux"));
+    }
+    let cached = crate::guest_agent::cache_dir().join("kernel");
+    if let Ok(entries) = std::fs::read_dir(&cached) {
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(|e| {
+                let p = e.ok()?.path().join("vmlinux");
+                Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))
+            })
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev().map(|(_, p)| p));
+    }
+    candidates.push("/usr/local/lib/capsa/vmlinux".into());
+    candidates.push("/usr/lib/capsa/vmlinux".into());
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        RuntimeError::Failed(
+            "cannot find the guest kernel: run kernel-config/build.sh (scripts/setup.sh) or set \
+             CAPSA_KERNEL"
+                .into(),
+        )
+    })
+}
+
+/// Removes what a container left: its state directory and a vsock socket
+/// kept outside it.
+fn remove_container_files(dir: &Path, vsock: &Path) {
+    if !vsock.starts_with(dir) {
+        let _ = std::fs::remove_file(vsock);
+        for port in [1024, 1025] {
+            let _ = std::fs::remove_file(format!("{}_{port}", vsock.display()));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+impl Runtime {
+    fn load(&self, id: &str) -> Result<Container> {
+        self.root.load(id)
+    }
+
+    /// `create`: validates the bundle, prepares the disks and starts the
+    /// VMM process; returns once the container is created, or fails having
+    /// removed everything it made.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<Created> {
+        state::validate_id(id)?;
+        if self.root.dir(id).exists() {
+            return Err(RuntimeError::Exists(id.to_string()));
+        }
+        let bundle = Bundle::load(&opts.bundle)?;
+        let dir = self.root.create_dir(id)?;
+        let vsock = state::vsock_path(&dir);
+        let result = match bundle.runtime {
+            RuntimeType::Process => self.create_process(id, &bundle, &dir, opts),
+            RuntimeType::Vm => self.create_vm(id, &bundle, &dir, &vsock, opts),
+        };
+        if result.is_err() {
+            remove_container_files(&dir, &vsock);
+        }
+        result
+    }
+
+    fn record(&self, id: &str, bundle: &Bundle, runtime: RuntimeType) -> Record {
+        Record {
+            id: id.to_string(),
+            runtime,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            pid: 0,
+            pid_start_time: 0,
+            init_process_id: 0,
+            vsock: PathBuf::new(),
+        }
+    }
+
+    fn create_process(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        dir: &Path,
+        opts: &CreateOptions,
+    ) -> Result<Created> {
+        let container = Container {
+            dir: dir.to_owned(),
+            record: self.record(id, bundle, RuntimeType::Process),
+        };
+        container.save()?;
+        let mut a = args(["create", "--bundle"]);
+        a.push(bundle.dir.clone().into());
+        if let Some(p) = &opts.pid_file {
+            a.push("--pid-file".into());
+            a.push(std::path::absolute(p).unwrap_or(p.clone()).into());
+        }
+        if let Some(s) = &opts.console_socket {
+            a.push("--console-socket".into());
+            a.push(s.into());
+        }
+        a.push(id.into());
+        let code = self.runc.run(&a)?;
+        if code != 0 {
+            return Err(RuntimeError::Failed(format!(
+                "runc create exited with {code}"
+            )));
+        }
+        Ok(Created::Process(0))
+    }
+
+    fn create_vm(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        dir: &Path,
+        vsock: &Path,
+        opts: &CreateOptions,
+    ) -> Result<Created> {
+        let kernel = locate_kernel()?;
+        let agent =
+            crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let cache = crate::guest_agent::cache_dir();
+        let initramfs = crate::guest_agent::initramfs(&agent, &cache.join("initramfs"))
+            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
+        let rootfs_image = rootfs::rootfs_image(&bundle.rootfs, &cache)?;
+        let readonly = bundle
+            .spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        let plan = vm_spec::mounts(&bundle.spec, readonly);
+        let binds_image = vm_spec::binds_image(&plan, dir)?;
+        if let Some(parent) = vsock.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| RuntimeError::io(format!("mkdir {}", parent.display()), e))?;
+        }
+        let machine = Machine {
+            kernel,
+            initramfs,
+            rootfs_image,
+            binds_image,
+            vsock: vsock.to_owned(),
+        };
+        let mut config = vm_spec::vm_config(bundle, &machine)?;
+        // The guest's console (kernel warnings and panics; the agent logs
+        // to it too) goes to a file in the state directory.
+        config.serial_log = Some(dir.join("console.log"));
+        let params = vm_spec::create_params(id, bundle, plan.mounts)?;
+        let options = ShimOptions {
+            console_socket: opts
+                .console_socket
+                .as_ref()
+                .map(|s| std::path::absolute(s).unwrap_or(s.clone())),
+        };
+        let json = |v: &dyn erased::Ser| serde_json::to_vec_pretty(&v.value()).unwrap_or_default();
+        state::write_atomic(&dir.join("vm.json"), &json(&config))?;
+        state::write_atomic(&dir.join("agent.json"), &json(&params))?;
+        state::write_atomic(&dir.join("shim.json"), &json(&options))?;
+        let mut helper_args: Vec<OsString> = vec!["--root".into(), self.root.path.clone().into()];
+        helper_args.push("--log".into());
+        helper_args.push(dir.join("vmm.log").into());
+        helper_args.push("container-vmm".into());
+        helper_args.push(id.into());
+        let pending = spawn::spawn(&helper_args, !opts.foreground)?;
+        let (child, report) = pending.wait_ready(BOOT_TIMEOUT)?;
+        let pid = child.id() as i32;
+        let mut record = self.record(id, bundle, RuntimeType::Vm);
+        record.pid = pid;
+        record.pid_start_time = state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
+        record.init_process_id = report["initProcessId"].as_u64().unwrap_or(0);
+        record.vsock = vsock.to_owned();
+        let container = Container {
+            dir: dir.to_owned(),
+            record,
+        };
+        let saved = container.save().and_then(|_| match &opts.pid_file {
+            Some(p) => write_pid_file(p, pid),
+            None => Ok(()),
+        });
+        if let Err(e) = saved {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        Ok(Created::Vm(child))
+    }
+
+    /// `start`: runs the container's process.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let c = self.load(id)?;
+        if c.record.runtime == RuntimeType::Process {
+            return self.runc_ok(&args(["start", id]));
+        }
+        let status = c.vm_status();
+        if status != Status::Created {
+            return Err(RuntimeError::State {
+                id: id.to_string(),
+                status,
+                message: "only a created container can be started".into(),
+            });
+        }
+        let (_, client) = agent(&c)?;
+        client.start()?;
+        std::fs::write(c.dir.join("started"), b"")
+            .map_err(|e| RuntimeError::io("write started", e))?;
+        Ok(())
+    }
+
+    fn runc_ok(&self, a: &[OsString]) -> Result<()> {
+        match self.runc.run(a)? {
+            0 => Ok(()),
+            code => Err(RuntimeError::Failed(format!(
+                "runc {} exited with {code}",
+                a.first()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The OCI state of a container (runtime spec `runtime.md` § "State",
+    /// plus runc's `rootfs`, `created` and capsa's `runtime`).
+    pub fn state(&self, id: &str) -> Result<Value> {
+        let c = self.load(id)?;
+        let (status, pid) = self.status_pid(&c);
+        Ok(json!({
+            "ociVersion": "1.0.2",
+            "id": id,
+            "status": status,
+            "pid": pid,
+            "bundle": c.record.bundle,
+            "rootfs": c.record.rootfs,
+            "created": c.record.created,
+            "owner": "",
+            "annotations": c.record.annotations,
+            "runtime": c.record.runtime,
+        }))
+    }
+
+    fn status_pid(&self, c: &Container) -> (Status, i32) {
+        match c.record.runtime {
+            RuntimeType::Vm => {
+                let status = c.vm_status();
+                let pid = if status == Status::Stopped {
+                    0
+                } else {
+                    c.record.pid
+                };
+                (status, pid)
+            }
+            RuntimeType::Process => match self.runc.state(&c.record.id) {
+                Ok(v) => {
+                    let status =
+                        serde_json::from_value(v["status"].clone()).unwrap_or(Status::Stopped);
+                    (status, v["pid"].as_i64().unwrap_or(0) as i32)
+                }
+                Err(_) => (Status::Stopped, 0),
+            },
+        }
+    }
+
+    /// `kill`: a signal to the container's process (`all`: to every
+    /// process of the container).
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
+        let c = self.load(id)?;
+        if c.record.runtime == RuntimeType::Process {
+            let mut a = args(["kill"]);
+            if all {
+                a.push("--all".into());
+            }
+            a.push(id.into());
+            a.push(signal.to_string().into());
+            return self.runc_ok(&a);
+        }
+        match c.vm_status() {
+            Status::Created => {
+                // The process has not started: the VMM process stands for
+                // it (as runc's init does) and ends with the signal.
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.record.pid),
+                    nix::sys::signal::Signal::try_from(signal).ok(),
+                )
+                .map_err(|e| RuntimeError::io("kill", e.into()))
+            }
+            Status::Running => {
+                let (_, client) = agent(&c)?;
+                let result = if all {
+                    client.signal_all(signal)
+                } else {
+                    client.signal(c.record.init_process_id, signal)
+                };
+                match result {
+                    // Exited meanwhile: as good as signalled.
+                    Err(e) if e.rpc_code() == Some(-32001) => Ok(()),
+                    r => r.map_err(Into::into),
+                }
+            }
+            status => Err(RuntimeError::State {
+                id: id.to_string(),
+                status,
+                message: "container not running".into(),
+            }),
+        }
+    }
+
+    /// `delete`: removes a stopped (or created) container; `force` kills
+    /// a running one first.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let c = match self.load(id) {
+            Err(RuntimeError::NotFound(_)) if force && self.root.dir(id).is_dir() => {
+                // A `create` that was killed before it finished: its helper
+                // gives up on its own.
+                let dir = self.root.dir(id);
+                remove_container_files(&dir, &state::vsock_path(&dir));
+                return Ok(());
+            }
+            c => c?,
+        };
+        if c.record.runtime == RuntimeType::Process {
+            let mut a = args(["delete"]);
+            if force {
+                a.push("--force".into());
+            }
+            a.push(id.into());
+            self.runc_ok(&a)?;
+            remove_container_files(&c.dir, &c.record.vsock);
+            return Ok(());
+        }
+        let status = c.vm_status();
+        if status == Status::Running && !force {
+            return Err(RuntimeError::State {
+                id: id.to_string(),
+                status,
+                message: "cannot delete a running container (stop it, or use --force)".into(),
+            });
+        }
+        if status != Status::Stopped {
+            let pid = nix::unistd::Pid::from_raw(c.record.pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.vmm_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        remove_container_files(&c.dir, &c.record.vsock);
+        Ok(())
+    }
+
+    /// `ps`: the container's processes. `json`: an array of pids (guest pids
+    /// for vm containers); else a table.
+    pub fn ps(&self, id: &str, json_format: bool) -> Result<String> {
+        let c = self.load(id)?;
+        if c.record.runtime == RuntimeType::Process {
+            let format = if json_format { "json" } else { "table" };
+            self.runc_ok(&args(["ps", "--format", format, id]))?;
+            return Ok(String::new());
+        }
+        let status = c.vm_status();
+        if status == Status::Stopped {
+            return Ok(if json_format {
+                "[]\n".into()
+            } else {
+                "PID PPID CMD\n".into()
+            });
+        }
+        let (_, client) = agent(&c)?;
+        let ps = client.ps()?;
+        if json_format {
+            let pids: Vec<i32> = ps.processes.iter().map(|p| p.pid).collect();
+            return Ok(format!(
+                "{}\n",
+                serde_json::to_string(&pids).unwrap_or_default()
+            ));
+        }
+        let mut out = String::from("PID PPID CMD\n");
+        for p in ps.processes {
+            out.push_str(&format!("{} {} {}\n", p.pid, p.ppid, p.cmdline.join(" ")));
+        }
+        Ok(out)
+    }
+
+    /// `list`: `(record, status, pid)` of every container.
+    pub fn list(&self) -> Vec<(Record, Status, i32)> {
+        self.root
+            .list()
+            .into_iter()
+            .map(|c| {
+                let (s, p) = self.status_pid(&c);
+                (c.record, s, p)
+            })
+            .collect()
+    }
+
+    /// Waits for the process of a `process` container that this process
+    /// created as a child subreaper (`run`); returns its status.
+    pub fn wait_process(&self, id: &str) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let Some(pid) = self.runc.state(id).ok().and_then(|v| v["pid"].as_i64()) else {
+            return 255;
+        };
+        loop {
+            match waitpid(nix::unistd::Pid::from_raw(pid as i32), None) {
+                Ok(WaitStatus::Exited(_, code)) => return code,
+                Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return 255,
+            }
+        }
+    }
+
+    /// `pause`/`resume` (process runtime only).
+    pub fn pause_resume(&self, id: &str, verb: &str) -> Result<()> {
+        let c = self.load(id)?;
+        match c.record.runtime {
+            RuntimeType::Process => self.runc_ok(&args([verb, id])),
+            RuntimeType::Vm => Err(RuntimeError::Unsupported(format!(
+                "{verb} is not supported for vm containers yet (capsa cannot freeze a micro-VM's \
+                 vCPUs); the container keeps running"
+            ))),
+        }
+    }
+
+    /// The base of an exec'd process: the container's `config.json`
+    /// process (env, cwd, user, …), as runc does.
+    pub fn exec_base(&self, c: &Container) -> Result<ProcessSpec> {
+        let spec = super::bundle::load_spec(&c.record.bundle)?;
+        let process = spec.process().clone().unwrap_or_default();
+        let user = (process.user().uid(), process.user().gid());
+        let mut p = vm_spec::process_spec(&process, user);
+        p.terminal = false;
+        p.console_size = None;
+        Ok(p)
+    }
+
+    /// Loads a container for `exec`: it must be created or running.
+    pub fn exec_target(&self, id: &str) -> Result<Container> {
+        let c = self.load(id)?;
+        if c.record.runtime == RuntimeType::Vm && c.vm_status() == Status::Stopped {
+            return Err(RuntimeError::State {
+                id: id.to_string(),
+                status: Status::Stopped,
+                message: "cannot exec in a stopped container".into(),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// Serializing the three input files with one closure.
+mod erased {
+    pub trait Ser {
+        fn value(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).unwrap_or_default()
+        }
+    }
+}

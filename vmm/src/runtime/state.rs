@@ -1,0 +1,347 @@
+//! The state directory of each container, `<root>/<id>/`, and its OCI state
+//! (runtime spec `runtime.md` § "State").
+//!
+//! Files in the directory:
+//! - `state.json`: [`Record`], written once `create` succeeded;
+//! - `vm.json`, `agent.json`, `shim.json`: the VMM process's inputs;
+//! - `started`: present once `start` succeeded;
+//! - `exit`: the container process's exit status, written by the VMM
+//!   process when it ended;
+//! - `vmm.log`: the VMM process's log;
+//! - `vsock`: the hybrid vsock socket (elsewhere when the path would be too
+//!   long for `sun_path`, see [`vsock_path`]).
+//!
+//! The status is derived from these files and the liveness of the VMM
+//! process rather than stored, so that it cannot go stale when a process
+//! dies: `exit` present or the VMM gone → stopped; `started` → running;
+//! else created.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Result, RuntimeError};
+
+/// OCI status of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created.
+    Creating,
+    /// Created, the process waits for `start`.
+    Created,
+    /// The process runs.
+    Running,
+    /// The process has exited.
+    Stopped,
+    /// Paused (process runtime only).
+    Paused,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Paused => "paused",
+        })
+    }
+}
+
+/// Runtime type of a container (annotation `io.capsa.runtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeType {
+    /// A micro-VM per container.
+    #[default]
+    Vm,
+    /// A namespaced process on the host kernel, run by runc.
+    Process,
+}
+
+impl std::fmt::Display for RuntimeType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RuntimeType::Vm => "vm",
+            RuntimeType::Process => "process",
+        })
+    }
+}
+
+/// What capsa records about a container in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// Container id.
+    pub id: String,
+    /// Runtime type.
+    pub runtime: RuntimeType,
+    /// Absolute bundle path.
+    pub bundle: PathBuf,
+    /// Absolute rootfs directory.
+    pub rootfs: PathBuf,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// The spec's annotations.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The VMM process (vm runtime).
+    #[serde(default)]
+    pub pid: i32,
+    /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22),
+    /// to tell it from a later process with the same pid.
+    #[serde(default)]
+    pub pid_start_time: u64,
+    /// The agent's id of the container's init process (vm runtime).
+    #[serde(default)]
+    pub init_process_id: u64,
+    /// The hybrid vsock socket (vm runtime).
+    #[serde(default)]
+    pub vsock: PathBuf,
+}
+
+/// The state root (`--root`).
+#[derive(Debug, Clone)]
+pub struct Root {
+    /// Its path.
+    pub path: PathBuf,
+}
+
+/// Checks an id as runc does (`^[\w+-\.]+$`), and refuses a leading `.`
+/// (capsa keeps runc's own root at `<root>/.runc`).
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_string()))
+    }
+}
+
+impl Root {
+    /// The root at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Root { path: path.into() }
+    }
+
+    /// The state directory of `id`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.path.join(id)
+    }
+
+    /// runc's root for `process` containers.
+    pub fn runc_root(&self) -> PathBuf {
+        self.path.join(".runc")
+    }
+
+    /// Creates the state directory of a new container; fails if it exists.
+    pub fn create_dir(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        std::fs::create_dir_all(&self.path)
+            .map_err(|e| RuntimeError::io(format!("--root {}", self.path.display()), e))?;
+        let dir = self.dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(RuntimeError::Exists(id.to_string()))
+            }
+            Err(e) => Err(RuntimeError::io(format!("mkdir {}", dir.display()), e)),
+        }
+    }
+
+    /// Loads the record of `id`.
+    pub fn load(&self, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        let path = dir.join("state.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(RuntimeError::io(format!("read {}", path.display()), e)),
+        };
+        let record: Record = serde_json::from_str(&text).map_err(|e| {
+            RuntimeError::io(
+                format!("{}", path.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        Ok(Container { dir, record })
+    }
+
+    /// Every container with a `state.json`, sorted by id.
+    pub fn list(&self) -> Vec<Container> {
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        ids.sort();
+        ids.iter().filter_map(|id| self.load(id).ok()).collect()
+    }
+}
+
+/// A container of the root: its directory and record.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// `<root>/<id>/`.
+    pub dir: PathBuf,
+    /// `state.json`.
+    pub record: Record,
+}
+
+impl Container {
+    /// Writes `state.json` (atomically).
+    pub fn save(&self) -> Result<()> {
+        write_atomic(
+            &self.dir.join("state.json"),
+            &serde_json::to_vec_pretty(&self.record).unwrap_or_default(),
+        )
+    }
+
+    /// The exit status the VMM process recorded, if the process ended.
+    pub fn exit_status(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("exit"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Whether the VMM process is alive.
+    pub fn vmm_alive(&self) -> bool {
+        self.record.pid > 0 && process_alive(self.record.pid, self.record.pid_start_time)
+    }
+
+    /// The status of a vm container (see the module docs).
+    pub fn vm_status(&self) -> Status {
+        if self.exit_status().is_some() || !self.vmm_alive() {
+            Status::Stopped
+        } else if self.dir.join("started").exists() {
+            Status::Running
+        } else {
+            Status::Created
+        }
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| RuntimeError::io(format!("write {}", path.display()), e))
+}
+
+/// `(state, start time)` of `pid` from `/proc/PID/stat`.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // Field 22 of the whole line is index 19 after the name.
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Whether `pid` is a live (not zombie) process that started at
+/// `start_time` (0: any).
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Some((state, start)) => {
+            !matches!(state, 'Z' | 'X' | 'x') && (start_time == 0 || start == start_time)
+        }
+        None => false,
+    }
+}
+
+/// The hybrid vsock socket of the container in `dir`: `dir/vsock` when the
+/// path fits (the VMM needs `<path>_<port>` ≤ 107 bytes, so ≤ 96), else
+/// `/run/capsa-vsock/<hash of dir>` (podman's 64-character ids under a long
+/// `--root` do not fit).
+pub fn vsock_path(dir: &Path) -> PathBuf {
+    let p = dir.join("vsock");
+    if p.as_os_str().len() <= 96 {
+        return p;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    PathBuf::from(format!("/run/capsa-vsock/{:016x}", h.finish()))
+}
+
+/// Now as RFC 3339 UTC with nanoseconds (as runc's `created`).
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: i64, nanos: u32) -> String {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("abc-1.2_x+y").is_ok());
+        assert!(validate_id(&"a".repeat(64)).is_ok());
+        for bad in ["", ".runc", "a/b", "..", "a b"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn time_format() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(1_709_251_199, 5), "2024-02-29T23:59:59.000000005Z");
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let pid = std::process::id() as i32;
+        let (_, start) = proc_stat(pid).unwrap();
+        assert!(process_alive(pid, start));
+        assert!(!process_alive(pid, start + 1));
+    }
+
+    #[test]
+    fn long_dirs_get_a_short_socket() {
+        let short = vsock_path(Path::new("/run/capsa/abc"));
+        assert_eq!(short, Path::new("/run/capsa/abc/vsock"));
+        let long = vsock_path(&Path::new("/run/containerd/runc/default").join("a".repeat(64)));
+        assert!(long.as_os_str().len() <= 96, "{}", long.display());
+    }
+}
