@@ -86,7 +86,7 @@ impl Agent {
             });
         let stdio = setup.and_then(|_| {
             self.streams
-                .prepare(p.process.terminal, p.stdin, p.process.console_size)
+                .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)
         });
         let stdio = match stdio {
             Ok(s) => s,
@@ -147,9 +147,9 @@ impl Agent {
             Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
         };
         Plan::new(&p.process, &root)?;
-        let stdio = self
-            .streams
-            .prepare(p.process.terminal, p.stdin, p.process.console_size)?;
+        let stdio =
+            self.streams
+                .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)?;
         let id = self.processes.add_starting(stdio.tty_master.clone());
         match self.spawn_process(id, &p.process, &stdio, &root) {
             Ok(pid) => {

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::error::AgentError;
@@ -119,6 +120,35 @@ pub fn set_winsize(master: &File, rows: u16, cols: u16) -> Result<(), AgentError
     Ok(())
 }
 
+/// Opens a pty pair from the devpts instance whose multiplexer is `ptmx`;
+/// the slave comes from `TIOCGPTPEER` (Linux 4.13), which needs no path in
+/// the agent's own mount namespace.
+fn open_pty_in(ptmx: &Path) -> Result<(File, OwnedFd), AgentError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(ptmx)
+        .map_err(|e| AgentError::from_io("open the container's ptmx", &e))?;
+    // SAFETY: ioctls on a descriptor we own; the returned fd is owned below.
+    unsafe {
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(AgentError::last_os("unlock pty"));
+        }
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(AgentError::last_os("open pty peer"));
+        }
+        Ok((master, OwnedFd::from_raw_fd(slave)))
+    }
+}
+
 fn open_pty() -> Result<(File, OwnedFd), AgentError> {
     // SAFETY: plain libc calls; the returned descriptors are owned below.
     unsafe {
@@ -154,16 +184,26 @@ fn dev_null() -> Result<OwnedFd, AgentError> {
 impl StreamRegistry {
     /// Creates the pipes (or pty) of a new process and registers their
     /// tokens.
+    ///
+    /// A terminal is allocated from the container's own devpts instance
+    /// (`<root>/dev/pts/ptmx`) when it has one, as runc does, so that the
+    /// process's `ttyname()` (`/dev/pts/N`) resolves inside the container.
     pub fn prepare(
         &self,
         terminal: bool,
         stdin: bool,
         console_size: Option<ConsoleSize>,
+        root: &Path,
     ) -> Result<PreparedStdio, AgentError> {
         let mut endpoints = Vec::new();
         let mut tokens = StreamTokens::default();
         let prepared = if terminal {
-            let (master, slave) = open_pty()?;
+            let container_ptmx = root.join("dev/pts/ptmx");
+            let (master, slave) = if root != Path::new("/") && container_ptmx.exists() {
+                open_pty_in(&container_ptmx)?
+            } else {
+                open_pty()?
+            };
             if let Some(size) = console_size {
                 set_winsize(&master, size.height, size.width)?;
             }
