@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let start = Instant::now();
     let args = cli::Cli::parse();
     if let Err(e) = cli::init_logging(&args.global) {
-        eprintln!("capsa: {e:#}");
+        eprintln!("capsa: {}", render(&e));
         return ExitCode::from(cli::EXIT_ERROR);
     }
     let logs_to_file = args.global.log.is_some();
@@ -21,11 +21,30 @@ fn main() -> ExitCode {
         Err(e) => {
             // Engines read the error from the --log file (runc writes it
             // there); without one, the log is stderr already.
+            let message = render(&e);
             if logs_to_file {
-                tracing::error!("{e:#}");
+                tracing::error!("{message}");
             }
-            eprintln!("capsa: {e:#}");
+            eprintln!("capsa: {message}");
             ExitCode::from(cli::EXIT_ERROR)
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the
+/// message already holds (capsa's errors name their cause themselves, e.g.
+/// "kernel: cannot open PATH: No such file or directory").
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -150,7 +150,12 @@ pub fn init_logging(args: &GlobalArgs) -> anyhow::Result<()> {
             }
         }
         (None, LogFormat::Json) => builder.with_writer(std::io::stderr).json().try_init(),
-        (None, LogFormat::Text) => builder.with_writer(std::io::stderr).try_init(),
+        // Colours only on a terminal: engines (conmon, the containerd shim)
+        // capture the runtime's stderr and show it in their own errors.
+        (None, LogFormat::Text) => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
