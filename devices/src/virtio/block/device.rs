@@ -245,9 +245,18 @@ impl VirtioDevice for Block {
         if self.queues.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let (queues, evts) = params.into_queues(1)?;
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
+        if params.queues.len() != 1 || params.queue_evts.len() != 1 {
+            return Err(ActivateError::QueueCount {
+                expected: 1,
+                got: params.queues.len(),
+            });
+        }
+        self.queues = Some(DeviceQueues::new(
+            params.mem,
+            params.interrupt,
+            params.queues,
+        ));
+        self.pending_evts = Some(params.queue_evts);
         self.activation.signal().map_err(ActivateError::EventFd)
     }
 

@@ -277,9 +277,18 @@ impl VirtioDevice for Vsock {
         if self.queues.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let (queues, evts) = params.into_queues(3)?;
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
+        if params.queues.len() != 3 || params.queue_evts.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                expected: 3,
+                got: params.queues.len(),
+            });
+        }
+        self.queues = Some(DeviceQueues::new(
+            params.mem,
+            params.interrupt,
+            params.queues,
+        ));
+        self.pending_evts = Some(params.queue_evts);
         self.activation.signal().map_err(ActivateError::EventFd)
     }
 
