@@ -275,8 +275,14 @@ pub fn ok(cmd: &mut Command) -> String {
 
 /// Runs `cmd` under `script(1)`, i.e. with a terminal on its stdio (ctr's
 /// `-t` needs one); returns the output (the terminal's, with `\r\n`).
+///
+/// script(1) runs the line with `$SHELL -c`. The line `exec`s the command
+/// so that it is the session leader, in the terminal's foreground process
+/// group, whatever that shell is: dash would otherwise fork `timeout`, which
+/// moves itself into a new, background, process group, where ctr's switch
+/// of the terminal to raw mode stops it with SIGTTOU until the timeout.
 pub fn run_in_terminal(cmd: &Command) -> Output {
-    let mut line = String::new();
+    let mut line = String::from("exec ");
     for a in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
         line.push_str(&shell_quote(&a.to_string_lossy()));
         line.push(' ');
@@ -284,6 +290,7 @@ pub fn run_in_terminal(cmd: &Command) -> Output {
     let mut s = Command::new("script");
     s.args(["-qefc", &line, "/dev/null"])
         .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("SHELL", "/bin/sh")
         .stdin(Stdio::null());
     s.output().expect("run script(1)")
 }
