@@ -233,6 +233,25 @@ pub struct ActivateParams {
     pub queue_evts: Vec<EventFd>,
 }
 
+impl ActivateParams {
+    /// Checks that the driver set up exactly `expected` queues and splits
+    /// the parameters into the device's queues and their notify eventfds
+    /// (to be registered on the event loop once activation is signalled).
+    pub fn into_queues(
+        self,
+        expected: usize,
+    ) -> Result<(queue::DeviceQueues, Vec<EventFd>), ActivateError> {
+        if self.queues.len() != expected || self.queue_evts.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: self.queues.len(),
+            });
+        }
+        let queues = queue::DeviceQueues::new(self.mem, self.interrupt, self.queues);
+        Ok((queues, self.queue_evts))
+    }
+}
+
 /// A virtio device behind a transport (crosvm/Firecracker style).
 ///
 /// Implementations run their queues on the event loop: `activate` is

@@ -160,18 +160,9 @@ impl VirtioDevice for Rng {
         if self.queues.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if params.queues.len() != 1 || params.queue_evts.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: params.queues.len(),
-            });
-        }
-        self.queues = Some(DeviceQueues::new(
-            params.mem,
-            params.interrupt,
-            params.queues,
-        ));
-        self.pending_evts = Some(params.queue_evts);
+        let (queues, evts) = params.into_queues(1)?;
+        self.queues = Some(queues);
+        self.pending_evts = Some(evts);
         self.activation.signal().map_err(ActivateError::EventFd)
     }
 

@@ -277,18 +277,9 @@ impl VirtioDevice for Vsock {
         if self.queues.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if params.queues.len() != 3 || params.queue_evts.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: params.queues.len(),
-            });
-        }
-        self.queues = Some(DeviceQueues::new(
-            params.mem,
-            params.interrupt,
-            params.queues,
-        ));
-        self.pending_evts = Some(params.queue_evts);
+        let (queues, evts) = params.into_queues(3)?;
+        self.queues = Some(queues);
+        self.pending_evts = Some(evts);
         self.activation.signal().map_err(ActivateError::EventFd)
     }
 
