@@ -287,12 +287,15 @@ impl Connection {
         if self.state != ConnState::Established {
             return;
         }
+        // A hang-up says the host reads no more (RCV), but data it wrote
+        // before closing may still wait in the socket, unread for want of
+        // guest credit: SEND only once a read has returned EOF.
         let mut flags = 0;
         if self.host_eof {
             flags |= shutdown::SEND;
         }
         if self.host_hup {
-            flags |= shutdown::RCV | shutdown::SEND;
+            flags |= shutdown::RCV;
         }
         self.shutdown_owed |= flags & !self.shutdown_sent;
     }

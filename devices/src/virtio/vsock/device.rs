@@ -823,6 +823,59 @@ mod tests {
         assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
     }
 
+    /// A host client that writes more than the guest's credit and closes
+    /// its socket at once: the socket hangs up with data still unread. All
+    /// of it reaches the guest before the SHUTDOWN(SEND), which would
+    /// otherwise end the guest's stream early (a truncated transfer).
+    #[test]
+    fn host_close_with_unread_data_delivers_it_all_before_shutdown_send() {
+        let mut f = fixture(true);
+        f.provide_rx(16);
+        let mut s = f.host_connect(1024);
+        let local = f.expect_request(1024);
+        let mut resp = hdr(op::RESPONSE, 1024, local);
+        resp.buf_alloc = 4096;
+        f.send(resp, &[]);
+        read_available(&mut s);
+        let data = pattern(64 << 10);
+        s.set_nonblocking(false).unwrap();
+        s.write_all(&data).unwrap();
+        drop(s);
+        let mut received = Vec::new();
+        let mut shutdown_flags = 0;
+        for _ in 0..1000 {
+            f.run();
+            for (h, p) in f.recv_all() {
+                match h.op {
+                    op::RW => {
+                        assert_eq!(
+                            shutdown_flags & shutdown::SEND,
+                            0,
+                            "data after SHUTDOWN(SEND)"
+                        );
+                        received.extend_from_slice(&p);
+                    }
+                    op::SHUTDOWN => shutdown_flags |= h.flags,
+                    _ => {}
+                }
+            }
+            if shutdown_flags & shutdown::SEND != 0 {
+                break;
+            }
+            // The guest application consumed everything so far.
+            let mut upd = hdr(op::CREDIT_UPDATE, 1024, local);
+            upd.buf_alloc = 4096;
+            upd.fwd_cnt = received.len() as u32;
+            f.send(upd, &[]);
+            if f.rx_outstanding < 8 {
+                f.provide_rx(16);
+            }
+        }
+        assert_eq!(shutdown_flags & shutdown::SEND, shutdown::SEND);
+        assert_eq!(received.len(), data.len());
+        assert!(received == data);
+    }
+
     #[test]
     fn credit_request_gets_credit_update() {
         let mut f = fixture(true);

@@ -42,7 +42,9 @@
 //!   (the host reads EOF); with the RCV flag, `shutdown(SHUT_RD)` (host
 //!   writes fail with EPIPE). Both flags: the connection ends with an RST
 //!   once buffered data is written. Host EOF becomes SHUTDOWN(SEND) to the
-//!   guest; a host hang-up SHUTDOWN(SEND|RCV).
+//!   guest, sent after the last byte the host wrote; a host hang-up
+//!   SHUTDOWN(RCV) at once, then SHUTDOWN(SEND) once the socket's unread
+//!   data has been delivered (a client may write and close at once).
 //! - **Reset.** A device reset closes every established connection; host
 //!   connections whose REQUEST was not yet sent survive and are served
 //!   after the driver comes back. The event queue is never used (capsa
