@@ -126,6 +126,7 @@ pub fn busybox_initramfs_with(dir: &Path, init: &str, files: &[InitramfsFile<'_>
 
 /// Deterministic pseudo-random bytes (xorshift64*), so that a corrupted,
 /// shifted or truncated transfer cannot look right.
+/// `seed | 1` starts the xorshift: seeds 2k and 2k+1 give the same bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);

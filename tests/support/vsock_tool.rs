@@ -14,7 +14,9 @@
 //!                               `pattern:SEED:LEN`: LEN bytes made here by
 //!                               the same generator as the host's
 //!                               `support::devices::pattern(LEN, SEED)`
-//!                               (keeps the initramfs small)
+//!                               (keeps the initramfs small); with
+//!                               EXPECT (a file or pattern), says where
+//!                               what came back first differs from it
 //! ```
 //! Prints one line on stdout when done (`echo: N bytes`, `send: N bytes
 //! sent, M received`) and exits 0; on an error prints it and exits 1.
@@ -116,7 +118,43 @@ fn input_data(input: &str) -> Result<Vec<u8>, String> {
     std::fs::read(input).map_err(|e| format!("{input}: {e}"))
 }
 
-fn send(port: u32, input: &str, output: &str) -> Result<String, String> {
+/// Where `got` differs from `want`: the first few byte ranges, each with
+/// what arrived there (zeros, or the expected data shifted: where those
+/// bytes are in `want`); empty when they are equal.
+fn differences(got: &[u8], want: &[u8]) -> String {
+    let mut out = String::new();
+    if got.len() != want.len() {
+        out.push_str(&format!(", expected {} bytes", want.len()));
+    }
+    let n = got.len().min(want.len());
+    let (mut at, mut ranges, mut differ) = (0, 0, 0usize);
+    while at < n {
+        if got[at] == want[at] {
+            at += 1;
+            continue;
+        }
+        let end = (at..n).find(|&i| got[i] == want[i]).unwrap_or(n);
+        differ += end - at;
+        ranges += 1;
+        if ranges <= 4 {
+            let window = &got[at..end.min(at + 16)];
+            let zeros = got[at..end].iter().all(|&b| b == 0);
+            let found = want.windows(window.len()).position(|w| w == window);
+            out.push_str(&format!(
+                ", bytes {at}..{end} differ (got {:02x?}{}, found at {found:?} in the expected data)",
+                &got[at..end.min(at + 8)],
+                if zeros { ", all zero" } else { "" }
+            ));
+        }
+        at = end;
+    }
+    if ranges > 0 {
+        out.push_str(&format!(", {differ} bytes in {ranges} ranges differ"));
+    }
+    out
+}
+
+fn send(port: u32, input: &str, output: &str, expect: Option<&str>) -> Result<String, String> {
     let data = input_data(input)?;
     let fd = vsock_socket()?;
     let a = addr(VMADDR_CID_HOST, port);
@@ -130,8 +168,12 @@ fn send(port: u32, input: &str, output: &str) -> Result<String, String> {
     let mut back = Vec::new();
     s.read_to_end(&mut back).map_err(|e| format!("read: {e}"))?;
     std::fs::write(output, &back).map_err(|e| format!("{output}: {e}"))?;
+    let check = match expect {
+        Some(e) => differences(&back, &input_data(e)?),
+        None => String::new(),
+    };
     Ok(format!(
-        "send: {} bytes sent, {} received",
+        "send: {} bytes sent, {} received{check}",
         data.len(),
         back.len()
     ))
@@ -142,8 +184,9 @@ fn main() {
     let port = |s: &str| s.parse::<u32>().map_err(|e| format!("port {s:?}: {e}"));
     let result = match args.get(1).map(String::as_str) {
         Some("echo") if args.len() == 3 => port(&args[2]).and_then(echo),
-        Some("send") if args.len() == 5 => port(&args[2]).and_then(|p| send(p, &args[3], &args[4])),
-        _ => Err("usage: vsock-tool echo PORT | vsock-tool send PORT IN OUT".to_string()),
+        Some("send") if args.len() == 5 || args.len() == 6 => port(&args[2])
+            .and_then(|p| send(p, &args[3], &args[4], args.get(5).map(String::as_str))),
+        _ => Err("usage: vsock-tool echo PORT | vsock-tool send PORT IN OUT [EXPECT]".to_string()),
     };
     match result {
         Ok(line) => println!("vsock-tool: {line}"),
