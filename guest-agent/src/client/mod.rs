@@ -331,6 +331,24 @@ impl Client {
         self.call(method::PS, &Empty {}, self.timeout())
     }
 
+    /// `pause`: freezes the container's processes (the guest's cgroup v2
+    /// freezer); returns once they are frozen. Errors: `INVALID_STATE` when
+    /// the container is not started, already paused or its process exited;
+    /// `OS_ERROR` (`ETIMEDOUT`, the group thawed again) when freezing does
+    /// not complete within the agent's timeout (5 s), (`EOPNOTSUPP`) without
+    /// a cgroup in the guest.
+    pub fn pause(&self) -> Result<(), ClientError> {
+        self.call::<_, Empty>(method::PAUSE, &Empty {}, self.timeout())
+            .map(|_| ())
+    }
+
+    /// `resume`: thaws a paused container. Errors: `INVALID_STATE` when it
+    /// is not paused.
+    pub fn resume(&self) -> Result<(), ClientError> {
+        self.call::<_, Empty>(method::RESUME, &Empty {}, self.timeout())
+            .map(|_| ())
+    }
+
     /// `shutdown`: the agent answers, then syncs, unmounts and reboots the
     /// guest (the VMM sees the reset and exits).
     pub fn shutdown(&self) -> Result<(), ClientError> {

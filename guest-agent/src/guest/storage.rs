@@ -5,7 +5,9 @@
 //! it is read-only (erofs, `readonly`) or shared (virtio-fs), a tmpfs at
 //! `rw/` holds the upper and work dirs of an overlay mounted at `rootfs/`,
 //! so the container can write (writes live in guest RAM and are lost at
-//! shutdown). A writable ext4 is mounted at `rootfs/` directly.
+//! shutdown). A writable ext4 is mounted at `rootfs/` directly. cgroup2 is
+//! mounted at `cgroup/` (outside the container's root), with the group
+//! `cgroup/container` that holds the container's processes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,6 +15,7 @@ use std::sync::Mutex;
 use super::{mount, mounts};
 use crate::agent_log;
 use crate::protocol::{MountSpec, RootfsSpec, RootfsType};
+use crate::server::cgroup::Cgroup;
 use crate::server::{AgentError, Platform};
 
 /// Where the agent mounts the container's filesystems.
@@ -128,6 +131,29 @@ impl Platform for GuestPlatform {
             return Err(AgentError::last_os("sethostname"));
         }
         Ok(())
+    }
+
+    fn container_cgroup(&self) -> Option<Cgroup> {
+        let mount_point = Path::new(RUN_DIR).join("cgroup");
+        let group = mount_point.join("container");
+        let made = mkdir(&mount_point)
+            .and_then(|_| {
+                mount(
+                    "cgroup2",
+                    &mount_point,
+                    "cgroup2",
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    "",
+                )
+            })
+            .and_then(|_| mkdir(&group));
+        match made {
+            Ok(()) => Some(Cgroup::new(group)),
+            Err(e) => {
+                agent_log!("no container cgroup (pause will fail): {e}");
+                None
+            }
+        }
     }
 
     fn unmount_all(&self) {

@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 /// gets a new one. Not a Linux pid (see `pid` fields for that).
 pub type ProcessId = u64;
 
-/// Params of methods that take none (`start`, `stats`, `ps`, `shutdown`) and
-/// the result of methods that return nothing (`signal`, `resize`,
-/// `shutdown`): the empty object `{}`.
+/// Params of methods that take none (`start`, `stats`, `ps`, `pause`,
+/// `resume`, `shutdown`) and the result of methods that return nothing
+/// (`signal`, `resize`, `pause`, `resume`, `shutdown`): the empty object `{}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}

@@ -71,6 +71,11 @@ pub mod method {
     pub const STATS: &str = "stats";
     /// [`Empty`](super::Empty) → [`PsResult`](super::PsResult)
     pub const PS: &str = "ps";
+    /// [`Empty`](super::Empty) → [`Empty`](super::Empty): freeze the
+    /// container's processes (cgroup v2 `cgroup.freeze` in the guest).
+    pub const PAUSE: &str = "pause";
+    /// [`Empty`](super::Empty) → [`Empty`](super::Empty): thaw them.
+    pub const RESUME: &str = "resume";
     /// [`Empty`](super::Empty) → [`Empty`](super::Empty)
     pub const SHUTDOWN: &str = "shutdown";
     /// Notification pushed by the agent: [`ProcessExit`](super::ProcessExit).
@@ -93,7 +98,9 @@ pub mod error_code {
     /// No process with this `processId`.
     pub const NO_SUCH_PROCESS: i64 = -32000;
     /// The container is not in a state that allows the method (e.g. `start`
-    /// before `create`, a second `create`, `resize` of a process without tty).
+    /// before `create`, a second `create`, `resize` of a process without tty,
+    /// `pause` of a container that is not running, `resume` of one that is
+    /// not paused, `exec` while paused).
     pub const INVALID_STATE: i64 = -32001;
     /// The process could not be started; `data.errno` and `data.stage` say why.
     pub const EXEC_FAILED: i64 = -32002;

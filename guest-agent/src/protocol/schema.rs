@@ -39,6 +39,8 @@ pub fn generate() -> Value {
     entry::<ResizeParams, Empty>(&mut generator, &mut methods, method::RESIZE);
     entry::<Empty, StatsResult>(&mut generator, &mut methods, method::STATS);
     entry::<Empty, PsResult>(&mut generator, &mut methods, method::PS);
+    entry::<Empty, Empty>(&mut generator, &mut methods, method::PAUSE);
+    entry::<Empty, Empty>(&mut generator, &mut methods, method::RESUME);
     entry::<Empty, Empty>(&mut generator, &mut methods, method::SHUTDOWN);
     let exit = generator.subschema_for::<ProcessExit>().to_value();
     let envelope = json!({

@@ -1,11 +1,17 @@
 //! The container's lifecycle (OCI runtime spec, `runtime.md` § "State"):
 //! `Empty` → `create` → `Created` → `start` → `Started` → `shutdown`. Owns the
-//! [`Platform`] that mounts the rootfs and the mounts.
+//! [`Platform`] that mounts the rootfs and the mounts, the container's
+//! [`Cgroup`], and whether it is paused (frozen).
+//!
+//! Lock order: the freezer lock may be held while taking the phase lock
+//! briefly (`pause`); the phase lock is never held while taking the freezer
+//! lock.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::cgroup::Cgroup;
 use super::platform::Platform;
 use crate::protocol::ProcessId;
 
@@ -38,6 +44,11 @@ pub struct Container {
     /// Mounting and power.
     pub platform: Arc<dyn Platform>,
     powered_off: AtomicBool,
+    cgroup: Mutex<Option<Cgroup>>,
+    /// `true` while paused. `exec` holds it for reading across its fork, so
+    /// no process is forked into a group that is being frozen; `pause` and
+    /// `resume` hold it for writing.
+    frozen: RwLock<bool>,
 }
 
 impl Container {
@@ -47,7 +58,32 @@ impl Container {
             phase: Mutex::new(Phase::Empty),
             platform,
             powered_off: AtomicBool::new(false),
+            cgroup: Mutex::new(None),
+            frozen: RwLock::new(false),
         }
+    }
+
+    /// Records the group the container's processes join (set by `create`).
+    pub fn set_cgroup(&self, cgroup: Option<Cgroup>) {
+        *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = cgroup;
+    }
+
+    /// The group the container's processes join, if the platform has one.
+    pub fn cgroup(&self) -> Option<Cgroup> {
+        self.cgroup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the container is paused, held for reading (see `frozen`).
+    pub fn frozen(&self) -> RwLockReadGuard<'_, bool> {
+        self.frozen.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the container is paused, held for writing (see `frozen`).
+    pub fn frozen_mut(&self) -> RwLockWriteGuard<'_, bool> {
+        self.frozen.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Locks the phase (held across `create` and `start`, which serializes them).

@@ -1,8 +1,10 @@
 //! `do_<method>`: the work of each method, on the [`Agent`]'s owners.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
 use super::processes::Pending;
@@ -23,6 +25,13 @@ fn kill(pid: i32, signal: i32) -> Result<(), AgentError> {
         return Ok(());
     }
     Err(AgentError::last_os(format!("kill({pid}, {signal})")))
+}
+
+fn no_cgroup() -> AgentError {
+    AgentError::Os {
+        what: "the guest has no cgroup v2 group for the container".into(),
+        errno: libc::EOPNOTSUPP,
+    }
 }
 
 impl Agent {
@@ -49,8 +58,18 @@ impl Agent {
     ) -> Result<i32, AgentError> {
         let plan = Plan::new(spec, root)?;
         let child = stdio.child.as_child_stdio()?;
+        let procs = self
+            .container
+            .cgroup()
+            .map(|cg| cg.open_procs())
+            .transpose()?;
         let table = Arc::clone(&self.processes);
-        spawn::spawn(&plan, &child, Box::new(move |raw| table.on_exit(id, raw)))
+        spawn::spawn(
+            &plan,
+            &child,
+            procs.as_ref().map(|fd| fd.as_raw_fd()),
+            Box::new(move |raw| table.on_exit(id, raw)),
+        )
     }
 
     /// `create`: mounts, hostname, and the init process's stdio.
@@ -95,6 +114,7 @@ impl Agent {
                 return Err(e);
             }
         };
+        self.container.set_cgroup(platform.container_cgroup());
         let streams = stdio.tokens.clone();
         let init = self.processes.add_created(Pending {
             spec: p.process,
@@ -139,7 +159,8 @@ impl Agent {
         }
     }
 
-    /// `exec`: another process in the container, started at once.
+    /// `exec`: another process in the container, started at once; refused
+    /// while the container is paused (as runc).
     pub fn do_exec(&self, p: ExecParams) -> Result<ExecResult, AgentError> {
         let root = match &*self.container.lock() {
             Phase::Created { root, .. } | Phase::Started { root, .. } => root.clone(),
@@ -147,6 +168,12 @@ impl Agent {
             Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
         };
         Plan::new(&p.process, &root)?;
+        // Held across the fork: a child joining a frozen group would freeze
+        // before execve and never report back.
+        let frozen = self.container.frozen();
+        if *frozen {
+            return Err(AgentError::InvalidState("container is paused".into()));
+        }
         let stdio =
             self.streams
                 .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)?;
@@ -239,6 +266,67 @@ impl Agent {
         Ok(PsResult { processes })
     }
 
+    /// `pause`: freezes every process of the container (its cgroup) and
+    /// returns once the kernel reports the group frozen. Only a started
+    /// container whose init process runs can be paused, once.
+    pub fn do_pause(&self, _p: Empty) -> Result<Empty, AgentError> {
+        let mut frozen = self.container.frozen_mut();
+        let init = match &*self.container.lock() {
+            Phase::Started { init, .. } => *init,
+            Phase::Created { .. } => {
+                return Err(AgentError::InvalidState("container not started".into()))
+            }
+            Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+        };
+        if *frozen {
+            return Err(AgentError::InvalidState("container already paused".into()));
+        }
+        if self.processes.running_pid(init).is_err() {
+            return Err(AgentError::InvalidState(
+                "the container's process has exited".into(),
+            ));
+        }
+        let cgroup = self.container.cgroup().ok_or_else(no_cgroup)?;
+        cgroup.set_frozen(true, FREEZE_TIMEOUT)?;
+        *frozen = true;
+        agent_log!("paused");
+        Ok(Empty {})
+    }
+
+    /// `resume`: thaws a paused container.
+    pub fn do_resume(&self, _p: Empty) -> Result<Empty, AgentError> {
+        let mut frozen = self.container.frozen_mut();
+        match &*self.container.lock() {
+            Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+            Phase::Created { .. } | Phase::Started { .. } => {}
+        }
+        if !*frozen {
+            return Err(AgentError::InvalidState("container not paused".into()));
+        }
+        let cgroup = self.container.cgroup().ok_or_else(no_cgroup)?;
+        cgroup.set_frozen(false, FREEZE_TIMEOUT)?;
+        *frozen = false;
+        agent_log!("resumed");
+        Ok(Empty {})
+    }
+
+    /// Thaws a paused container (best effort) so that shutdown's SIGKILLs
+    /// and unmounts do not wait on frozen tasks.
+    fn thaw_for_shutdown(&self) {
+        let mut frozen = self.container.frozen_mut();
+        if !*frozen {
+            return;
+        }
+        if let Some(cgroup) = self.container.cgroup() {
+            if let Err(e) = cgroup.set_frozen(false, FREEZE_TIMEOUT) {
+                agent_log!("shutdown: {e}");
+            }
+        }
+        *frozen = false;
+    }
+
     /// `shutdown`: marks the agent as shutting down; the work happens in
     /// [`Agent::finish_shutdown`] after the response is written.
     pub fn do_shutdown(&self, _p: Empty) -> Result<Empty, AgentError> {
@@ -253,6 +341,7 @@ impl Agent {
             return;
         }
         agent_log!("shutting down");
+        self.thaw_for_shutdown();
         for (_, pid) in self.processes.running() {
             let _ = kill(pid, libc::SIGKILL);
         }

@@ -10,9 +10,11 @@
 //!
 //! State has one owner per concern, not one big lock: [`processes`] (the
 //! process table), [`streams`] (stream tokens), [`container`] (the
-//! container's lifecycle and mounts through its [`Platform`]), and the
-//! notifier (the list of control connections that receive `exit`).
+//! container's lifecycle, mounts through its [`Platform`], and its
+//! [`cgroup`] that `pause`/`resume` freeze), and the notifier (the list of
+//! control connections that receive `exit`).
 
+pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod handlers;
@@ -387,6 +389,8 @@ fn dispatch(agent: &Agent, method: &str, params: Value) -> Result<Value, AgentEr
         method::RESIZE => call(params, |p| agent.do_resize(p)),
         method::STATS => call(params, |p| agent.do_stats(p)),
         method::PS => call(params, |p| agent.do_ps(p)),
+        method::PAUSE => call(params, |p| agent.do_pause(p)),
+        method::RESUME => call(params, |p| agent.do_resume(p)),
         method::SHUTDOWN => call(params, |p| agent.do_shutdown(p)),
         other => Err(AgentError::MethodNotFound(other.to_string())),
     }

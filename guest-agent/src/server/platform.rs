@@ -1,15 +1,18 @@
-//! What differs between the guest and a host test: mounting and power.
+//! What differs between the guest and a host test: mounting, the
+//! container's cgroup, and power.
 //!
 //! The guest's implementation is [`GuestPlatform`](crate::guest::GuestPlatform)
-//! (real mounts, `sethostname`, `reboot`); [`DirectoryPlatform`] uses a plain
-//! host directory as the rootfs and only records mounts, hostname and
-//! power-off, so protocol tests run the real server without touching the
-//! host's mounts.
+//! (real mounts, a cgroup2 mount of its own, `sethostname`, `reboot`);
+//! [`DirectoryPlatform`] uses a plain host directory as the rootfs, an
+//! existing host cgroup v2 group if the test gives one, and only records
+//! mounts, hostname and power-off, so protocol tests run the real server
+//! without touching the host's mounts.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use super::cgroup::Cgroup;
 use super::error::AgentError;
 use crate::protocol::{MountSpec, RootfsSpec};
 
@@ -22,6 +25,12 @@ pub trait Platform: Send + Sync + 'static {
     fn apply_mounts(&self, root: &Path, mounts: &[MountSpec]) -> Result<(), AgentError>;
     /// Sets the hostname.
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError>;
+    /// Prepares the cgroup v2 group that every container process joins
+    /// before `execve` and that `pause` freezes. `None` when the machine has
+    /// none: processes then run outside any group and `pause`/`resume` fail
+    /// with `EOPNOTSUPP`. Called once, by `create`; failures are the
+    /// platform's to log.
+    fn container_cgroup(&self) -> Option<Cgroup>;
     /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
     fn unmount_all(&self);
     /// Powers the machine off (the guest reboots, which the VMM turns into
@@ -33,6 +42,10 @@ pub trait Platform: Send + Sync + 'static {
 /// mounts, hostname and power-off are recorded, not performed.
 #[derive(Default)]
 pub struct DirectoryPlatform {
+    /// An existing cgroup v2 directory (e.g. made by a test under the
+    /// host's cgroup2 mount) for the container's processes; `None`: no
+    /// cgroup, `pause`/`resume` fail with `EOPNOTSUPP`.
+    pub cgroup: Option<PathBuf>,
     /// Mounts received by `create`.
     pub mounts: Mutex<Vec<MountSpec>>,
     /// Hostname received by `create`.
@@ -73,6 +86,10 @@ impl Platform for DirectoryPlatform {
             *h = Some(hostname.to_string());
         }
         Ok(())
+    }
+
+    fn container_cgroup(&self) -> Option<Cgroup> {
+        self.cgroup.clone().map(Cgroup::new)
     }
 
     fn unmount_all(&self) {}

@@ -9,7 +9,10 @@
 //! exec succeeded. The child is reaped by [`reaper`](super::reaper), never
 //! here.
 //!
-//! Order in the child (as runc): signal mask and SIGPIPE reset, `setsid`,
+//! Order in the child (as runc): joining the container's cgroup (writing `0`
+//! to its `cgroup.procs`, opened by the parent, so the child and everything
+//! it will fork are in the group before any of the container's code runs),
+//! signal mask and SIGPIPE reset, `setsid`,
 //! controlling tty / stdio, `chroot` + `chdir("/")`, rlimits (before dropping
 //! privileges, so hard limits can be raised), `setgroups`/`setgid`/`setuid`,
 //! `umask`, `chdir(cwd)`, `PR_SET_NO_NEW_PRIVS`, `execve`.
@@ -43,7 +46,7 @@ pub enum ChildStdio {
     },
 }
 
-const STAGES: [&str; 13] = [
+const STAGES: [&str; 14] = [
     "unknown",
     "sigprocmask",
     "setsid",
@@ -57,6 +60,7 @@ const STAGES: [&str; 13] = [
     "chdir",
     "no_new_privs",
     "execve",
+    "cgroup",
 ];
 
 /// Everything the child needs, prepared before `fork`.
@@ -201,8 +205,15 @@ impl Plan {
 }
 
 /// Forks and execs `plan` with `stdio`, registering `route` with the reaper.
-/// Returns the child's pid once `execve` succeeded, or why it failed.
-pub fn spawn(plan: &Plan, stdio: &ChildStdio, route: ExitRoute) -> Result<i32, AgentError> {
+/// With `cgroup_procs` (an open, writable `cgroup.procs` of a cgroup v2
+/// group) the child joins that group first. Returns the child's pid once
+/// `execve` succeeded, or why it failed.
+pub fn spawn(
+    plan: &Plan,
+    stdio: &ChildStdio,
+    cgroup_procs: Option<RawFd>,
+    route: ExitRoute,
+) -> Result<i32, AgentError> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid 2-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -217,7 +228,7 @@ pub fn spawn(plan: &Plan, stdio: &ChildStdio, route: ExitRoute) -> Result<i32, A
             // calls on memory prepared before the fork and never returns.
             match unsafe { libc::fork() } {
                 -1 => Err(std::io::Error::last_os_error()),
-                0 => child_main(plan, stdio, err_write.as_raw_fd()),
+                0 => child_main(plan, stdio, cgroup_procs, err_write.as_raw_fd()),
                 pid => Ok(pid),
             }
         },
@@ -284,11 +295,17 @@ unsafe fn move_fd(src: RawFd, dst: RawFd) -> bool {
     }
 }
 
-fn child_main(plan: &Plan, stdio: &ChildStdio, err_fd: RawFd) -> ! {
+fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_fd: RawFd) -> ! {
     // SAFETY: runs in the freshly forked child: only async-signal-safe raw
     // system calls on pointers into `plan`, which the fork copied; every
     // failure ends in `fail`, success in execve.
     unsafe {
+        if let Some(fd) = cgroup_procs {
+            // "0" moves the writing process (cgroup-v2.rst, cgroup.procs).
+            if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                fail(err_fd, 13);
+            }
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {

@@ -25,12 +25,17 @@ impl Drop for Fixture {
 }
 
 pub fn start(tag: &str) -> Fixture {
+    start_with(tag, DirectoryPlatform::default())
+}
+
+/// The agent with `platform` (e.g. one with a cgroup).
+pub fn start_with(tag: &str, platform: DirectoryPlatform) -> Fixture {
     let dir = std::env::temp_dir().join(format!("capsa-agent-test-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let control = dir.join("control.sock");
     let streams = dir.join("streams.sock");
-    let platform = Arc::new(DirectoryPlatform::default());
+    let platform = Arc::new(platform);
     let agent = Agent::new(platform.clone(), 0);
     let cl = UnixListener::bind(&control).unwrap();
     let sl = UnixListener::bind(&streams).unwrap();
@@ -113,4 +118,68 @@ pub fn recv_json(r: &mut BufReader<UnixStream>) -> serde_json::Value {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"))
+}
+
+/// A cgroup v2 group made for one test under the host's cgroup2 mount;
+/// on drop its processes are killed and it is removed.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    /// A new group, or `None` (with the reason on stderr) when the host has
+    /// no writable cgroup2 hierarchy (not root, no cgroup2 mount).
+    pub fn new(tag: &str) -> Option<TestCgroup> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        // Fields: ... mount point (5th) ... " - " fstype source options.
+        let mount = mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        });
+        let Some(mount) = mount else {
+            eprintln!("no cgroup2 mount on this host: real freezing not tested");
+            return None;
+        };
+        let dir = mount.join(format!("capsa-agent-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        if let Err(e) = std::fs::create_dir(&dir) {
+            eprintln!(
+                "cannot make {}: {e}: real freezing not tested",
+                dir.display()
+            );
+            return None;
+        }
+        if !dir.join("cgroup.freeze").exists() {
+            eprintln!(
+                "{} has no cgroup.freeze: real freezing not tested",
+                dir.display()
+            );
+            let _ = std::fs::remove_dir(&dir);
+            return None;
+        }
+        Some(TestCgroup { dir })
+    }
+
+    /// Pids in the group.
+    pub fn procs(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        for _ in 0..500 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
