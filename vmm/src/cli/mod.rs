@@ -113,9 +113,9 @@ pub enum Command {
     /// List the containers.
     #[command(visible_alias = "ls")]
     List(list::ListArgs),
-    /// Pause a container (process runtime only).
+    /// Pause a running container (freeze its processes).
     Pause(pause::PauseArgs),
-    /// Resume a paused container (process runtime only).
+    /// Resume a paused container.
     Resume(pause::PauseArgs),
     /// Create and start a container, wait for it, and exit with its status.
     Run(run::RunArgs),

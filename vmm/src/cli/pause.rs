@@ -1,5 +1,7 @@
-//! `capsa pause` and `capsa resume`: runc's, for `process` containers; a
-//! clear error for `vm` containers.
+//! `capsa pause` and `capsa resume`: runc's for `process` containers; for
+//! `vm` containers the guest agent freezes/thaws the container's processes
+//! (cgroup v2 freezer in the guest). Exit 1 when the container is not
+//! running (`pause`) or not paused (`resume`).
 
 use super::GlobalArgs;
 

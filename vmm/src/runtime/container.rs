@@ -356,7 +356,9 @@ impl Runtime {
                 )
                 .map_err(|e| RuntimeError::io("kill", e.into()))
             }
-            Status::Running => {
+            // A paused container's processes are frozen: SIGKILL still kills
+            // them, other signals wait for `resume` (as with runc).
+            Status::Running | Status::Paused => {
                 let (_, client) = agent(&c)?;
                 let result = if all {
                     client.signal_all(signal)
@@ -401,11 +403,11 @@ impl Runtime {
             return Ok(());
         }
         let status = c.vm_status();
-        if status == Status::Running && !force {
+        if matches!(status, Status::Running | Status::Paused) && !force {
             return Err(RuntimeError::State {
                 id: id.to_string(),
                 status,
-                message: "cannot delete a running container (stop it, or use --force)".into(),
+                message: format!("cannot delete a {status} container (stop it, or use --force)"),
             });
         }
         if status != Status::Stopped {
@@ -482,16 +484,66 @@ impl Runtime {
         }
     }
 
-    /// `pause`/`resume` (process runtime only).
+    /// `pause` (`resume`: false) or `resume`. `process` containers: runc's.
+    /// `vm` containers: the guest agent freezes (thaws) the container's
+    /// processes with the cgroup v2 freezer in the guest, as Kata
+    /// Containers does (the VM itself keeps running), and the `paused` file
+    /// records it for `state`/`list`. runc's rules: only a running
+    /// container can be paused and only a paused one resumed, else
+    /// [`RuntimeError::State`].
     pub fn pause_resume(&self, id: &str, verb: &str) -> Result<()> {
         let c = self.load(id)?;
-        match c.record.runtime {
-            RuntimeType::Process => self.runc_ok(&args([verb, id])),
-            RuntimeType::Vm => Err(RuntimeError::Unsupported(format!(
-                "{verb} is not supported for vm containers yet (capsa cannot freeze a micro-VM's \
-                 vCPUs); the container keeps running"
-            ))),
+        let pause = match verb {
+            "pause" => true,
+            "resume" => false,
+            other => return Err(RuntimeError::Unsupported(format!("no verb {other:?}"))),
+        };
+        if c.record.runtime == RuntimeType::Process {
+            return self.runc_ok(&args([verb, id]));
         }
+        // One pause/resume at a time per container, so that the marker and
+        // the agent's state agree.
+        let dir = std::fs::File::open(&c.dir)
+            .map_err(|e| RuntimeError::io(format!("open {}", c.dir.display()), e))?;
+        let _lock = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| RuntimeError::io("flock the state directory", e.into()))?;
+        let status = c.vm_status();
+        let (wanted, message) = if pause {
+            (Status::Running, "only a running container can be paused")
+        } else {
+            (Status::Paused, "only a paused container can be resumed")
+        };
+        if status != wanted {
+            return Err(RuntimeError::State {
+                id: id.to_string(),
+                status,
+                message: message.into(),
+            });
+        }
+        let (_, client) = agent(&c)?;
+        let marker = c.dir.join(state::PAUSED_FILE);
+        if pause {
+            // Marker first: should this process die after the agent froze
+            // the container, `state` says paused and `resume` can undo it.
+            std::fs::write(&marker, b"")
+                .map_err(|e| RuntimeError::io(format!("write {}", marker.display()), e))?;
+            if let Err(e) = client.pause() {
+                let _ = std::fs::remove_file(&marker);
+                return Err(e.into());
+            }
+            return Ok(());
+        }
+        match client.resume() {
+            Ok(()) => {}
+            // The agent is not paused (a pause that failed half-way): what
+            // resume wants.
+            Err(e) if e.rpc_code() == Some(capsa_agent::protocol::error_code::INVALID_STATE) => {
+                tracing::warn!("resume {id}: {e}; removing the paused marker");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::fs::remove_file(&marker)
+            .map_err(|e| RuntimeError::io(format!("remove {}", marker.display()), e))
     }
 
     /// The base of an exec'd process: the container's `config.json`
@@ -506,15 +558,19 @@ impl Runtime {
         Ok(p)
     }
 
-    /// Loads a container for `exec`: it must be created or running.
+    /// Loads a container for `exec`: it must be created or running (not
+    /// stopped, not paused, as runc).
     pub fn exec_target(&self, id: &str) -> Result<Container> {
         let c = self.load(id)?;
-        if c.record.runtime == RuntimeType::Vm && c.vm_status() == Status::Stopped {
-            return Err(RuntimeError::State {
-                id: id.to_string(),
-                status: Status::Stopped,
-                message: "cannot exec in a stopped container".into(),
-            });
+        if c.record.runtime == RuntimeType::Vm {
+            let status = c.vm_status();
+            if matches!(status, Status::Stopped | Status::Paused) {
+                return Err(RuntimeError::State {
+                    id: id.to_string(),
+                    status,
+                    message: format!("cannot exec in a {status} container"),
+                });
+            }
         }
         Ok(c)
     }

@@ -5,6 +5,8 @@
 //! - `state.json`: [`Record`], written once `create` succeeded;
 //! - `vm.json`, `agent.json`, `shim.json`: the VMM process's inputs;
 //! - `started`: present once `start` succeeded;
+//! - `paused`: present while the agent has the container frozen (`pause`
+//!   made it, `resume` removes it);
 //! - `exit`: the container process's exit status, written by the VMM
 //!   process when it ended;
 //! - `vmm.log`: the VMM process's log;
@@ -13,8 +15,8 @@
 //!
 //! The status is derived from these files and the liveness of the VMM
 //! process rather than stored, so that it cannot go stale when a process
-//! dies: `exit` present or the VMM gone → stopped; `started` → running;
-//! else created.
+//! dies: `exit` present or the VMM gone → stopped; `paused` → paused;
+//! `started` → running; else created.
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +36,8 @@ pub enum Status {
     Running,
     /// The process has exited.
     Stopped,
-    /// Paused (process runtime only).
+    /// The processes are frozen (`pause`; for vm containers by the guest
+    /// agent's cgroup freezer).
     Paused,
 }
 
@@ -100,6 +103,9 @@ pub struct Record {
     #[serde(default)]
     pub vsock: PathBuf,
 }
+
+/// The file of a vm container's state directory that marks it paused.
+pub const PAUSED_FILE: &str = "paused";
 
 /// The state root (`--root`).
 #[derive(Debug, Clone)]
@@ -226,6 +232,8 @@ impl Container {
     pub fn vm_status(&self) -> Status {
         if self.exit_status().is_some() || !self.vmm_alive() {
             Status::Stopped
+        } else if self.dir.join(PAUSED_FILE).exists() {
+            Status::Paused
         } else if self.dir.join("started").exists() {
             Status::Running
         } else {
@@ -335,6 +343,37 @@ mod tests {
         let (_, start) = proc_stat(pid).unwrap();
         assert!(process_alive(pid, start));
         assert!(!process_alive(pid, start + 1));
+    }
+
+    #[test]
+    fn vm_status_follows_the_marker_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id() as i32;
+        let c = Container {
+            dir: dir.path().to_owned(),
+            record: Record {
+                id: "s".into(),
+                runtime: RuntimeType::Vm,
+                bundle: PathBuf::new(),
+                rootfs: PathBuf::new(),
+                created: now_rfc3339(),
+                annotations: Default::default(),
+                pid,
+                pid_start_time: proc_stat(pid).unwrap().1,
+                init_process_id: 1,
+                vsock: PathBuf::new(),
+            },
+        };
+        assert_eq!(c.vm_status(), Status::Created);
+        std::fs::write(dir.path().join("started"), b"").unwrap();
+        assert_eq!(c.vm_status(), Status::Running);
+        std::fs::write(dir.path().join(PAUSED_FILE), b"").unwrap();
+        assert_eq!(c.vm_status(), Status::Paused);
+        assert_eq!(Status::Paused.to_string(), "paused");
+        assert_eq!(serde_json::to_value(Status::Paused).unwrap(), "paused");
+        // A paused container whose process ended is stopped.
+        std::fs::write(dir.path().join("exit"), b"137").unwrap();
+        assert_eq!(c.vm_status(), Status::Stopped);
     }
 
     #[test]
