@@ -1,11 +1,11 @@
 //! The OCI runtime commands with the real `capsa` binary and real guests:
 //! `run` (output and exit status), the create/start/state/exec/kill/delete
-//! lifecycle with a pid file, stdin, the `process` runtime type through
-//! runc, and clean failures of bad bundles and bad CLI use.
+//! lifecycle with a pid file, stdin, pause/resume, the `process` runtime
+//! type through runc, and clean failures of bad bundles and bad CLI use.
 //!
 //! Each guest boot costs from ~30 s to minutes on the emulated test hosts,
-//! so one booted container serves all the lifecycle checks, and at most two
-//! VMs run at once (the two VM tests).
+//! so one booted container serves all the lifecycle checks, one all the
+//! pause checks, and no test boots more than one VM.
 
 use std::io::Write;
 use std::path::Path;
@@ -313,4 +313,132 @@ fn bad_bundles_and_bad_use_fail_cleanly() {
         serde_json::from_slice::<Value>(&list.stdout).unwrap(),
         json!([])
     );
+}
+
+/// Complete lines in `path` (the counter's output).
+fn lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+}
+
+/// Waits until `path` has more than `n` lines.
+fn wait_lines(path: &Path, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lines(path) <= n {
+        assert!(Instant::now() < deadline, "{what}: stuck at {n} lines");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws_a_vm_container() {
+    require_kvm();
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let id = "pause1";
+    // A counter every 200 ms on stdout, and a forked child that counts too
+    // (it must be frozen with its parent).
+    let b = bundle(
+        dir.path(),
+        "b",
+        &vm_config(&[
+            "sh",
+            "-c",
+            "(while :; do echo child; sleep 0.2; done) & \
+             i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done",
+        ]),
+    );
+    let pid_file = dir.path().join("pid");
+    let out_file = dir.path().join("stdout");
+    let err_file = dir.path().join("stderr");
+    let started = Instant::now();
+    let status = capsa_cmd(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), "--pid-file"])
+        .arg(&pid_file)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "capsa create failed ({status}): {}",
+        std::fs::read_to_string(&err_file).unwrap_or_default()
+    );
+    eprintln!("create took {:?}", started.elapsed());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // Only a running container can be paused, only a paused one resumed.
+    assert_fails(&capsa_in(&root, &["pause", id]), "created", "pause created");
+    assert_fails(
+        &capsa_in(&root, &["resume", id]),
+        "created",
+        "resume created",
+    );
+    assert_ok(&capsa_in(&root, &["start", id]), "capsa start");
+    wait_lines(&out_file, 4, "before pause");
+    assert_fails(
+        &capsa_in(&root, &["resume", id]),
+        "only a paused container can be resumed",
+        "resume running",
+    );
+
+    let t = Instant::now();
+    assert_ok(&capsa_in(&root, &["pause", id]), "capsa pause");
+    eprintln!("pause took {:?}", t.elapsed());
+    assert_eq!(state(&root, id)["status"], "paused");
+    let list = capsa_in(&root, &["list"]);
+    let text = String::from_utf8_lossy(&list.stdout).into_owned();
+    let row = text.lines().find(|l| l.starts_with(id)).expect("listed");
+    assert!(row.contains("paused"), "{row}");
+    assert_fails(&capsa_in(&root, &["pause", id]), "paused", "second pause");
+    assert_fails(
+        &capsa_in(&root, &["exec", id, "true"]),
+        "cannot exec in a paused container",
+        "exec paused",
+    );
+    assert_fails(&capsa_in(&root, &["delete", id]), "paused", "delete paused");
+    let ps = capsa_in(&root, &["ps", "--format", "json", id]);
+    assert_ok(&ps, "capsa ps while paused");
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(pids.len() >= 2, "{pids:?}");
+    // Output written before the freeze may still be on its way; then the
+    // counter stands still.
+    std::thread::sleep(Duration::from_millis(1500));
+    let frozen_at = lines(&out_file);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lines(&out_file), frozen_at, "output advanced while paused");
+
+    let t = Instant::now();
+    assert_ok(&capsa_in(&root, &["resume", id]), "capsa resume");
+    eprintln!("resume took {:?}", t.elapsed());
+    assert_eq!(state(&root, id)["status"], "running");
+    wait_lines(&out_file, frozen_at + 4, "after resume");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    assert!(text.lines().any(|l| l == "child"), "{text}");
+    let out = capsa_in(&root, &["exec", id, "echo", "thawed"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "thawed\n");
+
+    // SIGKILL ends a paused container: the VMM process exits with 128+9.
+    assert_ok(&capsa_in(&root, &["pause", id]), "second capsa pause");
+    assert_ok(&capsa_in(&root, &["kill", id, "KILL"]), "kill paused");
+    assert_eq!(wait_child(pid), 137);
+    assert_eq!(state(&root, id)["status"], "stopped");
+    assert_fails(&capsa_in(&root, &["pause", id]), "stopped", "pause stopped");
+    assert_fails(
+        &capsa_in(&root, &["resume", id]),
+        "stopped",
+        "resume stopped",
+    );
+    assert_ok(&capsa_in(&root, &["delete", id]), "capsa delete");
+    assert!(!root.join(id).exists());
 }
