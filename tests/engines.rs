@@ -33,6 +33,7 @@ with_each_runtime!(
     podman_run_t_gives_a_tty,
     podman_exec_then_stop_then_rm_leaves_nothing,
     podman_kill_ends_it,
+    podman_pause_then_unpause,
     podman_process_runtime_type_is_visible_on_the_host,
     ctr_run_prints_and_exits_with_the_status,
     ctr_run_detached_exec_ps_kill,
@@ -197,6 +198,32 @@ fn podman_kill_ends_it(rt: Runtime) {
     let status = ok(engines().command("podman").args(["wait", &name]));
     assert_eq!(status.trim(), "137", "podman wait after kill");
     assert_eq!(podman_state(&name), "exited 137");
+    ok(podman(rt).args(["rm", &name]));
+    assert_nothing_left(&rt.default_root(), &id);
+}
+
+/// `podman pause` and `podman unpause` (the runtime's `pause`/`resume`):
+/// the status is paused, then running again, and the container still
+/// answers `exec` and ends with `podman kill` (137). (`kill` + `wait` rather
+/// than `rm --force --time 0`, whose 5 s wait for the VMM process to exit is
+/// tight on a loaded emulated host.)
+fn podman_pause_then_unpause(rt: Runtime) {
+    let _slot = container_slot();
+    let name = container_name("pause", rt);
+    let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
+    ok(podman_run(rt, &mut guard).args(["-d", BUSYBOX, "sleep", "1000"]));
+    let id = podman_id(&name);
+    ok(podman(rt).args(["pause", &name]));
+    assert_eq!(podman_state(&name), "paused 0", "after podman pause");
+    ok(podman(rt).args(["unpause", &name]));
+    assert_eq!(podman_state(&name), "running 0", "after podman unpause");
+    assert_eq!(
+        ok(podman(rt).args(["exec", &name, "echo", "thawed"])),
+        "thawed\n"
+    );
+    ok(podman(rt).args(["kill", &name]));
+    let status = ok(engines().command("podman").args(["wait", &name]));
+    assert_eq!(status.trim(), "137", "podman wait after kill");
     ok(podman(rt).args(["rm", &name]));
     assert_nothing_left(&rt.default_root(), &id);
 }
