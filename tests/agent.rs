@@ -111,6 +111,19 @@ fn agent_runs_container_processes_in_the_real_guest() {
     assert_eq!(cat_stdout.len(), input.len());
     assert!(cat_stdout == input, "cat echoed different bytes");
 
+    // Every container process is in the agent's cgroup v2 group (the
+    // one `pause` freezes), joined before exec.
+    let cg = client
+        .exec(&ExecParams {
+            process: process(&["cat", "/proc/self/cgroup"]),
+            stdin: false,
+        })
+        .expect("exec cat /proc/self/cgroup");
+    let cg_out = guest.collect_output(&cg.streams);
+    client.wait(cg.process_id).expect("wait cat");
+    let (out, err) = cg_out.finish();
+    assert_eq!(out, "0::/container\n", "stderr: {err}");
+
     // A non-root user with a supplementary group, the hostname and the
     // writable layer over the read-only rootfs.
     let mut spec = process(&[
