@@ -12,6 +12,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use event_manager::EventSet;
 
@@ -71,6 +72,9 @@ pub struct Connection {
     peer_shut_send: bool,
     peer_shut_rcv: bool,
     host_write_shut: bool,
+    /// When the guest must have answered (a RESPONSE to our REQUEST, an RST
+    /// to our full SHUTDOWN); the muxer resets the connection after it.
+    deadline: Option<Instant>,
 }
 
 impl Connection {
@@ -100,6 +104,7 @@ impl Connection {
             peer_shut_send: false,
             peer_shut_rcv: false,
             host_write_shut: false,
+            deadline: None,
         }
     }
 
@@ -136,6 +141,22 @@ impl Connection {
     /// The state.
     pub fn state(&self) -> ConnState {
         self.state
+    }
+
+    /// When the guest must have answered, if it owes an answer.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Sets or clears the time by which the guest must answer.
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        self.deadline = at;
+    }
+
+    /// Whether both directions are shut towards the guest (SHUTDOWN with
+    /// RCV and SEND sent): only the guest's RST is still awaited.
+    pub fn shut_down_by_host(&self) -> bool {
+        self.shutdown_sent == shutdown::RCV | shutdown::SEND
     }
 
     /// Whether the REQUEST to the guest is still owed (not sent yet).
@@ -175,6 +196,7 @@ impl Connection {
             (ConnState::Killing | ConnState::Dead, _) => {}
             (ConnState::LocalInit, op::RESPONSE) if !self.need_request => {
                 self.state = ConnState::Established;
+                self.deadline = None;
                 self.host_prefix = format!("OK {}\n", self.local_port).into_bytes();
                 self.flush_host();
             }

@@ -2,11 +2,14 @@
 //! space holding the guest CID (§5.10.4), and the glue between the queues
 //! and the [`Muxer`] on the event loop.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Writer;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::{Muxer, MuxerCounters, CONN_TOKEN, LISTENER_TOKEN};
 use super::packet::{self, PacketError};
@@ -14,6 +17,10 @@ use super::{QUEUE_SIZE, RXQ, TXQ};
 use crate::virtio::activation::{Activation, ACTIVATE_TOKEN, QUEUE_TOKEN_BASE};
 use crate::virtio::queue::{self, DeviceQueues};
 use crate::virtio::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Event data of the timer that resets connections whose guest did not
+/// answer in time.
+const TIMER_TOKEN: u32 = 102;
 
 /// Chains taken per queue per event before yielding to the event loop.
 const MAX_CHAINS_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
@@ -47,6 +54,9 @@ pub enum VsockError {
     /// No eventfd.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
+    /// No timerfd.
+    #[error("timerfd: {0}")]
+    TimerFd(std::io::Error),
 }
 
 /// Counters of the device.
@@ -71,6 +81,24 @@ pub struct Vsock {
     pending_evts: Option<Vec<EventFd>>,
     queues: Option<DeviceQueues>,
     counters: VsockCounters,
+    /// Non-blocking timer armed for the muxer's next answer deadline.
+    timer: TimerFd,
+    timer_armed_for: Option<Instant>,
+}
+
+/// A non-blocking timerfd: a read after the timer was re-armed must not
+/// block the event loop.
+fn nonblocking_timer() -> std::io::Result<TimerFd> {
+    let timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(timer)
 }
 
 impl Vsock {
@@ -93,7 +121,37 @@ impl Vsock {
             pending_evts: None,
             queues: None,
             counters: VsockCounters::default(),
+            timer: nonblocking_timer().map_err(VsockError::TimerFd)?,
+            timer_armed_for: None,
         })
+    }
+
+    /// How long the guest has to answer a host REQUEST (RESPONSE or RST)
+    /// or a full SHUTDOWN (RST) before the device resets the connection
+    /// (default [`super::muxer::DEFAULT_ANSWER_TIMEOUT`]).
+    pub fn set_answer_timeout(&mut self, timeout: Duration) {
+        self.muxer.set_answer_timeout(timeout);
+    }
+
+    /// Arms the timer for the muxer's next deadline (or disarms it).
+    fn rearm_timer(&mut self) {
+        let next = self.muxer.next_deadline();
+        if next == self.timer_armed_for {
+            return;
+        }
+        let r = match next {
+            // A zero duration would disarm: at least 1 ms.
+            Some(at) => self.timer.reset(
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+                None,
+            ),
+            None => self.timer.clear(),
+        };
+        match r {
+            Ok(()) => self.timer_armed_for = next,
+            Err(e) => tracing::error!("vsock: timerfd: {e}"),
+        }
     }
 
     /// The guest CID.
@@ -306,10 +364,17 @@ impl MutEventSubscriber for Vsock {
                     .drain_queue_evt((t - QUEUE_TOKEN_BASE) as usize);
             }
             LISTENER_TOKEN | CONN_TOKEN => self.muxer.handle_event(events.fd(), events.event_set()),
+            TIMER_TOKEN => {
+                // EAGAIN when re-armed since it fired: nothing to drain.
+                let _ = self.timer.wait();
+                self.timer_armed_for = None;
+                self.muxer.expire(Instant::now());
+            }
             other => tracing::warn!("vsock: unexpected event {other}"),
         }
         self.run_queues();
         self.muxer.apply_epoll(ops);
+        self.rearm_timer();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -320,6 +385,9 @@ impl MutEventSubscriber for Vsock {
             EventSet::IN,
         )) {
             tracing::error!("vsock: cannot watch the listening socket: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::with_data(&self.timer, TIMER_TOKEN, EventSet::IN)) {
+            tracing::error!("vsock: cannot watch the answer timer: {e:?}");
         }
     }
 }
@@ -874,6 +942,81 @@ mod tests {
         assert_eq!(shutdown_flags & shutdown::SEND, shutdown::SEND);
         assert_eq!(received.len(), data.len());
         assert!(received == data);
+    }
+
+    const SHORT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// Lets the short answer timeout pass, then runs the event loop.
+    fn after_timeout(f: &mut Fixture) {
+        std::thread::sleep(SHORT_TIMEOUT * 2);
+        f.run();
+    }
+
+    #[test]
+    fn unanswered_request_is_reset_and_the_host_socket_closed() {
+        let mut f = fixture(true);
+        f.dev.lock().unwrap().set_answer_timeout(SHORT_TIMEOUT);
+        f.provide_rx(8);
+        let mut s = f.host_connect(1024);
+        let local = f.expect_request(1024);
+        // The guest never answers.
+        after_timeout(&mut f);
+        let pkts = f.recv_all();
+        assert!(
+            pkts.iter()
+                .any(|(h, _)| h.op == op::RST && h.src_port == local && h.dst_port == 1024),
+            "RST to the guest: {pkts:?}"
+        );
+        s.set_nonblocking(false).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "no OK line: {rest:?}");
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
+        assert_eq!(f.dev.lock().unwrap().muxer_counters().timed_out, 1);
+        // A late RESPONSE is for an unknown connection: RST.
+        f.send(hdr(op::RESPONSE, 1024, local), &[]);
+        assert!(f.recv_all().iter().any(|(h, _)| h.op == op::RST));
+    }
+
+    #[test]
+    fn answered_request_is_not_reset() {
+        let mut f = fixture(true);
+        f.dev.lock().unwrap().set_answer_timeout(SHORT_TIMEOUT);
+        f.provide_rx(8);
+        let (mut s, _local) = established_host_conn(&mut f, 1024);
+        after_timeout(&mut f);
+        assert!(f.recv_all().iter().all(|(h, _)| h.op != op::RST));
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 1);
+        s.write_all(b"still here").unwrap();
+        f.run();
+        assert!(f
+            .recv_all()
+            .iter()
+            .any(|(h, p)| h.op == op::RW && p == b"still here"));
+    }
+
+    #[test]
+    fn guest_ignoring_a_full_shutdown_is_reset() {
+        let mut f = fixture(true);
+        f.dev.lock().unwrap().set_answer_timeout(SHORT_TIMEOUT);
+        f.provide_rx(8);
+        let (s, local) = established_host_conn(&mut f, 1024);
+        drop(s); // the host client hangs up
+        f.run();
+        let flags = f
+            .recv_all()
+            .iter()
+            .filter(|(h, _)| h.op == op::SHUTDOWN)
+            .fold(0, |acc, (h, _)| acc | h.flags);
+        assert_eq!(flags, shutdown::RCV | shutdown::SEND);
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 1);
+        // The guest never sends its RST.
+        after_timeout(&mut f);
+        assert!(f
+            .recv_all()
+            .iter()
+            .any(|(h, _)| h.op == op::RST && h.src_port == local));
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 
@@ -33,6 +34,12 @@ pub const MAX_QUEUED_RST: usize = 256;
 pub const LISTENER_TOKEN: u32 = 100;
 /// Event data of connection and handshake sockets.
 pub const CONN_TOKEN: u32 = 101;
+/// How long the guest has to answer a host-initiated REQUEST with RESPONSE
+/// or RST, and to answer a full SHUTDOWN with RST, before the device resets
+/// the connection itself (closing the host socket). Firecracker allows 2 s;
+/// capsa allows more because guest kernel mode may run emulated (PVM
+/// hosts), where a loaded guest can take seconds to answer.
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Host clients accepted per listener event.
 const ACCEPTS_PER_EVENT: usize = 32;
 
@@ -57,6 +64,9 @@ pub struct MuxerCounters {
     pub connect_failed: u64,
     /// Host handshakes refused (bad line, limits).
     pub handshake_refused: u64,
+    /// Connections reset because the guest did not answer a REQUEST or a
+    /// full SHUTDOWN in time.
+    pub timed_out: u64,
 }
 
 /// The backend.
@@ -77,6 +87,7 @@ pub struct Muxer {
     /// epoll registration is removed (event-manager must see the fd).
     graveyard: Vec<UnixStream>,
     local_port_last: u32,
+    answer_timeout: Duration,
     counters: MuxerCounters,
 }
 
@@ -99,6 +110,7 @@ impl Muxer {
             dirty: HashSet::new(),
             graveyard: Vec::new(),
             local_port_last: 1 << 30,
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             counters: MuxerCounters::default(),
         })
     }
@@ -116,6 +128,39 @@ impl Muxer {
     /// Number of connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Sets how long the guest has to answer a REQUEST or a full SHUTDOWN
+    /// (default [`DEFAULT_ANSWER_TIMEOUT`]); applies to packets sent from
+    /// now on.
+    pub fn set_answer_timeout(&mut self, timeout: Duration) {
+        self.answer_timeout = timeout;
+    }
+
+    /// The earliest time by which the guest owes an answer, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns.values().filter_map(Connection::deadline).min()
+    }
+
+    /// Resets every connection whose guest did not answer in time: an RST
+    /// goes to the guest and the host socket is closed (a host client
+    /// waiting for `OK` reads EOF instead).
+    pub fn expire(&mut self, now: Instant) {
+        let late: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(c) = self.conns.get_mut(&key) {
+                tracing::debug!("vsock: guest port {} did not answer in time; reset", key.1);
+                self.counters.timed_out += 1;
+                c.set_deadline(None);
+                c.kill();
+            }
+            self.touch(key);
+        }
     }
 
     /// Whether a packet waits for an RX buffer.
@@ -249,9 +294,16 @@ impl Muxer {
                 continue;
             };
             let pkt = c.next_rx_packet(max_payload);
-            if pkt.as_ref().is_some_and(|(h, _)| h.op == op::RW) {
+            match pkt.as_ref().map(|(h, _)| h.op) {
                 // Room for more host data now.
-                c.fill_from_host(false);
+                Some(op::RW) => c.fill_from_host(false),
+                // The guest owes a RESPONSE, or its RST after a full
+                // SHUTDOWN: start the clock.
+                Some(op::REQUEST) => c.set_deadline(Some(Instant::now() + self.answer_timeout)),
+                Some(op::SHUTDOWN) if c.shut_down_by_host() && c.deadline().is_none() => {
+                    c.set_deadline(Some(Instant::now() + self.answer_timeout))
+                }
+                _ => {}
             }
             self.touch(key);
             if pkt.is_some() {
