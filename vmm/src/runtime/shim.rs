@@ -84,11 +84,11 @@ pub fn run(dir: &Path, start: Instant) -> u8 {
                     tracing::error!("{e}");
                     ready.fail(&e.to_string());
                 }
-                // Give the guest time to reset after `shutdown`, then end it.
-                let deadline = Instant::now() + Duration::from_secs(30);
-                while !vm_ended.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                // Nothing in the guest outlives the container (the rootfs
+                // is a read-only image under a RAM overlay, bind mounts
+                // are copies): end the VM now rather than wait seconds
+                // for an emulated guest kernel to unmount and reset, so
+                // that engines waiting on this pid see the exit at once.
                 handle.request_exit(VmExit::Reset);
             })
     };
@@ -212,10 +212,6 @@ fn control(
     let _ = std::fs::write(dir.join("exit"), code.to_string());
     if let Ok(mut s) = status.lock() {
         *s = Some(code);
-    }
-    client.set_timeout(Some(Duration::from_secs(10)));
-    if let Err(e) = client.shutdown() {
-        tracing::warn!("agent shutdown: {e}");
     }
     Ok(())
 }
