@@ -98,7 +98,7 @@ pub fn comparison_cmdline() -> String {
     if capsa_vmm::pvm::is_pvm_host() {
         c.push_str(&format!(
             " {} clearcpuid={}",
-            capsa_vmm::pvm::KERNEL_PARAM,
+            capsa_vmm::pvm::KERNEL_PARAMS.join(" "),
             capsa_vmm::pvm::CLEARCPUID.join(",")
         ));
     }

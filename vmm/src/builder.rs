@@ -113,8 +113,8 @@ pub fn build_microvm(
     let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
     attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config)?;
 
-    let (quirk_param, quirk_clear) = pvm::kernel_params();
-    let params: &[&str] = if quirks { &[quirk_param] } else { &[] };
+    let (quirk_params, quirk_clear) = pvm::kernel_params();
+    let params: &[&str] = if quirks { quirk_params } else { &[] };
     let cmdline = cmdline::build(
         config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
         &cmdline::CmdlineParts {

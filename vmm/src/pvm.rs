@@ -31,6 +31,23 @@ pub const KERNEL_PARAM: &str = "capsa_pvm";
 /// a path that emulates faster (~2 s less boot time).
 pub const CLEARCPUID: &[&str] = &["xsave", "cx16", "smap", "popcnt", "erms", "fsrm"];
 
+/// Kernel parameter that the kernel hands to init as an environment
+/// variable (it is no kernel parameter): tells glibc not to use AVX (its
+/// AVX2 `memcpy`, `strlen`, …). Guest user mode runs on the host CPU with
+/// AVX enabled (the host's XCR0, which PVM keeps), but the guest kernel
+/// cannot execute XSAVE here (`clearcpuid=xsave`) and switches tasks' FPU
+/// state with FXSAVE/FXRSTOR, which leave out the upper halves of the YMM
+/// registers: AVX code loses them at context switches (it showed as
+/// 16-byte stripes of zeros in data copied by glibc's AVX2 `memcpy`). The
+/// agent passes this on to the container's processes. Programs that pick
+/// AVX themselves (Go, Rust's `is_x86_feature_detected!`, hand-written
+/// AVX) are still exposed: see docs/kernel.md.
+pub const GLIBC_TUNABLES_PARAM: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,\
+-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-F16C,-AVX_Fast_Unaligned_Load";
+
+/// Parameters the quirks add to the kernel command line.
+pub const KERNEL_PARAMS: &[&str] = &[KERNEL_PARAM, GLIBC_TUNABLES_PARAM];
+
 /// CPUID.80000008H:EBX bit 2, "XSAVE always saves/restores the error
 /// pointers" (Linux `X86_FEATURE_XSAVEERPTR`): when set, Linux skips the
 /// FNCLEX-based workaround that the emulator cannot execute.
@@ -53,8 +70,8 @@ pub fn enabled(mode: HostQuirks) -> bool {
 /// Kernel parameters that the quirks add. The kernel honours only the last
 /// `clearcpuid=`, so one from the user's command line is merged into this
 /// list by the command-line builder.
-pub fn kernel_params() -> (&'static str, &'static [&'static str]) {
-    (KERNEL_PARAM, CLEARCPUID)
+pub fn kernel_params() -> (&'static [&'static str], &'static [&'static str]) {
+    (KERNEL_PARAMS, CLEARCPUID)
 }
 
 /// CPUID changes for PVM hosts: advertise XSAVEERPTR.
@@ -76,6 +93,19 @@ mod tests {
         assert!(enabled(HostQuirks::On));
         assert!(!enabled(HostQuirks::Off));
         assert_eq!(enabled(HostQuirks::Auto), is_pvm_host());
+    }
+
+    #[test]
+    fn kernel_params_are_words_and_keep_glibc_off_avx() {
+        for p in KERNEL_PARAMS {
+            assert!(!p.is_empty() && !p.contains(char::is_whitespace), "{p:?}");
+        }
+        let tunables = GLIBC_TUNABLES_PARAM
+            .strip_prefix("GLIBC_TUNABLES=glibc.cpu.hwcaps=")
+            .unwrap();
+        for f in ["AVX", "AVX2", "AVX512F", "AVX_Fast_Unaligned_Load"] {
+            assert!(tunables.split(',').any(|t| t == format!("-{f}")), "{f}");
+        }
     }
 
     #[test]

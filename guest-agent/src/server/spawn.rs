@@ -108,6 +108,43 @@ pub fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     })
 }
 
+/// The agent's own `GLIBC_TUNABLES`, if it has one. On PVM hosts the VMM
+/// puts one on the kernel command line (the kernel hands it to init's
+/// environment) that keeps glibc from using AVX, whose register state the
+/// guest kernel cannot switch there (see `capsa_vmm::pvm`).
+fn agent_tunables() -> Option<&'static str> {
+    static TUNABLES: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TUNABLES
+        .get_or_init(|| {
+            std::env::var("GLIBC_TUNABLES")
+                .ok()
+                .filter(|t| !t.is_empty())
+        })
+        .as_deref()
+}
+
+/// `env` with the agent's tunables passed on: added as `GLIBC_TUNABLES`, or
+/// appended (`:`-separated, so they win) to the process's own.
+fn with_tunables(env: &[String], tunables: Option<&str>) -> Vec<String> {
+    let mut env = env.to_vec();
+    let Some(t) = tunables else {
+        return env;
+    };
+    match env
+        .iter_mut()
+        .rev()
+        .find(|e| e.starts_with("GLIBC_TUNABLES="))
+    {
+        Some(e) if e.len() > "GLIBC_TUNABLES=".len() => {
+            e.push(':');
+            e.push_str(t);
+        }
+        Some(e) => e.push_str(t),
+        None => env.push(format!("GLIBC_TUNABLES={t}")),
+    }
+    env
+}
+
 impl Plan {
     /// Prepares `spec` to run chrooted into `root` (no chroot when `root` is `/`).
     pub fn new(spec: &ProcessSpec, root: &Path) -> Result<Plan, AgentError> {
@@ -122,8 +159,8 @@ impl Plan {
             .iter()
             .map(|a| cstring("process.args", a))
             .collect::<Result<Vec<_>, _>>()?;
-        let envp = spec
-            .env
+        let env = with_tunables(&spec.env, agent_tunables());
+        let envp = env
             .iter()
             .map(|e| cstring("process.env", e))
             .collect::<Result<Vec<_>, _>>()?;
@@ -390,6 +427,24 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_tunables_are_passed_on() {
+        let t = Some("glibc.cpu.hwcaps=-AVX2");
+        assert_eq!(with_tunables(&["A=1".into()], None), vec!["A=1"]);
+        assert_eq!(
+            with_tunables(&["A=1".into()], t),
+            vec!["A=1", "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"]
+        );
+        assert_eq!(
+            with_tunables(&["GLIBC_TUNABLES=glibc.malloc.check=3".into()], t),
+            vec!["GLIBC_TUNABLES=glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2"]
+        );
+        assert_eq!(
+            with_tunables(&["GLIBC_TUNABLES=".into()], t),
+            vec!["GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"]
+        );
+    }
 
     #[test]
     fn plan_resolves_path_candidates() {
