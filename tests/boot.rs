@@ -21,19 +21,11 @@ fn boot(protocol: &str) {
     let initrd = busybox_initramfs(dir.path(), &INIT.replace("MARK", MARK_INIT_REACHED));
     let started = Instant::now();
     let out = capsa_with_env(
-        &[
-            "--log-format",
-            "text",
-            "vmm",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initramfs",
-            initrd.to_str().unwrap(),
-            "--serial-console",
-            "--boot-timer",
-            "--boot-protocol",
-            protocol,
-        ],
+        &vmm_args(
+            kernel,
+            &initrd,
+            &["--boot-timer", "--boot-protocol", protocol],
+        ),
         &[("CAPSA_LOG", "capsa_vmm=info")],
         300,
     );
@@ -230,19 +222,7 @@ fn guest_user_space_keeps_its_vector_registers() {
         /bin/vsock-tool vectors 8 2\n\
         /bin/busybox reboot -f\n";
     let initrd = busybox_initramfs_with(dir.path(), init, &[("bin/vsock-tool", 0o755, &tool)]);
-    let out = capsa(
-        &[
-            "--log-format",
-            "text",
-            "vmm",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initramfs",
-            initrd.to_str().unwrap(),
-            "--serial-console",
-        ],
-        600,
-    );
+    let out = capsa(&vmm_args(kernel, &initrd, &[]), 600);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

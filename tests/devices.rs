@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use capsa_agent::client::{Connector, HybridVsockConnector};
@@ -21,22 +20,6 @@ use capsa_tests::*;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 const HELLO: &str = "hello from the host, through virtio-blk\n";
-
-/// Kernel, initramfs and the serial console, plus `extra` flags.
-fn vmm_args<'a>(kernel: &'a Path, initrd: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--log-format",
-        "text",
-        "vmm",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initramfs",
-        initrd.to_str().unwrap(),
-        "--serial-console",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
 
 /// One guest, two disks made by `mkfs.ext4 -d`: `/dev/vda` read-only,
 /// `/dev/vdb` writable. The guest reads a small and a 300 KiB file from

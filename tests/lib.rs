@@ -109,6 +109,23 @@ pub fn jailer_bin() -> &'static Path {
     })
 }
 
+/// `capsa vmm` arguments: the kernel, the initramfs and the serial console
+/// (text logs), plus `extra` flags.
+pub fn vmm_args<'a>(kernel: &'a Path, initrd: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--log-format",
+        "text",
+        "vmm",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initramfs",
+        initrd.to_str().unwrap(),
+        "--serial-console",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// The guest kernel, from `kernel-config/build.sh` (built once, then
 /// cached outside the checkout).
 pub fn guest_kernel() -> &'static Path {
