@@ -74,17 +74,7 @@ fn lifecycle_exec_stdin_kill_delete() {
     let mut stdin = create.stdin.take().unwrap();
     // The VMM process keeps the stdio: wait for `create` only, not for EOF.
     let status = create.wait().unwrap();
-    assert!(
-        status.success(),
-        "capsa create failed ({status}): {}",
-        std::fs::read_to_string(&err_file).unwrap_or_default()
-    );
-    eprintln!("create took {:?}", started.elapsed());
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = created_vmm_pid(status, &err_file, &pid_file, started);
     assert!(
         cmdline(pid).contains("container-vmm"),
         "the pid file names the VMM process: {}",
@@ -324,6 +314,28 @@ fn lines(path: &Path) -> usize {
         .count()
 }
 
+/// Asserts that `capsa create` succeeded (its stderr in `err_file` says
+/// why not), prints how long it took, and returns the VMM pid it wrote to
+/// `pid_file`.
+fn created_vmm_pid(
+    status: std::process::ExitStatus,
+    err_file: &Path,
+    pid_file: &Path,
+    started: Instant,
+) -> i32 {
+    assert!(
+        status.success(),
+        "capsa create failed ({status}): {}",
+        std::fs::read_to_string(err_file).unwrap_or_default()
+    );
+    eprintln!("create took {:?}", started.elapsed());
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until `path` has more than `n` lines.
 fn wait_lines(path: &Path, n: usize, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -365,17 +377,7 @@ fn pause_freezes_and_resume_thaws_a_vm_container() {
         .stderr(std::fs::File::create(&err_file).unwrap())
         .status()
         .unwrap();
-    assert!(
-        status.success(),
-        "capsa create failed ({status}): {}",
-        std::fs::read_to_string(&err_file).unwrap_or_default()
-    );
-    eprintln!("create took {:?}", started.elapsed());
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = created_vmm_pid(status, &err_file, &pid_file, started);
 
     // Only a running container can be paused, only a paused one resumed.
     assert_fails(&capsa_in(&root, &["pause", id]), "created", "pause created");
