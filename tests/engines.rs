@@ -244,7 +244,15 @@ fn podman_process_runtime_type_is_visible_on_the_host(rt: Runtime) {
         &marker,
     ]));
     let id = podman_id(&name);
-    let seen = host_processes_with(&format!("sleep {marker}"));
+    // The engine's `start` can return just before runc's init execs the
+    // process, so give the exec a moment.
+    let needle = format!("sleep {marker}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = host_processes_with(&needle);
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = host_processes_with(&needle);
+    }
     assert_eq!(
         seen.len(),
         1,

@@ -207,11 +207,17 @@ fn process_runtime_goes_to_runc() {
         .trim()
         .parse()
         .unwrap();
-    assert!(
-        cmdline(pid).contains("sleep 1001"),
-        "the container's process is a host process: {}",
-        cmdline(pid)
-    );
+    // `runc start` returns once the container's init has been released
+    // from its exec FIFO, which may be just before it execs the process.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cmdline(pid).contains("sleep 1001") {
+        assert!(
+            Instant::now() < deadline,
+            "the container's process is a host process: {}",
+            cmdline(pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(state(&root, id)["status"], "running");
     let out = capsa_in(&root, &["exec", id, "sh", "-c", "echo in-runc"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in-runc\n");
