@@ -11,4 +11,4 @@ trap '"$top/scripts/engines.sh" stop >/dev/null 2>&1 || true' EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Boots are CPU-bound in guest kernel mode: at most one per core.
-cargo test --workspace -- --test-threads "$(nproc)"
+cargo test --workspace --no-fail-fast -- --test-threads "$(nproc)"
