@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Opens byte streams to guest vsock ports.
@@ -41,9 +41,47 @@ impl HybridVsockConnector {
     }
 }
 
+/// Connects to the Unix socket at `path` without following a symbolic
+/// link in its last component, and whatever the path's length.
+///
+/// The socket may sit in a directory its VMM owns (capsa's jail): a
+/// compromised VMM could put a symlink there to another socket of the host
+/// (a container engine's), which a plain `connect(2)` by a root client
+/// would follow. So the path is opened with `O_PATH | O_NOFOLLOW`, checked
+/// to be a socket, and connected through its `/proc/self/fd/N` link, which
+/// also lifts `sun_path`'s 108-byte limit (unix(7)).
+pub fn connect_unix_nofollow(path: &Path) -> io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in socket path"))?;
+    // SAFETY: a valid NUL-terminated path; the returned fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display())));
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fd);
+    let kind = file.metadata()?.file_type();
+    if !std::os::unix::fs::FileTypeExt::is_socket(&kind) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a Unix socket", path.display()),
+        ));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
 impl Connector for HybridVsockConnector {
     fn connect(&self, port: u32) -> io::Result<UnixStream> {
-        let mut stream = UnixStream::connect(&self.uds_path)?;
+        let mut stream = connect_unix_nofollow(&self.uds_path)?;
         stream.set_read_timeout(Some(self.handshake_timeout))?;
         stream.set_write_timeout(Some(self.handshake_timeout))?;
         stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
@@ -177,5 +215,38 @@ mod tests {
         let c = HybridVsockConnector::new(dir.path().join("v.sock"));
         assert!(c.connect(1025).is_err());
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_socket_is_refused() {
+        let (dir, _t) = fake_vmm(b"OK 1\n");
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(dir.path().join("v.sock"), &link).unwrap();
+        let e = HybridVsockConnector::new(&link).connect(1024).unwrap_err();
+        assert!(e.to_string().contains("link.sock"), "{e}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = connect_unix_nofollow(&file).unwrap_err();
+        assert!(e.to_string().contains("not a Unix socket"), "{e}");
+        // Unblock the fake VMM.
+        let _ = HybridVsockConnector::new(dir.path().join("v.sock")).connect(1024);
+    }
+
+    #[test]
+    fn a_socket_path_longer_than_sun_path_works() {
+        let dir = tempdir::Dir::new("long");
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        // bind(2) needs a short path: bind from inside the directory.
+        let _listener = {
+            let fd = std::fs::File::open(&deep).unwrap();
+            let p = format!("/proc/self/fd/{}/s", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            let l = UnixListener::bind(p).unwrap();
+            drop(fd);
+            l
+        };
+        let path = deep.join("s");
+        assert!(path.as_os_str().len() > 108);
+        connect_unix_nofollow(&path).unwrap();
     }
 }
