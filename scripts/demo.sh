@@ -6,15 +6,15 @@
 # What it does: scripts/setup.sh (packages, guest kernel, guest agent,
 # private engine configs), builds capsa, builds the sample images
 # (scripts/images.sh, cached), then runs
-#   podman run --rm --runtime target/release/capsa localhost/capsa-debian:bookworm ...
+#   podman run --rm --runtime target/x86_64-unknown-linux-gnu/release/capsa localhost/capsa-debian:bookworm ...
 # which prints the guest's kernel (capsa's, not the host's) and exits 3,
 # the container's status. Needs root and /dev/kvm.
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 "$top/scripts/setup.sh"
-cargo build --release -p capsa-vmm --bin capsa
-capsa=$top/target/release/capsa
+cargo build --release -p capsa-vmm --bin capsa -p capsa-jailer
+capsa=$top/target/x86_64-unknown-linux-gnu/release/capsa
 "$top/scripts/images.sh"
 eval "$("$top/scripts/engines.sh" env)"
 echo "host kernel: $(uname -r)"

@@ -17,7 +17,7 @@
 #   CAPSA_ENGINES_RUN  (default /run/capsa-engines): sockets, pid files, daemon logs,
 #                      the runtime-call log
 #   CAPSA_BIN          the capsa binary registered as docker's "capsa" runtime
-#                      (default: `command -v capsa`, else target/release/capsa)
+#                      (default: `command -v capsa`, else target/x86_64-unknown-linux-gnu/release/capsa)
 #
 # `runc-logged` ($CAPSA_ENGINES_DIR/bin/runc-logged) is runc behind a wrapper
 # that appends every invocation (caller, argv, stdio, exit status) to
@@ -37,7 +37,7 @@ docker_sock=$run/docker.sock
 capsa_bin() {
   if [ -n "${CAPSA_BIN:-}" ]; then echo "$CAPSA_BIN"
   elif command -v capsa >/dev/null 2>&1; then command -v capsa
-  else echo "$top/target/release/capsa"
+  else echo "$top/target/x86_64-unknown-linux-gnu/release/capsa"
   fi
 }
 

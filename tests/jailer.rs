@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use capsa_tests::*;
@@ -18,38 +17,10 @@ const UID: &str = "65534";
 const GID: &str = "65534";
 const PARENT_CGROUP: &str = "capsa-test";
 
-/// A statically linked `capsa` (`$CAPSA_STATIC_BIN`, or built now with
-/// `-C target-feature=+crt-static`): the jail holds no shared libraries.
+/// The `capsa` binary, statically linked as every binary of the
+/// workspace (`.cargo/config.toml`): the jail holds no shared libraries.
 fn static_capsa() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CAPSA_STATIC_BIN") {
-            return PathBuf::from(p);
-        }
-        let target = "x86_64-unknown-linux-gnu";
-        let release = !cfg!(debug_assertions);
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "--quiet", "-p", "capsa-vmm", "--bin", "capsa"])
-            .args(["--target", target]);
-        if release {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("run cargo");
-        assert!(
-            out.status.success(),
-            "building a static capsa failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join(target)
-            .join(if release { "release" } else { "debug" })
-            .join("capsa")
-    })
+    capsa_bin()
 }
 
 fn cgroup_v2() -> bool {
@@ -242,6 +213,40 @@ fn jailed_process_runs_unprivileged_in_its_jail_and_cgroups() {
         .join("busybox.pid")
         .is_file());
     cleanup(base.path(), &id, &bb);
+}
+
+/// A jail on another file system than the exec file (a tmpfs, as `/run`
+/// usually is): the exec file is bind-mounted read-only instead of copied.
+/// `--new-net-ns`: the jailed process sees only a loopback device.
+#[test]
+fn exec_file_on_another_file_system_is_bind_mounted_and_new_net_ns_is_empty() {
+    require_kvm();
+    let shm = Path::new("/dev/shm");
+    let base = tempfile::tempdir_in(shm).unwrap();
+    let id = unique_id("shm");
+    let bb = busybox();
+    let _guard = CleanupOnDrop(base.path(), &id, &bb);
+    let script = "echo IFACES $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')\n\
+        grep ' /busybox ' /proc/self/mountinfo | grep -q ' ro,' && echo EXEC_RO\n\
+        echo x 2>/dev/null > /busybox || echo EXEC_NOT_WRITABLE";
+    let out = jailer_cmd(base.path(), &id, &bb)
+        .args(["--new-net-ns", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.status.success(), "{ctx}");
+    assert!(stdout.contains("IFACES lo\n"), "{ctx}");
+    assert!(stdout.contains("EXEC_RO\n"), "{ctx}");
+    assert!(stdout.contains("EXEC_NOT_WRITABLE\n"), "{ctx}");
+    // On the host the jail holds an empty mount point, not a copy.
+    let placed = base.path().join("busybox").join(&id).join("root/busybox");
+    assert_eq!(std::fs::metadata(&placed).unwrap().len(), 0);
+    cleanup(base.path(), &id, &bb);
+    assert!(
+        std::fs::metadata(&bb).unwrap().len() > 0,
+        "the exec file is intact"
+    );
 }
 
 #[test]

@@ -52,6 +52,10 @@ fn run_checked(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
+/// The target `.cargo/config.toml` builds for (statically linked): outputs
+/// are in `target/<TARGET>/<profile>/`.
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
 /// The `capsa` binary: `$CAPSA_BIN`, or built now with cargo (same
 /// profile as the tests).
 pub fn capsa_bin() -> &'static Path {
@@ -63,6 +67,7 @@ pub fn capsa_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(cargo);
+        // capsa-jailer too: `create` starts each VMM through it.
         cmd.current_dir(workspace_root()).args([
             "build",
             "--quiet",
@@ -70,6 +75,8 @@ pub fn capsa_bin() -> &'static Path {
             "capsa-vmm",
             "--bin",
             "capsa",
+            "-p",
+            "capsa-jailer",
         ]);
         if release {
             cmd.arg("--release");
@@ -79,6 +86,7 @@ pub fn capsa_bin() -> &'static Path {
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"));
         target
+            .join(TARGET)
             .join(if release { "release" } else { "debug" })
             .join("capsa")
     })
@@ -104,6 +112,7 @@ pub fn jailer_bin() -> &'static Path {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| workspace_root().join("target"))
+            .join(TARGET)
             .join(if release { "release" } else { "debug" })
             .join("capsa-jailer")
     })

@@ -22,6 +22,8 @@ fn state(root: &Path, id: &str) -> Value {
     serde_json::from_slice(&out.stdout).expect("state is JSON")
 }
 
+/// Also the one test of an unjailed VMM (`CAPSA_JAIL=off`, for
+/// debugging); every other runtime and engine test jails it.
 #[test]
 fn run_prints_and_exits_with_the_status() {
     require_kvm();
@@ -32,7 +34,12 @@ fn run_prints_and_exits_with_the_status() {
         "b",
         &vm_config(&["sh", "-c", "echo hi; exit 3"]),
     );
-    let out = capsa_in(&root, &["run", "--bundle", b.to_str().unwrap(), "run1"]);
+    let out = capsa_cmd(&root)
+        .env("CAPSA_JAIL", "off")
+        .args(["run", "--bundle", b.to_str().unwrap(), "run1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -80,6 +87,7 @@ fn lifecycle_exec_stdin_kill_delete() {
         "the pid file names the VMM process: {}",
         cmdline(pid)
     );
+    assert_vmm_is_jailed(&root, id, pid);
     let s = state(&root, id);
     assert_eq!(s["status"], "created");
     assert_eq!(s["pid"], json!(pid));
@@ -340,6 +348,51 @@ fn created_vmm_pid(
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Asserts that the VMM of container `id` runs in capsa-jailer's jail:
+/// the pid engines wait on (`pid`) is the jailer, whose child, the VMM,
+/// runs as an unprivileged uid without capabilities, with no_new_privs and
+/// a seccomp filter, in mount and network namespaces of its own.
+fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(
+        exe.to_string_lossy().ends_with("capsa-jailer"),
+        "the pid file names the jailer: {exe:?}"
+    );
+    let vmm: i32 = std::fs::read_to_string(root.join(id).join("capsa/vm/capsa.pid"))
+        .expect("the jailer's pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in /proc/{vmm}/status"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        field("PPid:"),
+        [pid.to_string()],
+        "the VMM is the jailer's child"
+    );
+    let uid = field("Uid:");
+    assert!(
+        uid.iter().all(|u| *u != "0"),
+        "the VMM runs as root: {uid:?}"
+    );
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    assert_eq!(field("CapBnd:"), ["0000000000000000"]);
+    assert_eq!(field("NoNewPrivs:"), ["1"]);
+    assert_eq!(field("Seccomp:"), ["2"]);
+    for ns in ["mnt", "net"] {
+        let own = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let its = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
+        assert_ne!(own, its, "the VMM has a {ns} namespace of its own");
+    }
 }
 
 /// Waits until `path` has more than `n` lines.

@@ -95,8 +95,10 @@ fn capsa_bin() -> anyhow::Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
+    // target/x86_64-unknown-linux-gnu/<profile> (.cargo/config.toml
+    // names the target): the target directory is two levels up.
     if std::env::var_os("CARGO_TARGET_DIR").is_none() {
-        if let Some(target) = dir.parent() {
+        if let Some(target) = dir.parent().and_then(Path::parent) {
             cmd.env("CARGO_TARGET_DIR", target);
         }
     }

@@ -98,6 +98,11 @@ pub struct JailArgs {
     #[arg(long, value_name = "PATH", value_parser = parse_absolute_path)]
     pub netns: Option<PathBuf>,
 
+    /// Run the VMM in a new, empty network namespace (only a loopback
+    /// device, down): for a VMM without network devices.
+    #[arg(long, conflicts_with = "netns")]
+    pub new_net_ns: bool,
+
     /// Run the VMM as pid 1 of a new pid namespace.
     #[arg(long)]
     pub new_pid_ns: bool,
@@ -476,6 +481,11 @@ mod tests {
         assert!(error_of(&base("/bin/sh", &["--bind", "/tmp:/"])).contains("--bind"));
         assert!(error_of(&base("/bin/sh", &["--keep-fd", "2"])).contains("--keep-fd"));
         assert!(error_of(&base("/bin/sh", &["--bogus"])).contains("--bogus"));
+        let e = error_of(&base(
+            "/bin/sh",
+            &["--netns", "/run/netns/x", "--new-net-ns"],
+        ));
+        assert!(e.contains("--new-net-ns") && e.contains("--netns"), "{e}");
     }
 
     #[test]

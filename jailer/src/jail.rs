@@ -36,6 +36,7 @@ struct Plan {
     binds: Vec<BindMount>,
     proc: bool,
     netns: Option<(PathBuf, OwnedFd)>,
+    new_net_ns: bool,
     limits: Vec<ResourceLimit>,
     keep_fds: Vec<i32>,
     new_pid_ns: bool,
@@ -55,7 +56,7 @@ pub fn run(args: JailArgs) -> Result<i32> {
     let plan = plan(args)?;
 
     let mut rollback = Rollback::default();
-    chroot::prepare(
+    let exec_bound = chroot::prepare(
         &chroot::Prepare {
             paths: &plan.paths,
             exec_file: &plan.exec_file,
@@ -90,7 +91,7 @@ pub fn run(args: JailArgs) -> Result<i32> {
             rollback.commit();
             drop(err_read);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                child(&plan, &old_mask, parent_pid)
+                child(&plan, exec_bound, &old_mask, parent_pid)
             }));
             let message = match result {
                 Ok(e) => format!("{e:#}"),
@@ -175,6 +176,7 @@ fn plan(args: JailArgs) -> Result<Plan> {
         binds: args.binds,
         proc: !args.no_proc,
         netns,
+        new_net_ns: args.new_net_ns,
         keep_fds: args.keep_fds,
         new_pid_ns: args.new_pid_ns,
         daemonize: args.daemonize,
@@ -183,14 +185,19 @@ fn plan(args: JailArgs) -> Result<Plan> {
 }
 
 /// The child: jails itself and execs; returns only with the error.
-fn child(plan: &Plan, old_mask: &SigSet, parent: Pid) -> anyhow::Error {
-    match child_steps(plan, old_mask, parent) {
+fn child(plan: &Plan, exec_bound: bool, old_mask: &SigSet, parent: Pid) -> anyhow::Error {
+    match child_steps(plan, exec_bound, old_mask, parent) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn child_steps(plan: &Plan, old_mask: &SigSet, parent: Pid) -> Result<std::convert::Infallible> {
+fn child_steps(
+    plan: &Plan,
+    exec_bound: bool,
+    old_mask: &SigSet,
+    parent: Pid,
+) -> Result<std::convert::Infallible> {
     // Signals: default dispositions, the caller's mask back.
     for sig in Signal::iterator() {
         if !matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
@@ -207,11 +214,15 @@ fn child_steps(plan: &Plan, old_mask: &SigSet, parent: Pid) -> Result<std::conve
     if let Some((path, fd)) = &plan.netns {
         namespaces::join_netns(fd, path)?;
     }
+    if plan.new_net_ns {
+        namespaces::new_net_ns()?;
+    }
     namespaces::new_private_mount_ns()?;
     chroot::enter(&chroot::Enter {
         paths: &plan.paths,
         devices: &plan.devices,
         binds: &plan.binds,
+        exec_bind: exec_bound.then_some(plan.exec_file.as_path()),
         uid: plan.uid,
         gid: plan.gid,
     })?;

@@ -1,5 +1,6 @@
 //! Namespaces of the VMM: a new private mount namespace (always), the
-//! network namespace given by `--netns`, and a new pid namespace with
+//! network namespace given by `--netns` or a new one with `--new-net-ns`,
+//! and a new pid namespace with
 //! `--new-pid-ns` (namespaces(7)).
 
 use std::os::fd::OwnedFd;
@@ -26,6 +27,12 @@ pub fn join_netns(fd: &OwnedFd, path: &Path) -> Result<()> {
             path.display()
         )
     })
+}
+
+/// Enters a new network namespace (`--new-net-ns`): no device but a
+/// loopback that is down, so the VMM reaches no network.
+pub fn new_net_ns() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).context("--new-net-ns: unshare(CLONE_NEWNET)")
 }
 
 /// Enters a new mount namespace and makes every mount in it private, so

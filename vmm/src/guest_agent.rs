@@ -11,13 +11,13 @@ use crate::boot::initramfs::CpioWriter;
 pub const AGENT_ENV: &str = "CAPSA_AGENT";
 
 /// Where the agent is looked for, in order: `$CAPSA_AGENT`; `capsa-agent`
-/// next to the running `capsa`; the static build of a development
+/// next to the running `capsa` (unless that is a debug build); the static
+/// build of a development
 /// checkout (`target/x86_64-unknown-linux-gnu/release/capsa-agent`, as
 /// `guest-agent/build.sh` makes it); `/usr/local/lib/capsa` and
 /// `/usr/lib/capsa`. Only a statically linked binary qualifies: the
-/// initramfs has no dynamic loader, so a dynamically linked agent (such as
-/// the one `cargo build` leaves next to a development `capsa`) would fail
-/// as `/init` with ENOENT.
+/// initramfs has no dynamic loader, so a dynamically linked agent would
+/// fail as `/init` with ENOENT.
 pub fn locate() -> io::Result<PathBuf> {
     if let Some(p) = std::env::var_os(AGENT_ENV) {
         let p = PathBuf::from(p);
@@ -39,10 +39,15 @@ pub fn locate() -> io::Result<PathBuf> {
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("capsa-agent"));
-            // target/{debug,release}/capsa -> target/x86_64-unknown-linux-gnu/release/
+            // Not the debug build next to a debug `capsa`: the guest's
+            // init should not be an unoptimised binary.
+            if !dir.ends_with("debug") {
+                candidates.push(dir.join("capsa-agent"));
+            }
+            // target/x86_64-unknown-linux-gnu/debug/capsa -> .../release/
+            // (guest-agent/build.sh always builds the release profile).
             if let Some(target) = dir.parent() {
-                candidates.push(target.join("x86_64-unknown-linux-gnu/release/capsa-agent"));
+                candidates.push(target.join("release/capsa-agent"));
             }
         }
     }
@@ -146,9 +151,11 @@ mod tests {
         let text = dir.path().join("script");
         std::fs::write(&text, b"#!/bin/sh\n").unwrap();
         assert!(!is_static_elf(&text).unwrap());
-        // The test binary itself is dynamically linked.
+        // The test binary is static, as every binary of the workspace
+        // (.cargo/config.toml); Debian's /bin/sh (dash) is not.
         let me = std::env::current_exe().unwrap();
-        assert!(!is_static_elf(&me).unwrap());
+        assert!(is_static_elf(&me).unwrap());
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap());
         if Path::new("/bin/busybox").is_file() {
             assert!(is_static_elf(Path::new("/bin/busybox")).unwrap());
         }

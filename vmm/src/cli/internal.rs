@@ -12,13 +12,18 @@ use super::GlobalArgs;
 /// Flags of `container-vmm`.
 #[derive(Debug, clap::Args)]
 pub struct ContainerVmmArgs {
-    /// The container id (its state directory holds the inputs).
+    /// The container id.
     pub id: String,
+    /// The directory with the inputs (`vm.json`, `agent.json`,
+    /// `shim.json`): `/` in the jail; default `<root>/<id>`.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The per-container VMM process.
 pub fn container_vmm(g: &GlobalArgs, args: ContainerVmmArgs, start: Instant) -> anyhow::Result<u8> {
-    Ok(shim::run(&g.root.join(&args.id), start))
+    let dir = args.state_dir.unwrap_or_else(|| g.root.join(&args.id));
+    Ok(shim::run(&dir, start))
 }
 
 /// Flags of `exec-process`.

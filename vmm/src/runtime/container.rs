@@ -3,6 +3,7 @@
 //! files in `cli/` only parse arguments and print.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -12,11 +13,13 @@ use serde_json::{json, Value};
 
 use super::bundle::Bundle;
 use super::exec::agent;
+use super::jail::{self, Jail};
 use super::runc::{args, Runc};
 use super::shim::ShimOptions;
 use super::state::{self, Container, Record, Root, RuntimeType, Status};
 use super::vm_spec::{self, Machine};
-use super::{rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
+use super::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
+use crate::config::HostQuirks;
 
 /// Where capsa and runc keep state; how to reach runc.
 #[derive(Debug, Clone)]
@@ -145,6 +148,9 @@ impl Runtime {
             pid_start_time: 0,
             init_process_id: 0,
             vsock: PathBuf::new(),
+            vm_dir: PathBuf::new(),
+            vmm_pid: 0,
+            vmm_pid_start_time: 0,
         }
     }
 
@@ -202,46 +208,133 @@ impl Runtime {
             .and_then(|r| r.readonly())
             .unwrap_or(false);
         let plan = vm_spec::mounts(&bundle.spec, readonly);
-        let binds_image = vm_spec::binds_image(&plan, dir)?;
-        if let Some(parent) = vsock.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| RuntimeError::io(format!("mkdir {}", parent.display()), e))?;
-        }
-        let machine = Machine {
-            kernel,
-            initramfs,
-            rootfs_image,
-            binds_image,
-            vsock: vsock.to_owned(),
+        // The VMM process runs in a jail (see `jail`): its files go into
+        // the jail's root, and it sees them under in-jail paths.
+        let mut jail = if jail::enabled() {
+            Some(Jail::plan(dir, id)?)
+        } else {
+            None
+        };
+        let vm_dir = jail
+            .as_ref()
+            .map_or_else(|| dir.to_owned(), |j| j.root().to_owned());
+        let binds_image = vm_spec::binds_image(&plan, &vm_dir)?;
+        let (machine, inside) = match &mut jail {
+            Some(j) => {
+                if let Some(b) = &binds_image {
+                    j.give(b)?;
+                }
+                let machine = Machine {
+                    kernel: j.bind_ro(&kernel, "vmlinux"),
+                    initramfs: j.bind_ro(&initramfs, "initramfs.cpio"),
+                    rootfs_image: j.bind_ro(&rootfs_image, "rootfs.ext4"),
+                    binds_image: binds_image.as_ref().map(|_| PathBuf::from("/binds.ext4")),
+                    vsock: PathBuf::from("/vsock"),
+                };
+                (machine, PathBuf::from("/"))
+            }
+            None => {
+                if let Some(parent) = vsock.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| RuntimeError::io(format!("mkdir {}", parent.display()), e))?;
+                }
+                let machine = Machine {
+                    kernel,
+                    initramfs,
+                    rootfs_image,
+                    binds_image,
+                    vsock: vsock.to_owned(),
+                };
+                (machine, dir.to_owned())
+            }
         };
         let mut config = vm_spec::vm_config(bundle, &machine)?;
+        // Decided here: the jailed VMM sees neither /sys nor the host's
+        // modules, so it could not detect a PVM host itself.
+        config.host_quirks = if crate::pvm::is_pvm_host() {
+            HostQuirks::On
+        } else {
+            HostQuirks::Off
+        };
         // The guest's console (kernel warnings and panics; the agent logs
-        // to it too) goes to a file in the state directory.
-        config.serial_log = Some(dir.join("console.log"));
+        // to it too) goes to a file next to the VMM's other files.
+        config.serial_log = Some(inside.join("console.log"));
         let params = vm_spec::create_params(id, bundle, plan.mounts)?;
+        // `--console-socket`: the pty is made here, as the jailed VMM can
+        // reach neither /dev/pts nor the socket; the VMM inherits the slave.
+        let slave = match &opts.console_socket {
+            Some(socket) if params.process.terminal => {
+                let socket = std::path::absolute(socket).unwrap_or(socket.clone());
+                let pty = console::open(params.process.console_size)?;
+                console::send_master(&socket, &pty.master)?;
+                Some(pty.slave)
+            }
+            _ => None,
+        };
+        let keep_fds: Vec<RawFd> = slave.iter().map(AsRawFd::as_raw_fd).collect();
         let options = ShimOptions {
-            console_socket: opts
-                .console_socket
-                .as_ref()
-                .map(|s| std::path::absolute(s).unwrap_or(s.clone())),
+            console_fd: keep_fds.first().copied(),
         };
         let json = |v: &dyn erased::Ser| serde_json::to_vec_pretty(&v.value()).unwrap_or_default();
-        state::write_atomic(&dir.join("vm.json"), &json(&config))?;
-        state::write_atomic(&dir.join("agent.json"), &json(&params))?;
-        state::write_atomic(&dir.join("shim.json"), &json(&options))?;
-        let mut helper_args: Vec<OsString> = vec!["--root".into(), self.root.path.clone().into()];
-        helper_args.push("--log".into());
-        helper_args.push(dir.join("vmm.log").into());
-        helper_args.push("container-vmm".into());
-        helper_args.push(id.into());
-        let pending = spawn::spawn(&helper_args, !opts.foreground)?;
+        state::write_atomic(&vm_dir.join("vm.json"), &json(&config))?;
+        state::write_atomic(&vm_dir.join("agent.json"), &json(&params))?;
+        state::write_atomic(&vm_dir.join("shim.json"), &json(&options))?;
+        let mut vmm_args: Vec<OsString> = Vec::new();
+        if jail.is_none() {
+            vmm_args.extend(["--root".into(), self.root.path.clone().into()]);
+        }
+        vmm_args.extend([
+            "--log".into(),
+            inside.join("vmm.log").into(),
+            "container-vmm".into(),
+            id.into(),
+            "--state-dir".into(),
+            inside.clone().into(),
+        ]);
+        let pending = match &jail {
+            Some(j) => {
+                let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
+                    .into_iter()
+                    .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+                    .collect();
+                spawn::spawn_program(
+                    j.jailer(),
+                    |ready| {
+                        envs.push((spawn::READY_FD_ENV.to_owned(), ready.to_string()));
+                        let mut fds = keep_fds.clone();
+                        fds.push(ready);
+                        j.command(&fds, &envs, &vmm_args)
+                    },
+                    !opts.foreground,
+                    &keep_fds,
+                )?
+            }
+            None => spawn::spawn_program(
+                Path::new("/proc/self/exe"),
+                |_| vmm_args,
+                !opts.foreground,
+                &keep_fds,
+            )?,
+        };
+        drop(slave);
         let (child, report) = pending.wait_ready(BOOT_TIMEOUT)?;
         let pid = child.id() as i32;
         let mut record = self.record(id, bundle, RuntimeType::Vm);
         record.pid = pid;
         record.pid_start_time = state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
         record.init_process_id = report["initProcessId"].as_u64().unwrap_or(0);
-        record.vsock = vsock.to_owned();
+        if let Some(j) = &jail {
+            record.vsock = j.root().join("vsock");
+            record.vm_dir = j.root().to_owned();
+            // The jailer writes the pid file once the VMM runs, long
+            // before the VMM reports.
+            if let Some(vmm) = j.vmm_pid() {
+                record.vmm_pid = vmm;
+                record.vmm_pid_start_time = state::proc_stat(vmm).map(|(_, t)| t).unwrap_or(0);
+            }
+        } else {
+            record.vsock = vsock.to_owned();
+        }
         let container = Container {
             dir: dir.to_owned(),
             record,
@@ -351,7 +444,7 @@ impl Runtime {
                 // The process has not started: the VMM process stands for
                 // it (as runc's init does) and ends with the signal.
                 nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(c.record.pid),
+                    nix::unistd::Pid::from_raw(c.vmm_process()),
                     nix::sys::signal::Signal::try_from(signal).ok(),
                 )
                 .map_err(|e| RuntimeError::io("kill", e.into()))

@@ -12,7 +12,7 @@ use capsa_agent::client::{Client, ClientError, HybridVsockConnector};
 use capsa_agent::protocol::{ExecParams, ProcessSpec};
 use serde_json::json;
 
-use super::shim::attach_process;
+use super::shim::{attach_process, Console};
 use super::spawn::Ready;
 use super::state::Container;
 use super::Result;
@@ -47,7 +47,7 @@ pub fn run(
         &client,
         &started.streams,
         console_size,
-        console_socket,
+        console_socket.map_or(Console::Inherit, Console::Socket),
         started.process_id,
     )?;
     if !ready.ok(json!({ "pid": started.pid })) {

@@ -10,6 +10,7 @@
 //! - [`vm_spec`]: the runtime spec turned into a [`crate::config::VmConfig`]
 //!   and the agent's `create` parameters;
 //! - [`shim`]: the per-container VMM process (the pid engines wait on);
+//! - [`jail`]: the jail `capsa-jailer` starts that process in;
 //! - [`exec`]: a process started in a running container;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
@@ -21,6 +22,7 @@ pub mod bundle;
 pub mod console;
 pub mod container;
 pub mod exec;
+pub mod jail;
 pub mod rootfs;
 pub mod runc;
 pub mod shim;

@@ -2,15 +2,16 @@
 //! pid `create` writes to `--pid-file`. It boots the VM from the inputs
 //! `create` left in the state directory (`vm.json`, `agent.json`,
 //! `shim.json`), has the agent create the container, attaches the
-//! container's stdio (its own inherited fds 0/1/2, or a pty sent to
-//! `--console-socket`), reports readiness, and then waits: when the
+//! container's stdio (its own inherited fds 0/1/2, or the slave of the pty
+//! whose master `create` sent to `--console-socket`), reports readiness,
+//! and then waits: when the
 //! container's process exits it writes `exit`, asks the agent to shut the
 //! guest down, and exits with the process's status (128+N for signal N).
 //!
 //! Threads: the main thread runs the VM's event loop ([`Vmm::run`]); a
 //! controller thread talks to the agent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,9 +33,24 @@ pub const EXIT_VM_FAILED: u8 = 255;
 
 /// Options of the VMM process that are not the VM's or the agent's.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShimOptions {
-    /// `--console-socket` of `create`.
-    pub console_socket: Option<PathBuf>,
+    /// With `--console-socket`: the inherited descriptor of the pty slave
+    /// whose master `create` sent to the engine (`create` opens the pty:
+    /// the jailed VMM can reach neither `/dev/pts` nor the socket).
+    #[serde(default)]
+    pub console_fd: Option<i32>,
+}
+
+/// Where a process's terminal goes.
+pub enum Console<'a> {
+    /// No pty: the terminal stream is relayed to this process's
+    /// stdin/stdout.
+    Inherit,
+    /// Make a pty and send its master to this `--console-socket`.
+    Socket(&'a Path),
+    /// Relay this pty slave (its master was sent already).
+    Slave(std::os::fd::OwnedFd),
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -42,7 +58,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Runs the VMM process for the container in `dir`; returns its exit code.
+/// Runs the VMM process for the container whose VMM files are in `dir`;
+/// returns its exit code.
 pub fn run(dir: &Path, start: Instant) -> u8 {
     let mut ready = Ready::from_env();
     let inputs = (|| -> Result<_, String> {
@@ -216,8 +233,9 @@ fn control(
     Ok(())
 }
 
-/// Attaches the container's streams: a pty for `--console-socket`, the
-/// tty stream to this process's stdin/stdout without one, or the pipes.
+/// Attaches the container's streams: the pty slave `create` made for
+/// `--console-socket`, the tty stream to this process's stdin/stdout
+/// without one, or the pipes.
 fn attach(
     connector: &HybridVsockConnector,
     client: &Arc<Client>,
@@ -226,14 +244,32 @@ fn attach(
     options: &ShimOptions,
     process_id: u64,
 ) -> Result<Relays, RuntimeError> {
+    let console = match options.console_fd {
+        Some(fd) => Console::Slave(inherited_tty(fd)?),
+        None => Console::Inherit,
+    };
     attach_process(
         connector,
         client,
         streams,
         params.process.console_size,
-        options.console_socket.as_deref(),
+        console,
         process_id,
     )
+}
+
+/// Takes the inherited descriptor `fd`, which must be a terminal.
+fn inherited_tty(fd: i32) -> Result<std::os::fd::OwnedFd, RuntimeError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: isatty only inspects the descriptor number.
+    if fd <= 2 || unsafe { libc::isatty(fd) } != 1 {
+        return Err(RuntimeError::Failed(format!(
+            "shim.json: console_fd: {fd} is not an inherited terminal"
+        )));
+    }
+    // SAFETY: `create` passed this descriptor to this process for the
+    // console only; nothing else here owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Shared by the VMM process and `exec`: relays one process's streams.
@@ -242,17 +278,23 @@ pub fn attach_process(
     client: &Arc<Client>,
     streams: &capsa_agent::protocol::StreamTokens,
     console_size: Option<capsa_agent::protocol::ConsoleSize>,
-    console_socket: Option<&Path>,
+    console: Console<'_>,
     process_id: u64,
 ) -> Result<Relays, RuntimeError> {
     if let Some(token) = &streams.tty {
         let tty = attach_stream(connector, token)?;
-        if let Some(socket) = console_socket {
-            let pty = console::open(console_size)?;
-            console::send_master(socket, &pty.master)?;
-            drop(pty.master);
+        let slave = match console {
+            Console::Socket(socket) => {
+                let pty = console::open(console_size)?;
+                console::send_master(socket, &pty.master)?;
+                Some(pty.slave)
+            }
+            Console::Slave(slave) => Some(slave),
+            Console::Inherit => None,
+        };
+        if let Some(slave) = slave {
             let c = client.clone();
-            return console::relay(pty.slave, tty, move |rows, cols| {
+            return console::relay(slave, tty, move |rows, cols| {
                 if let Err(e) = c.resize(process_id, rows, cols) {
                     tracing::debug!("resize: {e}");
                 }

@@ -1,14 +1,16 @@
-//! Helper processes: `capsa` re-executes itself (`/proc/self/exe`) with a
-//! hidden subcommand, hands it the write end of a pipe (its number in
-//! [`READY_FD_ENV`]) and waits for one JSON line on it: `{"ok":true,...}`
-//! once the helper is ready, `{"ok":false,"error":"..."}` when it failed.
-//! EOF without a line means the helper died.
+//! Helper processes: `capsa` re-executes itself (`/proc/self/exe`, or
+//! through `capsa-jailer`) with a hidden subcommand, hands it the write end
+//! of a pipe (its number in [`READY_FD_ENV`]) and waits for one JSON line
+//! on it: `{"ok":true,...}` once the helper is ready,
+//! `{"ok":false,"error":"..."}` when it failed. EOF without a line means
+//! the helper died.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -22,7 +24,6 @@ pub const READY_FD_ENV: &str = "_CAPSA_READY_FD";
 /// The helper's end of the readiness pipe.
 pub struct Ready {
     file: Option<File>,
-    parent: i32,
 }
 
 impl Ready {
@@ -44,17 +45,27 @@ impl Ready {
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             );
         }
-        Ready {
-            file,
-            parent: nix::unistd::getppid().as_raw(),
-        }
+        Ready { file }
     }
 
     /// Whether the process waiting for the report is still there (a
     /// `create` killed by an engine's timeout: the helper should give up
-    /// rather than leave a VM nobody knows about).
+    /// rather than leave a VM nobody knows about). Told by the pipe, not
+    /// by the parent pid: a jailed helper's parent is the jailer. A pipe's
+    /// write end polls `POLLERR` once no reader is left (pipe(7)).
     pub fn parent_alive(&self) -> bool {
-        self.file.is_none() || nix::unistd::getppid().as_raw() == self.parent
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(f) = &self.file else {
+            return true;
+        };
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLOUT)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => !fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+            Err(_) => true,
+        }
     }
 
     fn send(&mut self, value: Value) -> bool {
@@ -99,17 +110,40 @@ pub struct Pending {
 /// `new_session` puts it in its own session (so that a terminal's signals
 /// for the caller do not reach it).
 pub fn spawn(args: &[OsString], new_session: bool) -> Result<Pending> {
+    spawn_program(
+        Path::new("/proc/self/exe"),
+        |_| args.to_vec(),
+        new_session,
+        &[],
+    )
+}
+
+/// Starts `program` with the arguments `args(ready_fd)` (the readiness
+/// pipe's number, for a program that passes it on, as `capsa-jailer
+/// --keep-fd`), the caller's stdio, and the descriptors `keep_fds`
+/// inherited; otherwise as [`spawn`].
+pub fn spawn_program(
+    program: &Path,
+    args: impl FnOnce(RawFd) -> Vec<OsString>,
+    new_session: bool,
+    keep_fds: &[RawFd],
+) -> Result<Pending> {
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::io("pipe", e.into()))?;
     let write_fd = write.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.args(args).env(READY_FD_ENV, write_fd.to_string());
+    let mut cmd = Command::new(program);
+    cmd.args(args(write_fd))
+        .env(READY_FD_ENV, write_fd.to_string());
+    let mut inherit = keep_fds.to_vec();
+    inherit.push(write_fd);
     // SAFETY: only async-signal-safe calls (fcntl, setsid) between fork and
     // exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(write_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if new_session {
                 libc::setsid();
@@ -117,9 +151,15 @@ pub fn spawn(args: &[OsString], new_session: bool) -> Result<Pending> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| RuntimeError::io("cannot start a capsa helper process", e))?;
+    let child = cmd.spawn().map_err(|e| {
+        RuntimeError::io(
+            format!(
+                "cannot start a capsa helper process ({})",
+                program.display()
+            ),
+            e,
+        )
+    })?;
     drop(write);
     Ok(Pending {
         child,
@@ -172,5 +212,25 @@ impl<R: std::io::Read> TakeLine for BufReader<R> {
     fn take_line(&mut self, line: &mut String) -> std::io::Result<usize> {
         let mut limited = std::io::Read::take(self, 64 << 10);
         BufReader::new(&mut limited).read_line(line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_alive_follows_the_reader_of_the_pipe() {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut ready = Ready {
+            file: Some(File::from(write)),
+        };
+        assert!(ready.parent_alive());
+        drop(read);
+        assert!(!ready.parent_alive());
+        // Reporting to a reader that is gone fails instead of raising
+        // SIGPIPE (Rust ignores it).
+        assert!(!ready.ok(json!({})));
+        assert!(ready.parent_alive(), "nothing left to report");
     }
 }

@@ -13,6 +13,12 @@
 //! - `vsock`: the hybrid vsock socket (elsewhere when the path would be too
 //!   long for `sun_path`, see [`vsock_path`]).
 //!
+//! A jailed VMM (the default, [`super::jail`]) keeps `vm.json`,
+//! `agent.json`, `shim.json`, `exit`, `vmm.log`, `console.log` and `vsock`
+//! in its jail's root, `<root>/<id>/capsa/vm/root/` ([`Record::vm_dir`]);
+//! `state.json`, `started` and `paused` stay in the state directory, out of
+//! the VMM's reach.
+//!
 //! The status is derived from these files and the liveness of the VMM
 //! process rather than stored, so that it cannot go stale when a process
 //! dies: `exit` present or the VMM gone → stopped; `paused` → paused;
@@ -102,6 +108,18 @@ pub struct Record {
     /// The hybrid vsock socket (vm runtime).
     #[serde(default)]
     pub vsock: PathBuf,
+    /// Where the VMM process keeps its files (`exit`, `console.log`,
+    /// `vmm.log`, its inputs): its jail's root, or empty for the state
+    /// directory itself (an unjailed VMM).
+    #[serde(default)]
+    pub vm_dir: PathBuf,
+    /// The VMM's own pid when it runs under `capsa-jailer` (`pid` is then
+    /// the jailer's, the process engines wait on); 0 when unjailed.
+    #[serde(default)]
+    pub vmm_pid: i32,
+    /// Its start time (as `pid_start_time`).
+    #[serde(default)]
+    pub vmm_pid_start_time: u64,
 }
 
 /// The file of a vm container's state directory that marks it paused.
@@ -214,18 +232,37 @@ impl Container {
         )
     }
 
-    /// The exit status the VMM process recorded, if the process ended.
-    pub fn exit_status(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join("exit"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// The directory of the VMM's files (see [`Record::vm_dir`]).
+    pub fn vm_dir(&self) -> PathBuf {
+        if self.record.vm_dir.as_os_str().is_empty() {
+            self.dir.clone()
+        } else {
+            self.record.vm_dir.clone()
+        }
     }
 
-    /// Whether the VMM process is alive.
+    /// The exit status the VMM process recorded, if the process ended.
+    pub fn exit_status(&self) -> Option<i32> {
+        let text = read_small_untrusted(&self.vm_dir().join("exit"), 32)?;
+        String::from_utf8_lossy(&text).trim().parse().ok()
+    }
+
+    /// Whether the VMM process is alive (for a jailed VMM: its jailer, or
+    /// the VMM itself).
     pub fn vmm_alive(&self) -> bool {
-        self.record.pid > 0 && process_alive(self.record.pid, self.record.pid_start_time)
+        (self.record.pid > 0 && process_alive(self.record.pid, self.record.pid_start_time))
+            || (self.record.vmm_pid > 0
+                && process_alive(self.record.vmm_pid, self.record.vmm_pid_start_time))
+    }
+
+    /// The process that stands for the container's process before `start`
+    /// (signals of `kill` go to it): the VMM itself.
+    pub fn vmm_process(&self) -> i32 {
+        if self.record.vmm_pid > 0 {
+            self.record.vmm_pid
+        } else {
+            self.record.pid
+        }
     }
 
     /// The status of a vm container (see the module docs).
@@ -240,6 +277,25 @@ impl Container {
             Status::Created
         }
     }
+}
+
+/// Reads at most `max` bytes of the regular file at `path`, which an
+/// untrusted process (a jailed VMM) may have written: a symlink is not
+/// followed, and a FIFO or device is not opened for reading (no hang).
+pub fn read_small_untrusted(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut out = Vec::new();
+    file.take(max).read_to_end(&mut out).ok()?;
+    Some(out)
 }
 
 /// Writes `data` to `path` through a temporary file and a rename.
@@ -338,6 +394,23 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_files_are_read_safely() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("exit"), b"137\n").unwrap();
+        assert_eq!(read_small_untrusted(&d.join("exit"), 32).unwrap(), b"137\n");
+        std::fs::write(d.join("big"), vec![b'1'; 4096]).unwrap();
+        assert_eq!(read_small_untrusted(&d.join("big"), 32).unwrap().len(), 32);
+        // A symlink to a host file is not followed.
+        std::os::unix::fs::symlink("/etc/hostname", d.join("link")).unwrap();
+        assert!(read_small_untrusted(&d.join("link"), 32).is_none());
+        // A FIFO neither blocks nor counts as a file.
+        nix::unistd::mkfifo(&d.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(read_small_untrusted(&d.join("fifo"), 32).is_none());
+        assert!(read_small_untrusted(&d.join("missing"), 32).is_none());
+    }
+
+    #[test]
     fn own_process_is_alive() {
         let pid = std::process::id() as i32;
         let (_, start) = proc_stat(pid).unwrap();
@@ -362,6 +435,9 @@ mod tests {
                 pid_start_time: proc_stat(pid).unwrap().1,
                 init_process_id: 1,
                 vsock: PathBuf::new(),
+                vm_dir: PathBuf::new(),
+                vmm_pid: 0,
+                vmm_pid_start_time: 0,
             },
         };
         assert_eq!(c.vm_status(), Status::Created);

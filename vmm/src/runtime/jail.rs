@@ -1,0 +1,270 @@
+//! The jail of a container's VMM process.
+//!
+//! `create` does not run the VMM process (`capsa container-vmm`) itself: it
+//! starts it through `capsa-jailer` (docs/jailer.md), which the design
+//! notes require because a guest that breaks out of its VM lands in the
+//! VMM. The jailed VMM runs as an unprivileged uid/gid of its own (see
+//! [`uid_for`]), without capabilities, with `no_new_privs` and a seccomp
+//! deny list, in a new mount namespace whose root is
+//! `<state dir>/capsa/vm/root` ([`Jail::root`]) and a new network
+//! namespace with no device (the VMM needs no network: the guest's only
+//! channel to the host is the hybrid vsock Unix socket).
+//!
+//! What the VMM reads and writes lives in that root: its inputs
+//! (`vm.json`, `agent.json`, `shim.json`, the binds disk) are placed there
+//! by `create`; the kernel, the initramfs and the rootfs image are
+//! bind-mounted read-only by the jailer; the VMM creates `vsock`,
+//! `console.log`, `vmm.log` and `exit` there. The host reads those files
+//! as written by an untrusted process: no symlink followed, bounded
+//! reads (see [`super::state::read_small_untrusted`] and
+//! [`capsa_agent::client::connect_unix_nofollow`]).
+//!
+//! The pid `create` reports (and engines wait on) is the jailer's: it
+//! stays as a small supervisor, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/
+//! SIGUSR1/SIGUSR2, exits with the VMM's status, and its death kills the
+//! VMM (parent-death signal).
+//!
+//! `CAPSA_JAIL=off` in `create`'s environment starts the VMM unjailed, as
+//! root (for debugging; not for hostile guests).
+
+use std::ffi::OsString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use super::{Result, RuntimeError};
+
+/// Environment variable: `off` starts VMM processes without the jail.
+pub const JAIL_ENV: &str = "CAPSA_JAIL";
+
+/// Environment variable: path of the `capsa-jailer` binary.
+pub const JAILER_ENV: &str = "CAPSA_JAILER";
+
+/// The jailer's `--id` (its directory under the per-container base).
+const JAIL_ID: &str = "vm";
+
+/// First uid (and gid) of the range jailed VMMs run as.
+pub const UID_BASE: u32 = 0x6000_0000;
+
+/// Size of that range: 2^20 ids, far above the usual subuid ranges of user
+/// namespaces (100000 + 65536·k).
+pub const UID_SPAN: u32 = 1 << 20;
+
+/// The uid and gid of `id`'s VMM: [`UID_BASE`] + a hash of the id. Two
+/// containers may share one (1 in 2^20 per pair); each VMM still sees only
+/// its own jail (mount namespace) and processes (`hidepid=2`).
+pub fn uid_for(id: &str) -> u32 {
+    // FNV-1a: stable across builds and releases, unlike std's hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    UID_BASE + h % UID_SPAN
+}
+
+/// Whether `create` jails VMM processes (`CAPSA_JAIL` is not `off`).
+pub fn enabled() -> bool {
+    !matches!(
+        std::env::var(JAIL_ENV).as_deref(),
+        Ok("off" | "0" | "false")
+    )
+}
+
+/// `capsa-jailer`: `$CAPSA_JAILER`; next to this `capsa`;
+/// `/usr/local/lib/capsa/`, `/usr/lib/capsa/`; then `PATH`.
+pub fn locate_jailer() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(JAILER_ENV) {
+        return Ok(p.into());
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
+        candidates.push(dir.join("capsa-jailer"));
+    }
+    candidates.push("/usr/local/lib/capsa/capsa-jailer".into());
+    candidates.push("/usr/lib/capsa/capsa-jailer".into());
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("capsa-jailer")));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        RuntimeError::Failed(format!(
+            "cannot find capsa-jailer (it starts each VMM in its jail): build it with \
+             `cargo build -p capsa-jailer`, put it next to capsa, or set {JAILER_ENV}; \
+             {JAIL_ENV}=off runs VMMs unjailed"
+        ))
+    })
+}
+
+/// One VMM's jail, planned by `create` before the jailer runs.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    jailer: PathBuf,
+    exec_file: PathBuf,
+    base: PathBuf,
+    root: PathBuf,
+    pid_file: PathBuf,
+    uid: u32,
+    binds: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Jail {
+    /// Plans the jail of container `id` whose state directory is
+    /// `state_dir`, and creates its (empty) root there.
+    pub fn plan(state_dir: &Path, id: &str) -> Result<Jail> {
+        Self::plan_with(locate_jailer()?, state_dir, id)
+    }
+
+    /// [`Jail::plan`] with the given `capsa-jailer`.
+    pub fn plan_with(jailer: PathBuf, state_dir: &Path, id: &str) -> Result<Jail> {
+        let exec_file = std::env::current_exe()
+            .map_err(|e| RuntimeError::io("cannot find the capsa binary (/proc/self/exe)", e))?;
+        let name = exec_file
+            .file_name()
+            .ok_or_else(|| RuntimeError::Failed("the capsa binary has no file name".into()))?
+            .to_owned();
+        let jail_dir = state_dir.join(&name).join(JAIL_ID);
+        let root = jail_dir.join("root");
+        std::fs::create_dir_all(&root)
+            .map_err(|e| RuntimeError::io(format!("mkdir {}", root.display()), e))?;
+        let mut pid_name = name;
+        pid_name.push(".pid");
+        Ok(Jail {
+            jailer,
+            exec_file,
+            base: state_dir.to_owned(),
+            pid_file: jail_dir.join(pid_name),
+            root,
+            uid: uid_for(id),
+            binds: Vec::new(),
+        })
+    }
+
+    /// The host path of the VMM's `/`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `capsa-jailer` binary.
+    pub fn jailer(&self) -> &Path {
+        &self.jailer
+    }
+
+    /// The VMM's uid (= gid).
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// Makes the host file `host` readable in the jail at `/<name>`
+    /// (a read-only bind mount); returns the path inside.
+    pub fn bind_ro(&mut self, host: &Path, name: &str) -> PathBuf {
+        let inside = Path::new("/").join(name);
+        self.binds.push((host.to_owned(), inside.clone()));
+        inside
+    }
+
+    /// Gives `path` (in the root) to the VMM's uid/gid, for a file the
+    /// VMM must write.
+    pub fn give(&self, path: &Path) -> Result<()> {
+        let id = Some(self.uid);
+        std::os::unix::fs::chown(path, id, id)
+            .map_err(|e| RuntimeError::io(format!("chown {}", path.display()), e))
+    }
+
+    /// The jailer's command line: the jail, then `-- vmm_args` (the
+    /// arguments of the jailed `capsa`); `keep_fds` stay open in the VMM,
+    /// `envs` is its whole environment.
+    pub fn command(
+        &self,
+        keep_fds: &[RawFd],
+        envs: &[(String, String)],
+        vmm_args: &[OsString],
+    ) -> Vec<OsString> {
+        let uid = self.uid.to_string();
+        let mut a: Vec<OsString> = vec![
+            "--id".into(),
+            JAIL_ID.into(),
+            "--exec-file".into(),
+            self.exec_file.clone().into(),
+            "--uid".into(),
+            uid.clone().into(),
+            "--gid".into(),
+            uid.into(),
+            "--chroot-base-dir".into(),
+            self.base.clone().into(),
+            "--new-net-ns".into(),
+        ];
+        for (host, inside) in &self.binds {
+            let mut spec = host.clone().into_os_string();
+            spec.push(":");
+            spec.push(inside);
+            spec.push(":ro");
+            a.push("--bind".into());
+            a.push(spec);
+        }
+        for fd in keep_fds {
+            a.push("--keep-fd".into());
+            a.push(fd.to_string().into());
+        }
+        for (k, v) in envs {
+            a.push("--env".into());
+            a.push(format!("{k}={v}").into());
+        }
+        a.push("--".into());
+        a.extend(vmm_args.iter().cloned());
+        a
+    }
+
+    /// The VMM's pid (host pid namespace), from the jailer's pid file.
+    pub fn vmm_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_in_the_range_and_stable() {
+        let a = uid_for("abc");
+        assert_eq!(a, uid_for("abc"));
+        assert_ne!(a, uid_for("abd"));
+        for id in ["", "x", &"f".repeat(64)] {
+            let u = uid_for(id);
+            assert!((UID_BASE..UID_BASE + UID_SPAN).contains(&u), "{u}");
+        }
+    }
+
+    #[test]
+    fn command_names_the_jail_and_passes_the_vmm_arguments() {
+        let state = tempfile::tempdir().unwrap();
+        let mut jail = Jail::plan_with("/usr/bin/true".into(), state.path(), "c1").unwrap();
+        assert!(jail.root().is_dir());
+        assert!(jail.root().starts_with(state.path()));
+        assert_eq!(
+            jail.bind_ro(Path::new("/k"), "vmlinux"),
+            Path::new("/vmlinux")
+        );
+        let args = jail.command(
+            &[5],
+            &[("A".into(), "b".into())],
+            &["container-vmm".into(), "c1".into()],
+        );
+        assert_eq!(jail.jailer(), Path::new("/usr/bin/true"));
+        let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
+        let line = args.join(" ");
+        assert!(line.contains("--bind /k:/vmlinux:ro"), "{line}");
+        assert!(
+            line.contains("--keep-fd 5 --env A=b -- container-vmm c1"),
+            "{line}"
+        );
+        assert!(line.contains(&format!("--uid {}", uid_for("c1"))), "{line}");
+        assert!(!line.contains("--uid 0 "), "{line}");
+    }
+}
