@@ -87,7 +87,7 @@ fn lifecycle_exec_stdin_kill_delete() {
         "the pid file names the VMM process: {}",
         cmdline(pid)
     );
-    assert_vmm_is_jailed(&root, id, pid);
+    let uid = assert_vmm_is_jailed(&root, id, pid);
     let s = state(&root, id);
     assert_eq!(s["status"], "created");
     assert_eq!(s["pid"], json!(pid));
@@ -164,6 +164,10 @@ fn lifecycle_exec_stdin_kill_delete() {
     assert_ok(&capsa_in(&root, &["delete", id]), "capsa delete");
     assert!(!root.join(id).exists(), "delete removes the state dir");
     assert!(cmdline(pid).is_empty(), "no VMM process left");
+    assert!(
+        !Path::new(&format!("/run/capsa-uids/{uid}")).exists(),
+        "delete gives the VMM's uid back"
+    );
     assert_fails(
         &capsa_in(&root, &["state", id]),
         "does not exist",
@@ -353,8 +357,9 @@ fn created_vmm_pid(
 /// Asserts that the VMM of container `id` runs in capsa-jailer's jail:
 /// the pid engines wait on (`pid`) is the jailer, whose child, the VMM,
 /// runs as an unprivileged uid without capabilities, with no_new_privs and
-/// a seccomp filter, in mount and network namespaces of its own.
-fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) {
+/// a seccomp filter, in mount and network namespaces of its own. Returns
+/// the VMM's uid, leased for it alone.
+fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) -> u32 {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert!(
         exe.to_string_lossy().ends_with("capsa-jailer"),
@@ -380,6 +385,16 @@ fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) {
         "the VMM is the jailer's child"
     );
     let uid = field("Uid:");
+    let leased = std::fs::read_to_string(root.join(id).join("vmm-uid")).unwrap();
+    assert!(
+        uid.iter().all(|u| *u == leased),
+        "{uid:?} vs lease {leased}"
+    );
+    let lease = Path::new("/run/capsa-uids").join(&leased);
+    assert_eq!(
+        std::fs::read(&lease).expect("the uid's lease file"),
+        root.join(id).as_os_str().as_encoded_bytes()
+    );
     assert!(
         uid.iter().all(|u| *u != "0"),
         "the VMM runs as root: {uid:?}"
@@ -393,6 +408,7 @@ fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) {
         let its = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
         assert_ne!(own, its, "the VMM has a {ns} namespace of its own");
     }
+    leased.parse().unwrap()
 }
 
 /// Waits until `path` has more than `n` lines.

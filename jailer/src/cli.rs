@@ -142,6 +142,12 @@ pub struct JailArgs {
     #[arg(long, value_name = "ACTION", default_value = "eperm")]
     pub seccomp_action: DenyAction,
 
+    /// Also deny making processes (`fork`, `vfork`, `clone` without
+    /// `CLONE_THREAD`); threads still work. For a VMM that runs no
+    /// programs: whoever kills it then kills all it could have become.
+    #[arg(long)]
+    pub no_fork: bool,
+
     /// Arguments of the exec'd binary (after `--`), e.g. `vmm --kernel
     /// /vmlinux ...`.
     #[arg(last = true, value_name = "ARGS")]

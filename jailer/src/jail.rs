@@ -165,7 +165,7 @@ fn plan(args: JailArgs) -> Result<Plan> {
     Ok(Plan {
         argv: env::argv(&paths.exec_in_jail(), &args.exec_args)?,
         envp: env::envp(&args.envs)?,
-        filters: seccomp::compile(args.seccomp_action)?,
+        filters: seccomp::compile(args.seccomp_action, args.no_fork)?,
         limits: rlimits::effective(&args.resource_limits),
         paths,
         exec_file,

@@ -164,8 +164,23 @@ fn clone_rules() -> Result<Vec<SeccompRule>> {
         .collect()
 }
 
-/// Compiles the filters for this machine's architecture (x86_64 only).
-pub fn compile(action: DenyAction) -> Result<Filters> {
+/// With `--no-fork`: `clone` without `CLONE_THREAD` makes a process, not
+/// a thread.
+fn clone_process_rule() -> Result<SeccompRule> {
+    let thread = libc::CLONE_THREAD as u64;
+    let cond = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(thread),
+        0,
+    )?;
+    Ok(SeccompRule::new(vec![cond])?)
+}
+
+/// Compiles the filters for this machine's architecture (x86_64 only);
+/// `no_fork` also denies making processes (`fork`, `vfork`, `clone`
+/// without `CLONE_THREAD`).
+pub fn compile(action: DenyAction, no_fork: bool) -> Result<Filters> {
     let arch: TargetArch = std::env::consts::ARCH
         .try_into()
         .context("seccomp: unsupported architecture")?;
@@ -174,7 +189,13 @@ pub fn compile(action: DenyAction) -> Result<Filters> {
     }
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&(_, nr)| (nr, Vec::new())).collect();
-    rules.insert(libc::SYS_clone, clone_rules()?);
+    let mut clone = clone_rules()?;
+    if no_fork {
+        clone.push(clone_process_rule()?);
+        rules.insert(libc::SYS_fork, Vec::new());
+        rules.insert(libc::SYS_vfork, Vec::new());
+    }
+    rules.insert(libc::SYS_clone, clone);
     let deny_action = action.action();
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, deny_action.clone(), arch)
         .context("seccomp: building the deny list")?;
@@ -315,7 +336,7 @@ mod tests {
             DenyAction::Trap,
             DenyAction::Log,
         ] {
-            let f = compile(a).unwrap();
+            let f = compile(a, false).unwrap();
             assert!(f.deny.len() > DENIED.len(), "{a:?}");
             assert_eq!(f.deny[3].code, BPF_LD_W_ABS);
             assert_eq!(f.deny[4].k, X32_SYSCALL_BIT);
@@ -326,7 +347,15 @@ mod tests {
     /// Runs `f` in a forked child that installs the filters first; returns
     /// the child's wait status. The child only makes raw system calls.
     fn in_filtered_child(action: DenyAction, f: fn() -> i32) -> nix::sys::wait::WaitStatus {
-        let filters = compile(action).unwrap();
+        in_filtered_child_with(action, false, f)
+    }
+
+    fn in_filtered_child_with(
+        action: DenyAction,
+        no_fork: bool,
+        f: fn() -> i32,
+    ) -> nix::sys::wait::WaitStatus {
+        let filters = compile(action, no_fork).unwrap();
         // SAFETY: the child makes only system calls and exits with
         // `_exit`, which is safe after fork in a multi-threaded process.
         match unsafe { nix::unistd::fork() }.unwrap() {
@@ -403,6 +432,50 @@ mod tests {
             status,
             nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 0),
             "exit code = the failed check's number"
+        );
+    }
+
+    /// With `no_fork`: no process can be made, a thread can.
+    fn no_new_processes() -> i32 {
+        // SAFETY: raw system calls; the only one that would make a child
+        // (if the filter failed) is followed by `_exit` in that child.
+        unsafe {
+            let pid = libc::syscall(libc::SYS_fork);
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            if pid != -1 || errno() != libc::EPERM {
+                return 1;
+            }
+            let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            if pid != -1 || errno() != libc::EPERM {
+                return 2;
+            }
+        }
+        // pthread_create: clone3 fails with ENOSYS, glibc falls back to
+        // clone with CLONE_THREAD, which is allowed.
+        match std::thread::Builder::new().spawn(|| 7) {
+            Ok(t) if t.join().ok() == Some(7) => 0,
+            _ => 3,
+        }
+    }
+
+    #[test]
+    fn no_fork_denies_processes_not_threads() {
+        let status = in_filtered_child_with(DenyAction::Eperm, true, no_new_processes);
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 0),
+            "exit code = the failed check's number"
+        );
+        // Without it, fork works.
+        let status = in_filtered_child(DenyAction::Eperm, no_new_processes);
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 1)
         );
     }
 

@@ -44,6 +44,11 @@ pub struct CreateOptions {
     pub foreground: bool,
 }
 
+/// `RLIMIT_FSIZE` of a jailed VMM (unless its binds disk is larger): what
+/// a guest can make it write to the host's disk (or a tmpfs `/run`),
+/// through its console log.
+const VMM_FILE_SIZE_LIMIT: u64 = 256 << 20;
+
 /// What `create` made.
 pub enum Created {
     /// A VMM process (a child of this process).
@@ -95,6 +100,7 @@ pub fn locate_kernel() -> Result<PathBuf> {
 /// Removes what a container left: its state directory and a vsock socket
 /// kept outside it.
 fn remove_container_files(dir: &Path, vsock: &Path) {
+    jail::release_uid(Path::new(jail::UID_LEASES), dir);
     if !vsock.starts_with(dir) {
         let _ = std::fs::remove_file(vsock);
         for port in [1024, 1025] {
@@ -221,6 +227,13 @@ impl Runtime {
         let binds_image = vm_spec::binds_image(&plan, &vm_dir)?;
         let (machine, inside) = match &mut jail {
             Some(j) => {
+                // Room for the guest-written binds disk; the rest (logs)
+                // needs little.
+                let binds_size = binds_image
+                    .as_ref()
+                    .and_then(|b| std::fs::metadata(b).ok())
+                    .map_or(0, |m| m.len());
+                j.limit_file_size(VMM_FILE_SIZE_LIMIT.max(binds_size));
                 if let Some(b) = &binds_image {
                     j.give(b)?;
                 }
@@ -317,7 +330,21 @@ impl Runtime {
             )?,
         };
         drop(slave);
-        let (child, report) = pending.wait_ready(BOOT_TIMEOUT)?;
+        let (child, report) = match pending.wait_ready(BOOT_TIMEOUT) {
+            Ok(r) => r,
+            Err(e) => {
+                // The jailer is gone; so is its VMM, unless it dropped the
+                // parent-death signal.
+                if let Some((vmm, start)) = jail.as_ref().and_then(|j| j.vmm_pid(Duration::ZERO)) {
+                    state::signal_checked(vmm, start, libc::SIGKILL);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while state::process_alive(vmm, start) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                return Err(e);
+            }
+        };
         let pid = child.id() as i32;
         let mut record = self.record(id, bundle, RuntimeType::Vm);
         record.pid = pid;
@@ -328,9 +355,19 @@ impl Runtime {
             record.vm_dir = j.root().to_owned();
             // The jailer writes the pid file once the VMM runs, long
             // before the VMM reports.
-            if let Some(vmm) = j.vmm_pid() {
-                record.vmm_pid = vmm;
-                record.vmm_pid_start_time = state::proc_stat(vmm).map(|(_, t)| t).unwrap_or(0);
+            match j.vmm_pid(Duration::from_secs(5)) {
+                Some((vmm, start)) => {
+                    record.vmm_pid = vmm;
+                    record.vmm_pid_start_time = start;
+                }
+                None => {
+                    let mut child = child;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RuntimeError::Failed(
+                        "capsa-jailer wrote no pid file for the VMM".into(),
+                    ));
+                }
             }
         } else {
             record.vsock = vsock.to_owned();
@@ -443,11 +480,15 @@ impl Runtime {
             Status::Created => {
                 // The process has not started: the VMM process stands for
                 // it (as runc's init does) and ends with the signal.
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(c.vmm_process()),
-                    nix::sys::signal::Signal::try_from(signal).ok(),
-                )
-                .map_err(|e| RuntimeError::io("kill", e.into()))
+                let (pid, start) = c.vmm_process();
+                if state::signal_checked(pid, start, signal) {
+                    Ok(())
+                } else {
+                    Err(RuntimeError::io(
+                        "kill",
+                        std::io::Error::from_raw_os_error(libc::ESRCH),
+                    ))
+                }
             }
             // A paused container's processes are frozen: SIGKILL still kills
             // them, other signals wait for `resume` (as with runc).
@@ -503,14 +544,8 @@ impl Runtime {
                 message: format!("cannot delete a {status} container (stop it, or use --force)"),
             });
         }
-        if status != Status::Stopped {
-            let pid = nix::unistd::Pid::from_raw(c.record.pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.vmm_alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        // Also when stopped: whatever of it is still alive goes.
+        c.kill_vmm(Duration::from_secs(10));
         remove_container_files(&c.dir, &c.record.vsock);
         Ok(())
     }

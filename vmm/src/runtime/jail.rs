@@ -49,9 +49,15 @@ pub const UID_BASE: u32 = 0x6000_0000;
 /// namespaces (100000 + 65536·k).
 pub const UID_SPAN: u32 = 1 << 20;
 
-/// The uid and gid of `id`'s VMM: [`UID_BASE`] + a hash of the id. Two
-/// containers may share one (1 in 2^20 per pair); each VMM still sees only
-/// its own jail (mount namespace) and processes (`hidepid=2`).
+/// Where uid leases are kept: `<UID_LEASES>/<uid>` exists while a VMM
+/// runs as `uid` and holds its container's state directory.
+pub const UID_LEASES: &str = "/run/capsa-uids";
+
+/// Name of the file in the state directory that records the leased uid.
+pub const UID_FILE: &str = "vmm-uid";
+
+/// Where the search for a free uid starts for container `id`:
+/// [`UID_BASE`] + a hash of the id.
 pub fn uid_for(id: &str) -> u32 {
     // FNV-1a: stable across builds and releases, unlike std's hasher.
     let mut h: u32 = 0x811c_9dc5;
@@ -60,6 +66,63 @@ pub fn uid_for(id: &str) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     UID_BASE + h % UID_SPAN
+}
+
+/// Leases a uid no other running VMM has, in `leases` (normally
+/// [`UID_LEASES`]): the first free one from [`uid_for`]`(id)` on, taken by
+/// creating `<leases>/<uid>` exclusively (so concurrent `create`s under
+/// any `--root` never share one). The lease is also recorded as
+/// `<state_dir>/vmm-uid`, which [`release_uid`] reads.
+pub fn lease_uid(leases: &Path, id: &str, state_dir: &Path) -> Result<u32> {
+    use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(leases)
+        .map_err(|e| RuntimeError::io(format!("mkdir {}", leases.display()), e))?;
+    let first = uid_for(id) - UID_BASE;
+    for i in 0..UID_SPAN {
+        let uid = UID_BASE + (first + i) % UID_SPAN;
+        let path = leases.join(uid.to_string());
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let recorded = f
+                    .write_all(state_dir.as_os_str().as_encoded_bytes())
+                    .and_then(|_| std::fs::write(state_dir.join(UID_FILE), uid.to_string()));
+                if let Err(e) = recorded {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(RuntimeError::io(format!("uid lease {}", path.display()), e));
+                }
+                return Ok(uid);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(RuntimeError::io(format!("uid lease {}", path.display()), e)),
+        }
+    }
+    Err(RuntimeError::Failed(format!(
+        "no free uid for a VMM in {UID_BASE}..{}",
+        UID_BASE + UID_SPAN
+    )))
+}
+
+/// Gives back the uid that [`lease_uid`] recorded in `state_dir` (if the
+/// lease is still that directory's).
+pub fn release_uid(leases: &Path, state_dir: &Path) {
+    let Some(uid) = std::fs::read_to_string(state_dir.join(UID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let path = leases.join(uid.to_string());
+    if std::fs::read(&path).ok().as_deref() == Some(state_dir.as_os_str().as_encoded_bytes()) {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// Whether `create` jails VMM processes (`CAPSA_JAIL` is not `off`).
@@ -107,17 +170,21 @@ pub struct Jail {
     pid_file: PathBuf,
     uid: u32,
     binds: Vec<(PathBuf, PathBuf)>,
+    file_size_limit: u64,
 }
 
 impl Jail {
     /// Plans the jail of container `id` whose state directory is
-    /// `state_dir`, and creates its (empty) root there.
+    /// `state_dir`, leases its uid ([`lease_uid`]) and creates its (empty)
+    /// root there.
     pub fn plan(state_dir: &Path, id: &str) -> Result<Jail> {
-        Self::plan_with(locate_jailer()?, state_dir, id)
+        let jailer = locate_jailer()?;
+        let uid = lease_uid(Path::new(UID_LEASES), id, state_dir)?;
+        Self::plan_with(jailer, state_dir, uid)
     }
 
-    /// [`Jail::plan`] with the given `capsa-jailer`.
-    pub fn plan_with(jailer: PathBuf, state_dir: &Path, id: &str) -> Result<Jail> {
+    /// [`Jail::plan`] with the given `capsa-jailer` and uid.
+    pub fn plan_with(jailer: PathBuf, state_dir: &Path, uid: u32) -> Result<Jail> {
         let exec_file = std::env::current_exe()
             .map_err(|e| RuntimeError::io("cannot find the capsa binary (/proc/self/exe)", e))?;
         let name = exec_file
@@ -136,8 +203,9 @@ impl Jail {
             base: state_dir.to_owned(),
             pid_file: jail_dir.join(pid_name),
             root,
-            uid: uid_for(id),
+            uid,
             binds: Vec::new(),
+            file_size_limit: 0,
         })
     }
 
@@ -154,6 +222,13 @@ impl Jail {
     /// The VMM's uid (= gid).
     pub fn uid(&self) -> u32 {
         self.uid
+    }
+
+    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`): bounds
+    /// what a guest can make it write to the host (its console log); 0
+    /// for no limit.
+    pub fn limit_file_size(&mut self, bytes: u64) {
+        self.file_size_limit = bytes;
     }
 
     /// Makes the host file `host` readable in the jail at `/<name>`
@@ -194,7 +269,12 @@ impl Jail {
             "--chroot-base-dir".into(),
             self.base.clone().into(),
             "--new-net-ns".into(),
+            "--no-fork".into(),
         ];
+        if self.file_size_limit > 0 {
+            a.push("--resource-limit".into());
+            a.push(format!("fsize={}", self.file_size_limit).into());
+        }
         for (host, inside) in &self.binds {
             let mut spec = host.clone().into_os_string();
             spec.push(":");
@@ -216,13 +296,26 @@ impl Jail {
         a
     }
 
-    /// The VMM's pid (host pid namespace), from the jailer's pid file.
-    pub fn vmm_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(&self.pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// The VMM's pid (host pid namespace) and start time, from the
+    /// jailer's pid file (outside the VMM's reach); waits up to `timeout`
+    /// for the file, which the jailer writes just after the VMM's exec.
+    pub fn vmm_pid(&self, timeout: std::time::Duration) -> Option<(i32, u64)> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pid = std::fs::read_to_string(&self.pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0);
+            if let Some((pid, (_, start))) =
+                pid.and_then(|p| Some((p, super::state::proc_stat(p)?)))
+            {
+                return Some((pid, start));
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
 
@@ -242,9 +335,31 @@ mod tests {
     }
 
     #[test]
+    fn uid_leases_are_exclusive_and_released() {
+        let leases = tempfile::tempdir().unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ua = lease_uid(leases.path(), "same", a.path()).unwrap();
+        assert_eq!(ua, uid_for("same"));
+        // The same id under another root: the next uid.
+        let ub = lease_uid(leases.path(), "same", b.path()).unwrap();
+        assert_eq!(ub, UID_BASE + (ua - UID_BASE + 1) % UID_SPAN);
+        release_uid(leases.path(), a.path());
+        assert!(!leases.path().join(ua.to_string()).exists());
+        assert!(leases.path().join(ub.to_string()).exists());
+        // Another directory's lease is not released.
+        std::fs::write(a.path().join(UID_FILE), ub.to_string()).unwrap();
+        release_uid(leases.path(), a.path());
+        assert!(leases.path().join(ub.to_string()).exists());
+        release_uid(leases.path(), b.path());
+        assert!(!leases.path().join(ub.to_string()).exists());
+    }
+
+    #[test]
     fn command_names_the_jail_and_passes_the_vmm_arguments() {
         let state = tempfile::tempdir().unwrap();
-        let mut jail = Jail::plan_with("/usr/bin/true".into(), state.path(), "c1").unwrap();
+        let mut jail =
+            Jail::plan_with("/usr/bin/true".into(), state.path(), uid_for("c1")).unwrap();
+        jail.limit_file_size(1 << 28);
         assert!(jail.root().is_dir());
         assert!(jail.root().starts_with(state.path()));
         assert_eq!(
@@ -260,6 +375,10 @@ mod tests {
         let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
         let line = args.join(" ");
         assert!(line.contains("--bind /k:/vmlinux:ro"), "{line}");
+        assert!(
+            line.contains("--no-fork --resource-limit fsize=268435456"),
+            "{line}"
+        );
         assert!(
             line.contains("--keep-fd 5 --env A=b -- container-vmm c1"),
             "{line}"

@@ -1,7 +1,8 @@
-//! The per-container VMM process (`capsa container-vmm ID`, hidden): the
-//! pid `create` writes to `--pid-file`. It boots the VM from the inputs
-//! `create` left in the state directory (`vm.json`, `agent.json`,
-//! `shim.json`), has the agent create the container, attaches the
+//! The per-container VMM process (`capsa container-vmm ID`, hidden), which
+//! `create` starts through `capsa-jailer` (whose pid goes to
+//! `--pid-file`; see [`super::jail`]). It boots the VM from the inputs
+//! `create` left in its directory (`vm.json`, `agent.json`, `shim.json`;
+//! `/` of the jail), has the agent create the container, attaches the
 //! container's stdio (its own inherited fds 0/1/2, or the slave of the pty
 //! whose master `create` sent to `--console-socket`), reports readiness,
 //! and then waits: when the
@@ -61,6 +62,10 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
 /// Runs the VMM process for the container whose VMM files are in `dir`;
 /// returns its exit code.
 pub fn run(dir: &Path, start: Instant) -> u8 {
+    // Not dumpable: another process of the same uid (none should exist,
+    // uids are leased per VMM) can neither ptrace it nor open its
+    // /proc/PID/{root,fd,mem}.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let mut ready = Ready::from_env();
     let inputs = (|| -> Result<_, String> {
         let config: VmConfig = read_json(&dir.join("vm.json"))?;

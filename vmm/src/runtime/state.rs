@@ -256,18 +256,45 @@ impl Container {
     }
 
     /// The process that stands for the container's process before `start`
-    /// (signals of `kill` go to it): the VMM itself.
-    pub fn vmm_process(&self) -> i32 {
+    /// (signals of `kill` go to it): the VMM itself, as `(pid, start
+    /// time)`.
+    pub fn vmm_process(&self) -> (i32, u64) {
         if self.record.vmm_pid > 0 {
-            self.record.vmm_pid
+            (self.record.vmm_pid, self.record.vmm_pid_start_time)
         } else {
-            self.record.pid
+            (self.record.pid, self.record.pid_start_time)
         }
     }
 
-    /// The status of a vm container (see the module docs).
+    /// Whether the VMM runs jailed (and its files are untrusted).
+    pub fn jailed(&self) -> bool {
+        !self.record.vm_dir.as_os_str().is_empty()
+    }
+
+    /// SIGKILLs the VMM process and, when jailed, its jailer (each only if
+    /// it is still the process recorded, by start time), and waits up to
+    /// `timeout` for both to be gone. A jailed VMM cannot fork
+    /// (`capsa-jailer --no-fork`), so nothing of it is left after that.
+    pub fn kill_vmm(&self, timeout: std::time::Duration) {
+        for (pid, start) in [
+            (self.record.pid, self.record.pid_start_time),
+            (self.record.vmm_pid, self.record.vmm_pid_start_time),
+        ] {
+            signal_checked(pid, start, libc::SIGKILL);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while self.vmm_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// The status of a vm container (see the module docs). The `exit` file
+    /// of a jailed VMM, which the VMM writes itself, counts only once the
+    /// VMM is gone: a compromised VMM must not pass for stopped (and then
+    /// escape `delete`'s kill).
     pub fn vm_status(&self) -> Status {
-        if self.exit_status().is_some() || !self.vmm_alive() {
+        let exited = !self.jailed() && self.exit_status().is_some();
+        if exited || !self.vmm_alive() {
             Status::Stopped
         } else if self.dir.join(PAUSED_FILE).exists() {
             Status::Paused
@@ -304,6 +331,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&tmp, data)
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| RuntimeError::io(format!("write {}", path.display()), e))
+}
+
+/// Sends `signal` to `pid` if it is alive and started at `start_time`
+/// (0: any); false when it was not sent.
+pub fn signal_checked(pid: i32, start_time: u64, signal: i32) -> bool {
+    if pid <= 0 || !process_alive(pid, start_time) {
+        return false;
+    }
+    // SAFETY: kill(2) with a positive pid has no memory effects.
+    unsafe { libc::kill(pid, signal) == 0 }
 }
 
 /// `(state, start time)` of `pid` from `/proc/PID/stat`.
@@ -450,6 +487,27 @@ mod tests {
         // A paused container whose process ended is stopped.
         std::fs::write(dir.path().join("exit"), b"137").unwrap();
         assert_eq!(c.vm_status(), Status::Stopped);
+        // A jailed VMM's own `exit` does not make it stopped while it runs.
+        let vm_dir = dir.path().join("jail");
+        std::fs::create_dir(&vm_dir).unwrap();
+        std::fs::write(vm_dir.join("exit"), b"0").unwrap();
+        let mut jailed = c.clone();
+        jailed.record.vm_dir = vm_dir;
+        assert_eq!(jailed.exit_status(), Some(0));
+        assert_eq!(jailed.vm_status(), Status::Paused);
+        jailed.record.pid_start_time += 1; // no longer the recorded process
+        assert_eq!(jailed.vm_status(), Status::Stopped);
+    }
+
+    #[test]
+    fn signal_checked_skips_other_processes() {
+        let pid = std::process::id() as i32;
+        let (_, start) = proc_stat(pid).unwrap();
+        // Signal 0 tests for existence only.
+        assert!(signal_checked(pid, start, 0));
+        assert!(!signal_checked(pid, start + 1, 0));
+        assert!(!signal_checked(0, 0, 0));
+        assert!(!signal_checked(-1, 0, 0));
     }
 
     #[test]
