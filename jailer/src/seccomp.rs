@@ -457,8 +457,8 @@ mod tests {
         }
         // pthread_create: clone3 fails with ENOSYS, glibc falls back to
         // clone with CLONE_THREAD, which is allowed.
-        match std::thread::Builder::new().spawn(|| 7) {
-            Ok(t) if t.join().ok() == Some(7) => 0,
+        match std::thread::Builder::new().spawn(|| 7).map(|t| t.join()) {
+            Ok(Ok(7)) => 0,
             _ => 3,
         }
     }
