@@ -13,7 +13,7 @@ set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 "$top/scripts/setup.sh"
-cargo build --release -p capsa-vmm --bin capsa -p capsa-jailer
+cargo build --release -p capsa-vmm -p capsa-jailer --bin capsa --bin capsa-jailer
 capsa=$top/target/x86_64-unknown-linux-gnu/release/capsa
 "$top/scripts/images.sh"
 eval "$("$top/scripts/engines.sh" env)"

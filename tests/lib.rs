@@ -67,15 +67,18 @@ pub fn capsa_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let release = !cfg!(debug_assertions);
         let mut cmd = Command::new(cargo);
-        // capsa-jailer too: `create` starts each VMM through it.
+        // capsa-jailer too: `create` starts each VMM through it (each
+        // binary named: `--bin` filters the packages' binaries).
         cmd.current_dir(workspace_root()).args([
             "build",
             "--quiet",
             "-p",
             "capsa-vmm",
+            "-p",
+            "capsa-jailer",
             "--bin",
             "capsa",
-            "-p",
+            "--bin",
             "capsa-jailer",
         ]);
         if release {
