@@ -95,29 +95,13 @@ pub fn capsa_bin() -> &'static Path {
     })
 }
 
-/// The `capsa-jailer` binary: `$CAPSA_JAILER_BIN`, or built now with
-/// cargo (same profile as the tests).
+/// The `capsa-jailer` binary: `$CAPSA_JAILER_BIN`, or the one
+/// [`capsa_bin`] builds next to `capsa`.
 pub fn jailer_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("CAPSA_JAILER_BIN") {
-            return PathBuf::from(p);
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let release = !cfg!(debug_assertions);
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "capsa-jailer"]);
-        if release {
-            cmd.arg("--release");
-        }
-        run_checked(&mut cmd, "building capsa-jailer");
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"))
-            .join(TARGET)
-            .join(if release { "release" } else { "debug" })
-            .join("capsa-jailer")
+    BIN.get_or_init(|| match std::env::var_os("CAPSA_JAILER_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => capsa_bin().with_file_name("capsa-jailer"),
     })
 }
 

@@ -487,6 +487,18 @@ mod tests {
         assert!(!base.path().join("jails").exists());
     }
 
+    /// A jail for uid/gid 65534 without binds or /proc.
+    fn as_nobody<'a>(paths: &'a JailPaths, exe: &'a Path) -> Prepare<'a> {
+        Prepare {
+            paths,
+            exec_file: exe,
+            uid: 65534,
+            gid: 65534,
+            binds: &[],
+            proc: false,
+        }
+    }
+
     #[test]
     fn exec_file_on_another_file_system_gets_a_mount_point_not_a_copy() {
         // /dev/shm is a tmpfs; the test binary is on the build's disk.
@@ -495,14 +507,7 @@ mod tests {
         };
         let exe = std::env::current_exe().unwrap();
         let paths = JailPaths::new(base.path(), &exe, "t-4").unwrap();
-        let prep = Prepare {
-            paths: &paths,
-            exec_file: &exe,
-            uid: 65534,
-            gid: 65534,
-            binds: &[],
-            proc: false,
-        };
+        let prep = as_nobody(&paths, &exe);
         let mut rollback = Rollback::default();
         let bound = prepare(&prep, &mut rollback).unwrap();
         let placed = paths.host_path(&paths.exec_in_jail());
@@ -527,14 +532,7 @@ mod tests {
         std::fs::create_dir_all(&paths.root).unwrap();
         std::fs::write(paths.root.join("vmlinux"), "k").unwrap();
         let mut rollback = Rollback::default();
-        let prep = Prepare {
-            paths: &paths,
-            exec_file: &exe,
-            uid: 65534,
-            gid: 65534,
-            binds: &[],
-            proc: false,
-        };
+        let prep = as_nobody(&paths, &exe);
         prepare(&prep, &mut rollback).unwrap();
         assert!(!paths.root.join("proc").exists());
         rollback.undo();
