@@ -37,22 +37,19 @@ pub fn locate() -> io::Result<PathBuf> {
         };
     }
     let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            // Not the debug build next to a debug `capsa`: the guest's
-            // init should not be an unoptimised binary.
-            if !dir.ends_with("debug") {
-                candidates.push(dir.join("capsa-agent"));
-            }
-            // target/x86_64-unknown-linux-gnu/debug/capsa -> .../release/
-            // (guest-agent/build.sh always builds the release profile).
-            if let Some(target) = dir.parent() {
-                candidates.push(target.join("release/capsa-agent"));
-            }
+    if let Some(dir) = crate::install::exe_dir() {
+        // Not the debug build next to a debug `capsa`: the guest's init
+        // should not be an unoptimised binary.
+        if !dir.ends_with("debug") {
+            candidates.push(dir.join("capsa-agent"));
+        }
+        // target/x86_64-unknown-linux-gnu/debug/capsa -> .../release/
+        // (guest-agent/build.sh always builds the release profile).
+        if let Some(target) = dir.parent() {
+            candidates.push(target.join("release/capsa-agent"));
         }
     }
-    candidates.push("/usr/local/lib/capsa/capsa-agent".into());
-    candidates.push("/usr/lib/capsa/capsa-agent".into());
+    candidates.extend(crate::install::in_lib_dirs("capsa-agent"));
     candidates
         .into_iter()
         .find(|p| matches!(is_static_elf(p), Ok(true)))

@@ -12,6 +12,7 @@ pub mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod guest_agent;
+pub mod install;
 pub mod pvm;
 pub mod runtime;
 pub mod vmm;

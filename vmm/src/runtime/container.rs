@@ -68,13 +68,10 @@ pub fn locate_kernel() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CAPSA_KERNEL") {
         return Ok(p.into());
     }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-    {
-        candidates.push(dir.join("vmlinux"));
-    }
+    let mut candidates: Vec<PathBuf> = crate::install::exe_dir()
+        .map(|d| d.join("vmlinux"))
+        .into_iter()
+        .collect();
     let cached = crate::guest_agent::cache_dir().join("kernel");
     if let Ok(entries) = std::fs::read_dir(&cached) {
         let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
@@ -86,8 +83,7 @@ pub fn locate_kernel() -> Result<PathBuf> {
         found.sort();
         candidates.extend(found.into_iter().rev().map(|(_, p)| p));
     }
-    candidates.push("/usr/local/lib/capsa/vmlinux".into());
-    candidates.push("/usr/lib/capsa/vmlinux".into());
+    candidates.extend(crate::install::in_lib_dirs("vmlinux"));
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         RuntimeError::Failed(
             "cannot find the guest kernel: run kernel-config/build.sh (scripts/setup.sh) or set \

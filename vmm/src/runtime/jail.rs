@@ -139,15 +139,11 @@ pub fn locate_jailer() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(JAILER_ENV) {
         return Ok(p.into());
     }
-    let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_owned))
-    {
-        candidates.push(dir.join("capsa-jailer"));
-    }
-    candidates.push("/usr/local/lib/capsa/capsa-jailer".into());
-    candidates.push("/usr/lib/capsa/capsa-jailer".into());
+    let mut candidates: Vec<PathBuf> = crate::install::exe_dir()
+        .map(|d| d.join("capsa-jailer"))
+        .into_iter()
+        .collect();
+    candidates.extend(crate::install::in_lib_dirs("capsa-jailer"));
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path).map(|d| d.join("capsa-jailer")));
     }
