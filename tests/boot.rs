@@ -30,13 +30,7 @@ fn boot(protocol: &str) {
         300,
     );
     let wall = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = exited_with(&out, 0);
     assert!(stdout.contains("INIT REACHED"), "stdout:\n{stdout}");
     let init_us = boot_timer_us(&stderr, "guest init reached")
         .unwrap_or_else(|| panic!("no boot-timer mark in stderr:\n{stderr}"));
@@ -223,13 +217,7 @@ fn guest_user_space_keeps_its_vector_registers() {
         /bin/busybox reboot -f\n";
     let initrd = busybox_initramfs_with(dir.path(), init, &[("bin/vsock-tool", 0o755, &tool)]);
     let out = capsa(&vmm_args(kernel, &initrd, &[]), 600);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let (stdout, stderr) = exited_with(&out, 0);
     let line = stdout
         .lines()
         .find(|l| l.contains("vsock-tool: vectors:"))

@@ -179,6 +179,19 @@ pub fn busybox_initramfs(dir: &Path, init: &str) -> PathBuf {
 /// The init-script line that writes the boot timer's "init reached" mark.
 pub const MARK_INIT_REACHED: &str = "/bin/busybox devmem 0xc0000000 8 123";
 
+/// Asserts that `out` exited with `code` (the message shows both streams)
+/// and returns its stdout and stderr as text.
+pub fn exited_with(out: &Output, code: i32) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 /// Runs `capsa` with `args`, with a timeout; returns its output.
 pub fn capsa(args: &[&str], timeout_s: u64) -> Output {
     capsa_with_env(args, &[], timeout_s)
