@@ -18,6 +18,21 @@ cache_root=${CAPSA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/capsa}
 kcache=$cache_root/kernel
 log() { echo "capsa kernel: $*" >&2; }
 
+# The key: the source package version, config.sh, the patches and this
+# script. `--key` only reads it (capsa's build embeds it, vmm/build.rs), so
+# it installs nothing and fails while linux-source-6.1 is missing.
+kernel_key() {
+  local src_version
+  src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) || return 1
+  [ -n "$src_version" ] || return 1
+  { echo "linux-source-6.1 $src_version"; cat "$here/config.sh" "$here"/patches/*.patch "$here/build.sh"; } \
+    | sha256sum | cut -c1-16
+}
+if [ "${1:-}" = "--key" ]; then
+  kernel_key || { log "linux-source-6.1 is not installed: no key"; exit 1; }
+  exit 0
+fi
+
 deps=(linux-source-6.1 flex bison libelf-dev libssl-dev bc make gcc xz-utils patch)
 missing=()
 for p in "${deps[@]}"; do
@@ -34,9 +49,7 @@ fi
 
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 src_tar=/usr/src/linux-source-6.1.tar.xz
-key=$( { echo "linux-source-6.1 $src_version"; cat "$here/config.sh" "$here"/patches/*.patch "$here/build.sh"; } \
-       | sha256sum | cut -c1-16)
-if [ "${1:-}" = "--key" ]; then echo "$key"; exit 0; fi
+key=$(kernel_key)
 
 out=$kcache/$key
 if [ -f "$out/vmlinux" ]; then echo "$out/vmlinux"; exit 0; fi

@@ -61,8 +61,14 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     state::write_atomic(path, pid.to_string().as_bytes())
 }
 
-/// The guest kernel: `$CAPSA_KERNEL`; `vmlinux` next to `capsa`; the newest
-/// `<cache>/kernel/*/vmlinux` (what `kernel-config/build.sh` makes);
+/// The cache key of the kernel this build of capsa belongs to
+/// (`kernel-config/build.sh --key` at build time, `vmm/build.rs`).
+pub const KERNEL_KEY: Option<&str> = option_env!("CAPSA_KERNEL_KEY");
+
+/// The guest kernel: `$CAPSA_KERNEL`; `vmlinux` next to `capsa`;
+/// `<cache>/kernel/<KERNEL_KEY>/vmlinux`, what `kernel-config/build.sh`
+/// makes from the sources capsa was built with (only when capsa was built
+/// without a key: the newest `<cache>/kernel/*/vmlinux`);
 /// `/usr/local/lib/capsa/vmlinux`, `/usr/lib/capsa/vmlinux`.
 pub fn locate_kernel() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("CAPSA_KERNEL") {
@@ -73,23 +79,28 @@ pub fn locate_kernel() -> Result<PathBuf> {
         .into_iter()
         .collect();
     let cached = crate::guest_agent::cache_dir().join("kernel");
-    if let Ok(entries) = std::fs::read_dir(&cached) {
-        let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-            .filter_map(|e| {
-                let p = e.ok()?.path().join("vmlinux");
-                Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))
-            })
-            .collect();
-        found.sort();
-        candidates.extend(found.into_iter().rev().map(|(_, p)| p));
+    match KERNEL_KEY {
+        Some(key) => candidates.push(cached.join(key).join("vmlinux")),
+        None => {
+            if let Ok(entries) = std::fs::read_dir(&cached) {
+                let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+                    .filter_map(|e| {
+                        let p = e.ok()?.path().join("vmlinux");
+                        Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))
+                    })
+                    .collect();
+                found.sort();
+                candidates.extend(found.into_iter().rev().map(|(_, p)| p));
+            }
+        }
     }
     candidates.extend(crate::install::in_lib_dirs("vmlinux"));
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        RuntimeError::Failed(
-            "cannot find the guest kernel: run kernel-config/build.sh (scripts/setup.sh) or set \
-             CAPSA_KERNEL"
-                .into(),
-        )
+        let which = KERNEL_KEY.map_or(String::new(), |k| format!(" {k}"));
+        RuntimeError::Failed(format!(
+            "cannot find the guest kernel{which}: run kernel-config/build.sh (scripts/setup.sh) \
+             or set CAPSA_KERNEL"
+        ))
     })
 }
 
