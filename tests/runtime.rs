@@ -48,7 +48,7 @@ fn run_prints_and_exits_with_the_status() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     assert!(!root.join("run1").exists(), "run leaves no state behind");
-    assert!(host_processes_with("container-vmm run1").is_empty());
+    assert!(host_processes_with("vmm-process run1").is_empty());
 }
 
 #[test]
@@ -83,7 +83,7 @@ fn lifecycle_exec_stdin_kill_delete() {
     let status = create.wait().unwrap();
     let pid = created_vmm_pid(status, &err_file, &pid_file, started);
     assert!(
-        cmdline(pid).contains("container-vmm"),
+        cmdline(pid).contains("vmm-process"),
         "the pid file names the VMM process: {}",
         cmdline(pid)
     );
@@ -300,7 +300,7 @@ fn bad_bundles_and_bad_use_fail_cleanly() {
         let out = capsa_in(&root, &["create", "--bundle", b.to_str().unwrap(), name]);
         assert_fails(&out, needle, name);
         assert!(!root.join(name).exists(), "{name}: state dir left behind");
-        assert!(host_processes_with(&format!("container-vmm {name}")).is_empty());
+        assert!(host_processes_with(&format!("vmm-process {name}")).is_empty());
     }
     for verb in ["start", "state", "kill", "delete", "ps", "pause"] {
         assert_fails(&capsa_in(&root, &[verb, "nosuch"]), "does not exist", verb);

@@ -3,7 +3,7 @@
 //! `CAPSA_KERNEL_KEY`, so that `capsa` boots the kernel built from the same
 //! sources as itself rather than whichever cached kernel is newest. Without
 //! Debian's `linux-source-6.1` there is no key, and `capsa` falls back to
-//! the newest cached kernel (`runtime::container::locate_kernel`).
+//! the newest cached kernel (`install::kernel`).
 
 use std::path::Path;
 use std::process::Command;

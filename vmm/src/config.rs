@@ -85,7 +85,8 @@ pub struct VmConfig {
     /// PVM host workarounds.
     #[serde(default)]
     pub host_quirks: HostQuirks,
-    /// Block devices (virtio-blk), in order: the first is `/dev/vda`.
+    /// Block devices (virtio-blk), in order: the guest names disk `i`
+    /// [`guest_disk_device`]`(i)` (`/dev/vda`, `/dev/vdb`, …).
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
     /// The vsock device (virtio-vsock with the hybrid Unix-socket backend).
@@ -128,6 +129,23 @@ impl std::str::FromStr for DiskConfig {
             read_only,
         })
     }
+}
+
+/// The guest's device node of disk `index` of [`VmConfig::disks`]:
+/// `/dev/vda` for 0, … `/dev/vdz`, `/dev/vdaa`, … (Linux names virtio-blk
+/// disks in probe order, `virtblk_name_format` in
+/// `drivers/block/virtio_blk.c`; capsa announces its virtio-mmio devices
+/// disks first, in list order).
+pub fn guest_disk_device(index: usize) -> String {
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("/dev/vd{}", String::from_utf8_lossy(&suffix))
 }
 
 /// The guest CID capsa gives a VM unless told otherwise.
@@ -381,6 +399,17 @@ mod tests {
         assert_eq!(c.validate(1024).unwrap_err().field, "cmdline");
         let c = VmConfig::new("");
         assert_eq!(c.validate(1024).unwrap_err().field, "kernel");
+    }
+
+    #[test]
+    fn disk_devices_follow_the_kernel_naming() {
+        assert_eq!(guest_disk_device(0), "/dev/vda");
+        assert_eq!(guest_disk_device(1), "/dev/vdb");
+        assert_eq!(guest_disk_device(25), "/dev/vdz");
+        assert_eq!(guest_disk_device(26), "/dev/vdaa");
+        assert_eq!(guest_disk_device(27), "/dev/vdab");
+        assert_eq!(guest_disk_device(701), "/dev/vdzz");
+        assert_eq!(guest_disk_device(702), "/dev/vdaaa");
     }
 
     #[test]

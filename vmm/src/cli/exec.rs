@@ -85,7 +85,7 @@ impl ExecArgs {
 pub fn run(g: &GlobalArgs, args: ExecArgs) -> anyhow::Result<u8> {
     let rt = g.runtime();
     let c = rt.exec_target(&args.id)?;
-    if c.record.runtime == RuntimeType::Process {
+    if c.record.runtime.kind() == RuntimeType::Process {
         return Ok(rt.runc.run(&args.runc_args())? as u8);
     }
     let mut process = match &args.process {
@@ -133,7 +133,7 @@ pub fn run(g: &GlobalArgs, args: ExecArgs) -> anyhow::Result<u8> {
         helper.push(args.id.clone().into());
         let result = spawn::spawn(&helper, true)?.wait_ready(Duration::from_secs(60));
         let _ = std::fs::remove_file(&file);
-        let (child, _) = result?;
+        let (child, _): (_, exec::ExecReady) = result?;
         if let Some(p) = &args.pid_file {
             write_atomic(p, child.id().to_string().as_bytes())?;
         }

@@ -5,25 +5,24 @@ use std::time::Instant;
 
 use capsa_agent::protocol::ProcessSpec;
 use capsa_vmm::runtime::spawn::Ready;
-use capsa_vmm::runtime::{exec, shim};
+use capsa_vmm::runtime::{exec, vmm_process};
 
 use super::GlobalArgs;
 
-/// Flags of `container-vmm`.
+/// Flags of `vmm-process`.
 #[derive(Debug, clap::Args)]
-pub struct ContainerVmmArgs {
-    /// The container id.
+pub struct VmmProcessArgs {
+    /// The container id (shown in `ps`; the inputs name the container).
     pub id: String,
-    /// The directory with the inputs (`vm.json`, `agent.json`,
-    /// `shim.json`): `/` in the jail; default `<root>/<id>`.
+    /// The directory with the inputs (`vmm-inputs.json`): `/` in the jail,
+    /// the state directory when unjailed.
     #[arg(long)]
-    pub state_dir: Option<PathBuf>,
+    pub state_dir: PathBuf,
 }
 
 /// The per-container VMM process.
-pub fn container_vmm(g: &GlobalArgs, args: ContainerVmmArgs, start: Instant) -> anyhow::Result<u8> {
-    let dir = args.state_dir.unwrap_or_else(|| g.root.join(&args.id));
-    Ok(shim::run(&dir, start))
+pub fn vmm_process(args: VmmProcessArgs, start: Instant) -> anyhow::Result<u8> {
+    Ok(vmm_process::run(&args.state_dir, start))
 }
 
 /// Flags of `exec-process`.

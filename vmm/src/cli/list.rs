@@ -31,7 +31,7 @@ pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<u8> {
                 json!({
                     "ociVersion": "1.0.2", "id": r.id, "pid": pid, "status": status,
                     "bundle": r.bundle, "rootfs": r.rootfs, "created": r.created,
-                    "annotations": r.annotations, "owner": "root", "runtime": r.runtime,
+                    "annotations": r.annotations, "owner": "root", "runtime": r.runtime.kind(),
                 })
             })
             .collect();
@@ -53,7 +53,7 @@ pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<u8> {
             "{:width$}  {:8}  {:7}  {:8}  {}",
             r.id,
             status.to_string(),
-            r.runtime.to_string(),
+            r.runtime.kind().to_string(),
             pid,
             r.created
         );

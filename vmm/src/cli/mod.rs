@@ -121,7 +121,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// The per-container VMM process (started by `create`).
     #[command(hide = true)]
-    ContainerVmm(internal::ContainerVmmArgs),
+    VmmProcess(internal::VmmProcessArgs),
     /// A detached exec'd process's host side (started by `exec --detach`).
     #[command(hide = true)]
     ExecProcess(internal::ExecProcessArgs),
@@ -176,7 +176,7 @@ pub fn run(cli: Cli, start: Instant) -> anyhow::Result<u8> {
         Command::Pause(args) => pause::run(g, args, "pause"),
         Command::Resume(args) => pause::run(g, args, "resume"),
         Command::Run(args) => run::run(g, args),
-        Command::ContainerVmm(args) => internal::container_vmm(g, args, start),
+        Command::VmmProcess(args) => internal::vmm_process(args, start),
         Command::ExecProcess(args) => internal::exec_process(g, args),
     }
 }

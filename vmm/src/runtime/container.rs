@@ -3,23 +3,20 @@
 //! files in `cli/` only parse arguments and print.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsa_agent::protocol::ProcessSpec;
 use serde_json::{json, Value};
 
 use super::bundle::Bundle;
 use super::exec::agent;
-use super::jail::{self, Jail};
+use super::jail;
 use super::runc::{args, Runc};
-use super::shim::ShimOptions;
-use super::state::{self, Container, Record, Root, RuntimeType, Status};
-use super::vm_spec::{self, Machine};
-use super::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
-use crate::config::HostQuirks;
+use super::state::{self, Container, Record, Root, RuntimeRecord, RuntimeType, Status};
+use super::vm_spec;
+use super::{Result, RuntimeError};
 
 /// Where capsa and runc keep state; how to reach runc.
 #[derive(Debug, Clone)]
@@ -44,64 +41,12 @@ pub struct CreateOptions {
     pub foreground: bool,
 }
 
-/// `RLIMIT_FSIZE` of a jailed VMM (unless its binds disk is larger): what
-/// a guest can make it write to the host's disk (or a tmpfs `/run`),
-/// through its console log.
-const VMM_FILE_SIZE_LIMIT: u64 = 256 << 20;
-
 /// What `create` made.
 pub enum Created {
     /// A VMM process (a child of this process).
     Vm(Child),
     /// runc's exit code (process runtime).
     Process(i32),
-}
-
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    state::write_atomic(path, pid.to_string().as_bytes())
-}
-
-/// The cache key of the kernel this build of capsa belongs to
-/// (`kernel-config/build.sh --key` at build time, `vmm/build.rs`).
-pub const KERNEL_KEY: Option<&str> = option_env!("CAPSA_KERNEL_KEY");
-
-/// The guest kernel: `$CAPSA_KERNEL`; `vmlinux` next to `capsa`;
-/// `<cache>/kernel/<KERNEL_KEY>/vmlinux`, what `kernel-config/build.sh`
-/// makes from the sources capsa was built with (only when capsa was built
-/// without a key: the newest `<cache>/kernel/*/vmlinux`);
-/// `/usr/local/lib/capsa/vmlinux`, `/usr/lib/capsa/vmlinux`.
-pub fn locate_kernel() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("CAPSA_KERNEL") {
-        return Ok(p.into());
-    }
-    let mut candidates: Vec<PathBuf> = crate::install::exe_dir()
-        .map(|d| d.join("vmlinux"))
-        .into_iter()
-        .collect();
-    let cached = crate::guest_agent::cache_dir().join("kernel");
-    match KERNEL_KEY {
-        Some(key) => candidates.push(cached.join(key).join("vmlinux")),
-        None => {
-            if let Ok(entries) = std::fs::read_dir(&cached) {
-                let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
-                    .filter_map(|e| {
-                        let p = e.ok()?.path().join("vmlinux");
-                        Some((std::fs::metadata(&p).ok()?.modified().ok()?, p))
-                    })
-                    .collect();
-                found.sort();
-                candidates.extend(found.into_iter().rev().map(|(_, p)| p));
-            }
-        }
-    }
-    candidates.extend(crate::install::in_lib_dirs("vmlinux"));
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        let which = KERNEL_KEY.map_or(String::new(), |k| format!(" {k}"));
-        RuntimeError::Failed(format!(
-            "cannot find the guest kernel{which}: run kernel-config/build.sh (scripts/setup.sh) \
-             or set CAPSA_KERNEL"
-        ))
-    })
 }
 
 /// Removes what a container left: its state directory and a vsock socket
@@ -132,39 +77,14 @@ impl Runtime {
         }
         let bundle = Bundle::load(&opts.bundle)?;
         let dir = self.root.create_dir(id)?;
-        let vsock = state::vsock_path(&dir);
         let result = match bundle.runtime {
             RuntimeType::Process => self.create_process(id, &bundle, &dir, opts),
-            RuntimeType::Vm => self.create_vm(id, &bundle, &dir, &vsock, opts),
+            RuntimeType::Vm => super::vm::create::create(id, &bundle, &dir, opts).map(Created::Vm),
         };
         if result.is_err() {
-            remove_container_files(&dir, &vsock);
+            remove_container_files(&dir, &state::vsock_path(&dir));
         }
         result
-    }
-
-    fn record(&self, id: &str, bundle: &Bundle, runtime: RuntimeType) -> Record {
-        Record {
-            id: id.to_string(),
-            runtime,
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: state::now_rfc3339(),
-            annotations: bundle
-                .spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            pid: 0,
-            pid_start_time: 0,
-            init_process_id: 0,
-            vsock: PathBuf::new(),
-            vm_dir: PathBuf::new(),
-            vmm_pid: 0,
-            vmm_pid_start_time: 0,
-        }
     }
 
     fn create_process(
@@ -176,7 +96,7 @@ impl Runtime {
     ) -> Result<Created> {
         let container = Container {
             dir: dir.to_owned(),
-            record: self.record(id, bundle, RuntimeType::Process),
+            record: Record::new(id, bundle, RuntimeRecord::Process),
         };
         container.save()?;
         let mut a = args(["create", "--bundle"]);
@@ -199,207 +119,10 @@ impl Runtime {
         Ok(Created::Process(0))
     }
 
-    fn create_vm(
-        &self,
-        id: &str,
-        bundle: &Bundle,
-        dir: &Path,
-        vsock: &Path,
-        opts: &CreateOptions,
-    ) -> Result<Created> {
-        let kernel = locate_kernel()?;
-        let agent =
-            crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        let cache = crate::guest_agent::cache_dir();
-        let initramfs = crate::guest_agent::initramfs(&agent, &cache.join("initramfs"))
-            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
-        let rootfs_image = rootfs::rootfs_image(&bundle.rootfs, &cache)?;
-        let readonly = bundle
-            .spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
-        let plan = vm_spec::mounts(&bundle.spec, readonly);
-        // The VMM process runs in a jail (see `jail`): its files go into
-        // the jail's root, and it sees them under in-jail paths.
-        let mut jail = if jail::enabled() {
-            Some(Jail::plan(dir, id)?)
-        } else {
-            None
-        };
-        let vm_dir = jail
-            .as_ref()
-            .map_or_else(|| dir.to_owned(), |j| j.root().to_owned());
-        let binds_image = vm_spec::binds_image(&plan, &vm_dir)?;
-        let (machine, inside) = match &mut jail {
-            Some(j) => {
-                // Room for the guest-written binds disk; the rest (logs)
-                // needs little.
-                let binds_size = binds_image
-                    .as_ref()
-                    .and_then(|b| std::fs::metadata(b).ok())
-                    .map_or(0, |m| m.len());
-                j.limit_file_size(VMM_FILE_SIZE_LIMIT.max(binds_size));
-                if let Some(b) = &binds_image {
-                    j.give(b)?;
-                }
-                let machine = Machine {
-                    kernel: j.bind_ro(&kernel, "vmlinux"),
-                    initramfs: j.bind_ro(&initramfs, "initramfs.cpio"),
-                    rootfs_image: j.bind_ro(&rootfs_image, "rootfs.ext4"),
-                    binds_image: binds_image.as_ref().map(|_| PathBuf::from("/binds.ext4")),
-                    vsock: PathBuf::from("/vsock"),
-                };
-                (machine, PathBuf::from("/"))
-            }
-            None => {
-                if let Some(parent) = vsock.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| RuntimeError::io(format!("mkdir {}", parent.display()), e))?;
-                }
-                let machine = Machine {
-                    kernel,
-                    initramfs,
-                    rootfs_image,
-                    binds_image,
-                    vsock: vsock.to_owned(),
-                };
-                (machine, dir.to_owned())
-            }
-        };
-        let mut config = vm_spec::vm_config(bundle, &machine)?;
-        // Decided here: the jailed VMM sees neither /sys nor the host's
-        // modules, so it could not detect a PVM host itself.
-        config.host_quirks = if crate::pvm::is_pvm_host() {
-            HostQuirks::On
-        } else {
-            HostQuirks::Off
-        };
-        // The guest's console (kernel warnings and panics; the agent logs
-        // to it too) goes to a file next to the VMM's other files.
-        config.serial_log = Some(inside.join("console.log"));
-        let params = vm_spec::create_params(id, bundle, plan.mounts)?;
-        // `--console-socket`: the pty is made here, as the jailed VMM can
-        // reach neither /dev/pts nor the socket; the VMM inherits the slave.
-        let slave = match &opts.console_socket {
-            Some(socket) if params.process.terminal => {
-                let socket = std::path::absolute(socket).unwrap_or(socket.clone());
-                let pty = console::open(params.process.console_size)?;
-                console::send_master(&socket, &pty.master)?;
-                Some(pty.slave)
-            }
-            _ => None,
-        };
-        let keep_fds: Vec<RawFd> = slave.iter().map(AsRawFd::as_raw_fd).collect();
-        let options = ShimOptions {
-            console_fd: keep_fds.first().copied(),
-        };
-        let json = |v: &dyn erased::Ser| serde_json::to_vec_pretty(&v.value()).unwrap_or_default();
-        state::write_atomic(&vm_dir.join("vm.json"), &json(&config))?;
-        state::write_atomic(&vm_dir.join("agent.json"), &json(&params))?;
-        state::write_atomic(&vm_dir.join("shim.json"), &json(&options))?;
-        let mut vmm_args: Vec<OsString> = Vec::new();
-        if jail.is_none() {
-            vmm_args.extend(["--root".into(), self.root.path.clone().into()]);
-        }
-        vmm_args.extend([
-            "--log".into(),
-            inside.join("vmm.log").into(),
-            "container-vmm".into(),
-            id.into(),
-            "--state-dir".into(),
-            inside.clone().into(),
-        ]);
-        let pending = match &jail {
-            Some(j) => {
-                let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
-                    .into_iter()
-                    .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
-                    .collect();
-                spawn::spawn_program(
-                    j.jailer(),
-                    |ready| {
-                        envs.push((spawn::READY_FD_ENV.to_owned(), ready.to_string()));
-                        let mut fds = keep_fds.clone();
-                        fds.push(ready);
-                        j.command(&fds, &envs, &vmm_args)
-                    },
-                    !opts.foreground,
-                    &keep_fds,
-                )?
-            }
-            None => spawn::spawn_program(
-                Path::new("/proc/self/exe"),
-                |_| vmm_args,
-                !opts.foreground,
-                &keep_fds,
-            )?,
-        };
-        drop(slave);
-        let (child, report) = match pending.wait_ready(BOOT_TIMEOUT) {
-            Ok(r) => r,
-            Err(e) => {
-                // The jailer is gone; so is its VMM, unless it dropped the
-                // parent-death signal.
-                if let Some((vmm, start)) = jail.as_ref().and_then(|j| j.vmm_pid(Duration::ZERO)) {
-                    state::signal_checked(vmm, start, libc::SIGKILL);
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while state::process_alive(vmm, start) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-                return Err(e);
-            }
-        };
-        let pid = child.id() as i32;
-        let mut record = self.record(id, bundle, RuntimeType::Vm);
-        record.pid = pid;
-        record.pid_start_time = state::proc_stat(pid).map(|(_, t)| t).unwrap_or(0);
-        record.init_process_id = report["initProcessId"].as_u64().unwrap_or(0);
-        if let Some(j) = &jail {
-            record.vsock = j.root().join("vsock");
-            record.vm_dir = j.root().to_owned();
-            // The jailer writes the pid file once the VMM runs, long
-            // before the VMM reports.
-            match j.vmm_pid(Duration::from_secs(5)) {
-                Some((vmm, start)) => {
-                    record.vmm_pid = vmm;
-                    record.vmm_pid_start_time = start;
-                }
-                None => {
-                    let mut child = child;
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(RuntimeError::Failed(
-                        "capsa-jailer wrote no pid file for the VMM".into(),
-                    ));
-                }
-            }
-        } else {
-            record.vsock = vsock.to_owned();
-        }
-        let container = Container {
-            dir: dir.to_owned(),
-            record,
-        };
-        let saved = container.save().and_then(|_| match &opts.pid_file {
-            Some(p) => write_pid_file(p, pid),
-            None => Ok(()),
-        });
-        if let Err(e) = saved {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-        Ok(Created::Vm(child))
-    }
-
     /// `start`: runs the container's process.
     pub fn start(&self, id: &str) -> Result<()> {
         let c = self.load(id)?;
-        if c.record.runtime == RuntimeType::Process {
+        if c.record.runtime == RuntimeRecord::Process {
             return self.runc_ok(&args(["start", id]));
         }
         let status = c.vm_status();
@@ -444,22 +167,22 @@ impl Runtime {
             "created": c.record.created,
             "owner": "",
             "annotations": c.record.annotations,
-            "runtime": c.record.runtime,
+            "runtime": c.record.runtime.kind(),
         }))
     }
 
     fn status_pid(&self, c: &Container) -> (Status, i32) {
-        match c.record.runtime {
-            RuntimeType::Vm => {
+        match &c.record.runtime {
+            RuntimeRecord::Vm(vm) => {
                 let status = c.vm_status();
                 let pid = if status == Status::Stopped {
                     0
                 } else {
-                    c.record.pid
+                    vm.pid.pid
                 };
                 (status, pid)
             }
-            RuntimeType::Process => match self.runc.state(&c.record.id) {
+            RuntimeRecord::Process => match self.runc.state(&c.record.id) {
                 Ok(v) => {
                     let status =
                         serde_json::from_value(v["status"].clone()).unwrap_or(Status::Stopped);
@@ -474,7 +197,7 @@ impl Runtime {
     /// process of the container).
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let c = self.load(id)?;
-        if c.record.runtime == RuntimeType::Process {
+        if c.record.runtime == RuntimeRecord::Process {
             let mut a = args(["kill"]);
             if all {
                 a.push("--all".into());
@@ -483,12 +206,14 @@ impl Runtime {
             a.push(signal.to_string().into());
             return self.runc_ok(&a);
         }
+        let Some(vm) = c.vm() else {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        };
         match c.vm_status() {
             Status::Created => {
                 // The process has not started: the VMM process stands for
                 // it (as runc's init does) and ends with the signal.
-                let (pid, start) = c.vmm_process();
-                if state::signal_checked(pid, start, signal) {
+                if vm.vmm().signal(signal) {
                     Ok(())
                 } else {
                     Err(RuntimeError::io(
@@ -504,7 +229,7 @@ impl Runtime {
                 let result = if all {
                     client.signal_all(signal)
                 } else {
-                    client.signal(c.record.init_process_id, signal)
+                    client.signal(vm.init_process_id, signal)
                 };
                 match result {
                     // Exited meanwhile: as good as signalled.
@@ -533,14 +258,14 @@ impl Runtime {
             }
             c => c?,
         };
-        if c.record.runtime == RuntimeType::Process {
+        if c.record.runtime == RuntimeRecord::Process {
             let mut a = args(["delete"]);
             if force {
                 a.push("--force".into());
             }
             a.push(id.into());
             self.runc_ok(&a)?;
-            remove_container_files(&c.dir, &c.record.vsock);
+            remove_container_files(&c.dir, &state::vsock_path(&c.dir));
             return Ok(());
         }
         let status = c.vm_status();
@@ -553,7 +278,10 @@ impl Runtime {
         }
         // Also when stopped: whatever of it is still alive goes.
         c.kill_vmm(Duration::from_secs(10));
-        remove_container_files(&c.dir, &c.record.vsock);
+        let vsock = c
+            .vm()
+            .map_or_else(|| state::vsock_path(&c.dir), |vm| vm.vsock.clone());
+        remove_container_files(&c.dir, &vsock);
         Ok(())
     }
 
@@ -561,7 +289,7 @@ impl Runtime {
     /// for vm containers); else a table.
     pub fn ps(&self, id: &str, json_format: bool) -> Result<String> {
         let c = self.load(id)?;
-        if c.record.runtime == RuntimeType::Process {
+        if c.record.runtime == RuntimeRecord::Process {
             let format = if json_format { "json" } else { "table" };
             self.runc_ok(&args(["ps", "--format", format, id]))?;
             return Ok(String::new());
@@ -633,7 +361,7 @@ impl Runtime {
             "resume" => false,
             other => return Err(RuntimeError::Unsupported(format!("no verb {other:?}"))),
         };
-        if c.record.runtime == RuntimeType::Process {
+        if c.record.runtime == RuntimeRecord::Process {
             return self.runc_ok(&args([verb, id]));
         }
         // One pause/resume at a time per container, so that the marker and
@@ -697,7 +425,7 @@ impl Runtime {
     /// stopped, not paused, as runc).
     pub fn exec_target(&self, id: &str) -> Result<Container> {
         let c = self.load(id)?;
-        if c.record.runtime == RuntimeType::Vm {
+        if c.vm().is_some() {
             let status = c.vm_status();
             if matches!(status, Status::Stopped | Status::Paused) {
                 return Err(RuntimeError::State {
@@ -708,17 +436,5 @@ impl Runtime {
             }
         }
         Ok(c)
-    }
-}
-
-/// Serializing the three input files with one closure.
-mod erased {
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
-        }
     }
 }

@@ -10,16 +10,32 @@ use std::time::Duration;
 
 use capsa_agent::client::{Client, ClientError, HybridVsockConnector};
 use capsa_agent::protocol::{ExecParams, ProcessSpec};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use super::shim::{attach_process, Console};
 use super::spawn::Ready;
 use super::state::Container;
-use super::Result;
+use super::stdio::{attach_process, Console};
+use super::{Result, RuntimeError};
+
+/// What a detached exec's helper (`capsa exec-process`) reports once the
+/// process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecReady {
+    /// The process's pid in the guest.
+    pub pid: i32,
+}
 
 /// Connects a new control connection to the agent of `container`.
 pub fn agent(container: &Container) -> Result<(HybridVsockConnector, Client)> {
-    let connector = HybridVsockConnector::new(&container.record.vsock);
+    let vm = container.vm().ok_or_else(|| {
+        RuntimeError::Unsupported(format!(
+            "container {:?} has no guest agent (runtime type {})",
+            container.record.id,
+            container.record.runtime.kind()
+        ))
+    })?;
+    let connector = HybridVsockConnector::new(&vm.vsock);
     let client = Client::connect(&connector)?;
     client.hello(Duration::from_secs(10))?;
     client.set_timeout(Some(Duration::from_secs(60)));
@@ -50,7 +66,7 @@ pub fn run(
         console_socket.map_or(Console::Inherit, Console::Socket),
         started.process_id,
     )?;
-    if !ready.ok(json!({ "pid": started.pid })) {
+    if !ready.ready(ExecReady { pid: started.pid }) {
         let _ = client.signal(started.process_id, libc::SIGKILL);
     }
     let status = match client.wait(started.process_id) {

@@ -1,6 +1,6 @@
 //! The jail of a container's VMM process.
 //!
-//! `create` does not run the VMM process (`capsa container-vmm`) itself: it
+//! `create` does not run the VMM process (`capsa vmm-process`) itself: it
 //! starts it through `capsa-jailer` (docs/jailer.md), which the design
 //! notes require because a guest that breaks out of its VM lands in the
 //! VMM. The jailed VMM runs as an unprivileged uid/gid of its own (see
@@ -11,7 +11,7 @@
 //! channel to the host is the hybrid vsock Unix socket).
 //!
 //! What the VMM reads and writes lives in that root: its inputs
-//! (`vm.json`, `agent.json`, `shim.json`, the binds disk) are placed there
+//! (`vmm-inputs.json`, the binds disk) are placed there
 //! by `create`; the kernel, the initramfs and the rootfs image are
 //! bind-mounted read-only by the jailer; the VMM creates `vsock`,
 //! `console.log`, `vmm.log` and `exit` there. The host reads those files
@@ -31,6 +31,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
+use super::host_process::HostProcess;
 use super::{Result, RuntimeError};
 
 /// Environment variable: `off` starts VMM processes without the jail.
@@ -292,23 +293,18 @@ impl Jail {
         a
     }
 
-    /// The VMM's pid (host pid namespace) and start time, from the
-    /// jailer's pid file (outside the VMM's reach); waits up to `timeout`
-    /// for the file, which the jailer writes just after the VMM's exec.
-    pub fn vmm_pid(&self, timeout: std::time::Duration) -> Option<(i32, u64)> {
+    /// The VMM process (host pid namespace), from the jailer's pid file
+    /// (outside the VMM's reach); waits up to `timeout` for the file,
+    /// which the jailer writes just after the VMM's exec.
+    pub fn vmm_process(&self, timeout: std::time::Duration) -> Option<HostProcess> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let pid = std::fs::read_to_string(&self.pid_file)
+            let vmm = std::fs::read_to_string(&self.pid_file)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
-                .filter(|p| *p > 0);
-            if let Some((pid, (_, start))) =
-                pid.and_then(|p| Some((p, super::state::proc_stat(p)?)))
-            {
-                return Some((pid, start));
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
+                .and_then(HostProcess::of);
+            if vmm.is_some() || std::time::Instant::now() >= deadline {
+                return vmm;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -365,7 +361,7 @@ mod tests {
         let args = jail.command(
             &[5],
             &[("A".into(), "b".into())],
-            &["container-vmm".into(), "c1".into()],
+            &["vmm-process".into(), "c1".into()],
         );
         assert_eq!(jail.jailer(), Path::new("/usr/bin/true"));
         let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
@@ -376,7 +372,7 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("--keep-fd 5 --env A=b -- container-vmm c1"),
+            line.contains("--keep-fd 5 --env A=b -- vmm-process c1"),
             "{line}"
         );
         assert!(line.contains(&format!("--uid {}", uid_for("c1"))), "{line}");

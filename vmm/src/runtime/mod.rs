@@ -7,10 +7,14 @@
 //! - [`bundle`]: reading and validating `config.json`;
 //! - [`rootfs`]: the bundle's root directory as a cached ext4 image, and the
 //!   small disk that carries bind-mounted host files;
-//! - [`vm_spec`]: the runtime spec turned into a [`crate::config::VmConfig`]
-//!   and the agent's `create` parameters;
-//! - [`shim`]: the per-container VMM process (the pid engines wait on);
+//! - [`vm_spec`]: the runtime spec turned into a [`vm_spec::VmSpec`], then
+//!   into the VMM process's inputs (a [`crate::config::VmConfig`] and the
+//!   agent's `create` parameters);
+//! - [`vm`]: the `vm` runtime type (`create` step by step);
+//! - [`vmm_process`]: the per-container VMM process (the pid engines wait
+//!   on) and its typed inputs and readiness report;
 //! - [`jail`]: the jail `capsa-jailer` starts that process in;
+//! - [`host_process`]: host processes known by pid and start time;
 //! - [`exec`]: a process started in a running container;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
@@ -22,15 +26,17 @@ pub mod bundle;
 pub mod console;
 pub mod container;
 pub mod exec;
+pub mod host_process;
 pub mod jail;
 pub mod rootfs;
 pub mod runc;
-pub mod shim;
 pub mod signal;
 pub mod spawn;
 pub mod state;
 pub mod stdio;
+pub mod vm;
 pub mod vm_spec;
+pub mod vmm_process;
 
 use std::path::PathBuf;
 

@@ -1,9 +1,12 @@
 //! Helper processes: `capsa` re-executes itself (`/proc/self/exe`, or
 //! through `capsa-jailer`) with a hidden subcommand, hands it the write end
 //! of a pipe (its number in [`READY_FD_ENV`]) and waits for one JSON line
-//! on it: `{"ok":true,...}` once the helper is ready,
-//! `{"ok":false,"error":"..."}` when it failed. EOF without a line means
-//! the helper died.
+//! on it, a [`Report`]: `{"ready":R}` once the helper is ready, where `R`
+//! is the helper's own typed report (the VMM process's
+//! [`VmmReady`](super::vmm_process::VmmReady), an exec'd process's
+//! [`ExecReady`](super::exec::ExecReady)), or `{"failed":"..."}`. Both ends
+//! are the same build of capsa and use the same type. EOF without a line
+//! means the helper died.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -14,9 +17,20 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::{Result, RuntimeError};
+
+/// The one line a helper writes on its readiness pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Report<R> {
+    /// The helper is ready; `R` is what it tells its parent.
+    Ready(R),
+    /// The helper failed; the message says why.
+    Failed(String),
+}
 
 /// Environment variable with the number of the readiness pipe's fd.
 pub const READY_FD_ENV: &str = "_CAPSA_READY_FD";
@@ -68,10 +82,12 @@ impl Ready {
         }
     }
 
-    fn send(&mut self, value: Value) -> bool {
+    fn send<R: Serialize>(&mut self, report: &Report<R>) -> bool {
         match self.file.take() {
             Some(mut f) => {
-                let mut line = value.to_string().into_bytes();
+                let Ok(mut line) = serde_json::to_vec(report) else {
+                    return false;
+                };
                 line.push(b'\n');
                 f.write_all(&line).is_ok()
             }
@@ -79,18 +95,15 @@ impl Ready {
         }
     }
 
-    /// Reports success with `extra` fields; false when the parent is gone
-    /// (then nobody knows about this helper: it should end).
-    pub fn ok(&mut self, mut extra: Value) -> bool {
-        if let Value::Object(m) = &mut extra {
-            m.insert("ok".into(), Value::Bool(true));
-        }
-        self.send(extra)
+    /// Reports readiness with `report`; false when the parent is gone (then
+    /// nobody knows about this helper: it should end).
+    pub fn ready<R: Serialize>(&mut self, report: R) -> bool {
+        self.send(&Report::Ready(report))
     }
 
     /// Reports failure.
     pub fn fail(&mut self, error: &str) {
-        self.send(json!({"ok": false, "error": error}));
+        self.send(&Report::<()>::Failed(error.to_string()));
     }
 
     /// Whether the report is still to be sent.
@@ -103,7 +116,13 @@ impl Ready {
 pub struct Pending {
     /// The helper.
     pub child: Child,
-    reader: File,
+    /// The read end of its readiness pipe.
+    pub report: ReportReader,
+}
+
+/// The read end of a helper's readiness pipe.
+pub struct ReportReader {
+    file: File,
 }
 
 /// Starts `capsa ARGS` with the caller's stdio and a readiness pipe;
@@ -163,43 +182,55 @@ pub fn spawn_program(
     drop(write);
     Ok(Pending {
         child,
-        reader: File::from(read),
+        report: ReportReader {
+            file: File::from(read),
+        },
     })
 }
 
 impl Pending {
     /// Waits for the helper's report, at most `timeout`. On failure or
     /// timeout the helper is killed and reaped, and the error returned.
-    pub fn wait_ready(mut self, timeout: Duration) -> Result<(Child, Value)> {
+    pub fn wait_ready<R: DeserializeOwned>(mut self, timeout: Duration) -> Result<(Child, R)> {
+        match self.report.wait(&mut self.child, timeout) {
+            Ok(r) => Ok((self.child, r)),
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ReportReader {
+    /// Waits for the report of `helper`, at most `timeout`; an error when
+    /// it failed, ended without a report (then it is reaped) or did not
+    /// report in time. Does not kill it.
+    pub fn wait<R: DeserializeOwned>(self, helper: &mut Child, timeout: Duration) -> Result<R> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let reader = self.reader;
+        let file = self.file;
         std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = BufReader::new(reader).take_line(&mut line);
+            let _ = BufReader::new(file).take_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(timeout).ok();
-        let result = match line
-            .as_deref()
-            .map(|l| serde_json::from_str::<Value>(l.trim()))
-        {
-            Some(Ok(v)) if v["ok"] == Value::Bool(true) => return Ok((self.child, v)),
-            Some(Ok(v)) => v["error"]
-                .as_str()
-                .unwrap_or("the helper process failed")
-                .to_string(),
-            Some(Err(_)) => {
-                let status = self.child.wait().ok();
-                format!(
+        let Ok(line) = rx.recv_timeout(timeout) else {
+            return Err(RuntimeError::Failed(format!(
+                "the helper process did not report within {timeout:?}"
+            )));
+        };
+        match serde_json::from_str::<Report<R>>(line.trim()) {
+            Ok(Report::Ready(r)) => Ok(r),
+            Ok(Report::Failed(e)) => Err(RuntimeError::Failed(e)),
+            Err(_) => {
+                let status = helper.wait().ok();
+                Err(RuntimeError::Failed(format!(
                     "the helper process ended without reporting ({})",
                     status.map(|s| s.to_string()).unwrap_or_default()
-                )
+                )))
             }
-            None => format!("the helper process did not report within {timeout:?}"),
-        };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        Err(RuntimeError::Failed(result))
+        }
     }
 }
 
@@ -230,7 +261,38 @@ mod tests {
         assert!(!ready.parent_alive());
         // Reporting to a reader that is gone fails instead of raising
         // SIGPIPE (Rust ignores it).
-        assert!(!ready.ok(json!({})));
+        assert!(!ready.ready(()));
         assert!(ready.parent_alive(), "nothing left to report");
+    }
+
+    #[test]
+    fn reports_are_typed_both_ways() {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut ready = Ready {
+            file: Some(File::from(write)),
+        };
+        assert!(ready.ready(7u64));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let reader = ReportReader {
+            file: File::from(read),
+        };
+        let got: u64 = reader.wait(&mut child, Duration::from_secs(5)).unwrap();
+        assert_eq!(got, 7);
+        child.wait().unwrap();
+
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut ready = Ready {
+            file: Some(File::from(write)),
+        };
+        ready.fail("no kernel");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let reader = ReportReader {
+            file: File::from(read),
+        };
+        let err = reader
+            .wait::<u64>(&mut child, Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "no kernel");
+        child.wait().unwrap();
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Files in the directory:
 //! - `state.json`: [`Record`], written once `create` succeeded;
-//! - `vm.json`, `agent.json`, `shim.json`: the VMM process's inputs;
+//! - `vmm-inputs.json`: the VMM process's inputs
+//!   ([`super::vmm_process::VmmInputs`]);
 //! - `started`: present once `start` succeeded;
 //! - `paused`: present while the agent has the container frozen (`pause`
 //!   made it, `resume` removes it);
@@ -13,9 +14,9 @@
 //! - `vsock`: the hybrid vsock socket (elsewhere when the path would be too
 //!   long for `sun_path`, see [`vsock_path`]).
 //!
-//! A jailed VMM (the default, [`super::jail`]) keeps `vm.json`,
-//! `agent.json`, `shim.json`, `exit`, `vmm.log`, `console.log` and `vsock`
-//! in its jail's root, `<root>/<id>/capsa/vm/root/` ([`Record::vm_dir`]);
+//! A jailed VMM (the default, [`super::jail`]) keeps `vmm-inputs.json`,
+//! `exit`, `vmm.log`, `console.log` and `vsock` in its jail's root,
+//! `<root>/<id>/capsa/vm/root/` ([`JailRecord::root`]);
 //! `state.json`, `started` and `paused` stay in the state directory, out of
 //! the VMM's reach.
 //!
@@ -26,8 +27,11 @@
 
 use std::path::{Path, PathBuf};
 
+use capsa_agent::protocol::ProcessId;
 use serde::{Deserialize, Serialize};
 
+use super::bundle::Bundle;
+use super::host_process::{kill_and_wait, HostProcess};
 use super::{Result, RuntimeError};
 
 /// OCI status of a container.
@@ -84,8 +88,6 @@ impl std::fmt::Display for RuntimeType {
 pub struct Record {
     /// Container id.
     pub id: String,
-    /// Runtime type.
-    pub runtime: RuntimeType,
     /// Absolute bundle path.
     pub bundle: PathBuf,
     /// Absolute rootfs directory.
@@ -95,31 +97,92 @@ pub struct Record {
     /// The spec's annotations.
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
-    /// The VMM process (vm runtime).
-    #[serde(default)]
-    pub pid: i32,
-    /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22),
-    /// to tell it from a later process with the same pid.
-    #[serde(default)]
-    pub pid_start_time: u64,
-    /// The agent's id of the container's init process (vm runtime).
-    #[serde(default)]
-    pub init_process_id: u64,
-    /// The hybrid vsock socket (vm runtime).
-    #[serde(default)]
+    /// The runtime type, and what it keeps (`"runtime": "vm"` with the
+    /// [`VmRecord`]'s fields, or `"runtime": "process"`).
+    #[serde(flatten)]
+    pub runtime: RuntimeRecord,
+}
+
+impl Record {
+    /// The record of container `id` of `bundle`, created now.
+    pub fn new(id: &str, bundle: &Bundle, runtime: RuntimeRecord) -> Record {
+        Record {
+            id: id.to_string(),
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: now_rfc3339(),
+            annotations: bundle
+                .spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            runtime,
+        }
+    }
+}
+
+/// The runtime type of a container and what capsa keeps for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "runtime", rename_all = "lowercase")]
+pub enum RuntimeRecord {
+    /// A micro-VM.
+    Vm(VmRecord),
+    /// A process run by runc, which keeps its own state.
+    Process,
+}
+
+impl RuntimeRecord {
+    /// The runtime type.
+    pub fn kind(&self) -> RuntimeType {
+        match self {
+            RuntimeRecord::Vm(_) => RuntimeType::Vm,
+            RuntimeRecord::Process => RuntimeType::Process,
+        }
+    }
+}
+
+/// What `create` recorded of a `vm` container's VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The process `create` started and engines wait on (`--pid-file`):
+    /// `capsa-jailer`, or the VMM process itself when unjailed.
+    pub pid: HostProcess,
+    /// The VMM process's jail, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailRecord>,
+    /// The agent's id of the container's init process.
+    pub init_process_id: ProcessId,
+    /// The hybrid vsock socket (host path).
     pub vsock: PathBuf,
-    /// Where the VMM process keeps its files (`exit`, `console.log`,
-    /// `vmm.log`, its inputs): its jail's root, or empty for the state
-    /// directory itself (an unjailed VMM).
-    #[serde(default)]
-    pub vm_dir: PathBuf,
-    /// The VMM's own pid when it runs under `capsa-jailer` (`pid` is then
-    /// the jailer's, the process engines wait on); 0 when unjailed.
-    #[serde(default)]
-    pub vmm_pid: i32,
-    /// Its start time (as `pid_start_time`).
-    #[serde(default)]
-    pub vmm_pid_start_time: u64,
+}
+
+/// A jailed VMM process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailRecord {
+    /// The VMM process itself (`pid` is its jailer).
+    pub vmm: HostProcess,
+    /// Host path of the jail's root, where the VMM keeps its files
+    /// (`exit`, `console.log`, `vmm.log`, its inputs), all written by an
+    /// untrusted process.
+    pub root: PathBuf,
+}
+
+impl VmRecord {
+    /// The host processes of the VM: the one `create` started and, when
+    /// jailed, the VMM under it.
+    pub fn processes(&self) -> Vec<HostProcess> {
+        let mut all = vec![self.pid];
+        all.extend(self.jail.as_ref().map(|j| j.vmm));
+        all
+    }
+
+    /// The process that stands for the container's process before `start`
+    /// (signals of `kill` go to it, as to runc's init): the VMM process.
+    pub fn vmm(&self) -> HostProcess {
+        self.jail.as_ref().map_or(self.pid, |j| j.vmm)
+    }
 }
 
 /// The file of a vm container's state directory that marks it paused.
@@ -232,12 +295,20 @@ impl Container {
         )
     }
 
-    /// The directory of the VMM's files (see [`Record::vm_dir`]).
+    /// The VM of a `vm` container.
+    pub fn vm(&self) -> Option<&VmRecord> {
+        match &self.record.runtime {
+            RuntimeRecord::Vm(vm) => Some(vm),
+            RuntimeRecord::Process => None,
+        }
+    }
+
+    /// The directory of the VMM's files: its jail's root, or the state
+    /// directory for an unjailed VMM.
     pub fn vm_dir(&self) -> PathBuf {
-        if self.record.vm_dir.as_os_str().is_empty() {
-            self.dir.clone()
-        } else {
-            self.record.vm_dir.clone()
+        match self.vm().and_then(|vm| vm.jail.as_ref()) {
+            Some(jail) => jail.root.clone(),
+            None => self.dir.clone(),
         }
     }
 
@@ -247,44 +318,19 @@ impl Container {
         String::from_utf8_lossy(&text).trim().parse().ok()
     }
 
-    /// Whether the VMM process is alive (for a jailed VMM: its jailer, or
-    /// the VMM itself).
+    /// Whether any host process of the VM is alive.
     pub fn vmm_alive(&self) -> bool {
-        (self.record.pid > 0 && process_alive(self.record.pid, self.record.pid_start_time))
-            || (self.record.vmm_pid > 0
-                && process_alive(self.record.vmm_pid, self.record.vmm_pid_start_time))
+        self.vm()
+            .is_some_and(|vm| vm.processes().iter().any(HostProcess::alive))
     }
 
-    /// The process that stands for the container's process before `start`
-    /// (signals of `kill` go to it): the VMM itself, as `(pid, start
-    /// time)`.
-    pub fn vmm_process(&self) -> (i32, u64) {
-        if self.record.vmm_pid > 0 {
-            (self.record.vmm_pid, self.record.vmm_pid_start_time)
-        } else {
-            (self.record.pid, self.record.pid_start_time)
-        }
-    }
-
-    /// Whether the VMM runs jailed (and its files are untrusted).
-    pub fn jailed(&self) -> bool {
-        !self.record.vm_dir.as_os_str().is_empty()
-    }
-
-    /// SIGKILLs the VMM process and, when jailed, its jailer (each only if
-    /// it is still the process recorded, by start time), and waits up to
-    /// `timeout` for both to be gone. A jailed VMM cannot fork
-    /// (`capsa-jailer --no-fork`), so nothing of it is left after that.
+    /// SIGKILLs the VM's host processes (each only if it is still the
+    /// process recorded) and waits up to `timeout` for them to be gone. A
+    /// jailed VMM cannot fork (`capsa-jailer --no-fork`), so nothing of it
+    /// is left after that.
     pub fn kill_vmm(&self, timeout: std::time::Duration) {
-        for (pid, start) in [
-            (self.record.pid, self.record.pid_start_time),
-            (self.record.vmm_pid, self.record.vmm_pid_start_time),
-        ] {
-            signal_checked(pid, start, libc::SIGKILL);
-        }
-        let deadline = std::time::Instant::now() + timeout;
-        while self.vmm_alive() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        if let Some(vm) = self.vm() {
+            kill_and_wait(&vm.processes(), timeout);
         }
     }
 
@@ -293,7 +339,10 @@ impl Container {
     /// VMM is gone: a compromised VMM must not pass for stopped (and then
     /// escape `delete`'s kill).
     pub fn vm_status(&self) -> Status {
-        let exited = !self.jailed() && self.exit_status().is_some();
+        let Some(vm) = self.vm() else {
+            return Status::Stopped;
+        };
+        let exited = vm.jail.is_none() && self.exit_status().is_some();
         if exited || !self.vmm_alive() {
             Status::Stopped
         } else if self.dir.join(PAUSED_FILE).exists() {
@@ -331,39 +380,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::write(&tmp, data)
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| RuntimeError::io(format!("write {}", path.display()), e))
-}
-
-/// Sends `signal` to `pid` if it is alive and started at `start_time`
-/// (0: any); false when it was not sent.
-pub fn signal_checked(pid: i32, start_time: u64, signal: i32) -> bool {
-    if pid <= 0 || !process_alive(pid, start_time) {
-        return false;
-    }
-    // SAFETY: kill(2) with a positive pid has no memory effects.
-    unsafe { libc::kill(pid, signal) == 0 }
-}
-
-/// `(state, start time)` of `pid` from `/proc/PID/stat`.
-pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    // Field 22 of the whole line is index 19 after the name.
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
-
-/// Whether `pid` is a live (not zombie) process that started at
-/// `start_time` (0: any).
-pub fn process_alive(pid: i32, start_time: u64) -> bool {
-    match proc_stat(pid) {
-        Some((state, start)) => {
-            !matches!(state, 'Z' | 'X' | 'x') && (start_time == 0 || start == start_time)
-        }
-        None => false,
-    }
 }
 
 /// The hybrid vsock socket of the container in `dir`: `dir/vsock` when the
@@ -448,35 +464,31 @@ mod tests {
     }
 
     #[test]
-    fn own_process_is_alive() {
-        let pid = std::process::id() as i32;
-        let (_, start) = proc_stat(pid).unwrap();
-        assert!(process_alive(pid, start));
-        assert!(!process_alive(pid, start + 1));
-    }
-
-    #[test]
     fn vm_status_follows_the_marker_files() {
         let dir = tempfile::tempdir().unwrap();
-        let pid = std::process::id() as i32;
+        let me = HostProcess::of(std::process::id() as i32).unwrap();
+        let vm = VmRecord {
+            pid: me,
+            jail: None,
+            init_process_id: 1,
+            vsock: PathBuf::new(),
+        };
         let c = Container {
             dir: dir.path().to_owned(),
             record: Record {
                 id: "s".into(),
-                runtime: RuntimeType::Vm,
                 bundle: PathBuf::new(),
                 rootfs: PathBuf::new(),
                 created: now_rfc3339(),
                 annotations: Default::default(),
-                pid,
-                pid_start_time: proc_stat(pid).unwrap().1,
-                init_process_id: 1,
-                vsock: PathBuf::new(),
-                vm_dir: PathBuf::new(),
-                vmm_pid: 0,
-                vmm_pid_start_time: 0,
+                runtime: RuntimeRecord::Vm(vm.clone()),
             },
         };
+        // state.json is read back by the same type.
+        let text = serde_json::to_string(&c.record).unwrap();
+        assert!(text.contains(r#""runtime":"vm""#), "{text}");
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.runtime, c.record.runtime);
         assert_eq!(c.vm_status(), Status::Created);
         std::fs::write(dir.path().join("started"), b"").unwrap();
         assert_eq!(c.vm_status(), Status::Running);
@@ -492,22 +504,24 @@ mod tests {
         std::fs::create_dir(&vm_dir).unwrap();
         std::fs::write(vm_dir.join("exit"), b"0").unwrap();
         let mut jailed = c.clone();
-        jailed.record.vm_dir = vm_dir;
+        let jail = JailRecord {
+            vmm: me,
+            root: vm_dir,
+        };
+        let mut stale = me;
+        stale.start_time += 1; // no longer the recorded process
+        jailed.record.runtime = RuntimeRecord::Vm(VmRecord {
+            jail: Some(jail.clone()),
+            ..vm.clone()
+        });
         assert_eq!(jailed.exit_status(), Some(0));
         assert_eq!(jailed.vm_status(), Status::Paused);
-        jailed.record.pid_start_time += 1; // no longer the recorded process
+        jailed.record.runtime = RuntimeRecord::Vm(VmRecord {
+            pid: stale,
+            jail: Some(JailRecord { vmm: stale, ..jail }),
+            ..vm
+        });
         assert_eq!(jailed.vm_status(), Status::Stopped);
-    }
-
-    #[test]
-    fn signal_checked_skips_other_processes() {
-        let pid = std::process::id() as i32;
-        let (_, start) = proc_stat(pid).unwrap();
-        // Signal 0 tests for existence only.
-        assert!(signal_checked(pid, start, 0));
-        assert!(!signal_checked(pid, start + 1, 0));
-        assert!(!signal_checked(0, 0, 0));
-        assert!(!signal_checked(-1, 0, 0));
     }
 
     #[test]

@@ -1,20 +1,23 @@
 //! Relaying the host side's stdio to a guest process's streams (agent
 //! protocol § Streams): the host's stdin to the `stdin` stream (then
 //! `shutdown(SHUT_WR)`, which gives the process EOF), the `stdout` and
-//! `stderr` streams to the host's stdout and stderr until EOF.
+//! `stderr` streams to the host's stdout and stderr until EOF; or the `tty`
+//! stream to a pty ([`super::console`]) or to the host's stdin/stdout.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use capsa_agent::client::{attach_stream, Connector};
-use capsa_agent::protocol::StreamTokens;
+use capsa_agent::client::{attach_stream, Client, Connector, HybridVsockConnector};
+use capsa_agent::protocol::{ConsoleSize, ProcessId, StreamTokens};
 
-use super::{Result, RuntimeError};
+use super::{console, Result, RuntimeError};
 
 /// Copies until EOF or an error on either side; returns the bytes copied.
 pub fn copy(mut from: impl Read, mut to: impl Write) -> u64 {
@@ -99,5 +102,69 @@ pub fn attach_pipes(
             }));
         }
     }
+    Ok(relays)
+}
+
+/// Where a process's terminal goes.
+pub enum Console<'a> {
+    /// No pty: the terminal stream is relayed to this process's
+    /// stdin/stdout.
+    Inherit,
+    /// Make a pty and send its master to this `--console-socket`.
+    Socket(&'a Path),
+    /// Relay this pty slave (its master was sent already).
+    Slave(OwnedFd),
+}
+
+/// Relays one guest process's streams (shared by the VMM process and
+/// `exec`): its tty stream to `console`, or its pipes to this process's
+/// stdio. `process_id` is the agent's id of the process, for `resize`.
+pub fn attach_process(
+    connector: &HybridVsockConnector,
+    client: &Arc<Client>,
+    streams: &StreamTokens,
+    console_size: Option<ConsoleSize>,
+    console: Console<'_>,
+    process_id: ProcessId,
+) -> Result<Relays> {
+    let Some(token) = &streams.tty else {
+        return attach_pipes(
+            connector,
+            streams,
+            Some(dup_stdio(std::io::stdin())?),
+            dup_stdio(std::io::stdout())?,
+            dup_stdio(std::io::stderr())?,
+        );
+    };
+    let tty = attach_stream(connector, token)?;
+    let slave = match console {
+        Console::Socket(socket) => {
+            let pty = console::open(console_size)?;
+            console::send_master(socket, &pty.master)?;
+            Some(pty.slave)
+        }
+        Console::Slave(slave) => Some(slave),
+        Console::Inherit => None,
+    };
+    if let Some(slave) = slave {
+        let c = client.clone();
+        return console::relay(slave, tty, move |rows, cols| {
+            if let Err(e) = c.resize(process_id, rows, cols) {
+                tracing::debug!("resize: {e}");
+            }
+        });
+    }
+    let input = dup_stdio(std::io::stdin())?;
+    let output = dup_stdio(std::io::stdout())?;
+    let to_guest = tty
+        .try_clone()
+        .map_err(|e| RuntimeError::io("dup tty stream", e))?;
+    std::thread::spawn(move || {
+        copy(input, &to_guest);
+    });
+    let mut relays = Relays::default();
+    relays.push_output(std::thread::spawn(move || {
+        copy(&tty, output);
+    }));
     Ok(relays)
 }

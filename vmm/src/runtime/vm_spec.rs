@@ -1,7 +1,10 @@
-//! The runtime spec turned into a machine and a container: the
-//! [`VmConfig`] of the micro-VM (vCPUs and memory from
-//! `linux.resources`, disks, vsock) and the agent's `create` parameters
-//! (process, hostname, mounts). See docs/runtime.md for what each field of
+//! The runtime spec turned into a machine and a container, in two steps:
+//! [`VmSpec::from_bundle`] reads what the bundle asks for (vCPUs and memory
+//! from `linux.resources`, the process, hostname and mounts), and
+//! [`VmSpec::vmm_inputs`] combines it with the [`Machine`] `create`
+//! prepared (kernel, initramfs, disks, vsock, as the VMM sees them) into
+//! the [`VmmInputs`]: the finished [`VmConfig`], validated, and the agent's
+//! `create` parameters. See docs/runtime.md for what each field of
 //! `config.json` does in a VM.
 
 use std::path::{Path, PathBuf};
@@ -9,12 +12,14 @@ use std::path::{Path, PathBuf};
 use capsa_agent::protocol::{
     ConsoleSize, CreateParams, MountSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType, User,
 };
-use oci_spec::runtime::{Process, Spec};
-use serde_json::Value;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use super::bundle::Bundle;
+use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
-use crate::config::{DiskConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use crate::config::{
+    guest_disk_device, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
 
 /// Default vCPUs when the spec sets no CPU limit.
 pub const DEFAULT_VCPUS: u8 = 1;
@@ -39,13 +44,16 @@ pub const GUEST_ROOTFS: &str = "/run/capsa/rootfs";
 /// number of CPUs in `cpus` (a cpuset list), else [`DEFAULT_VCPUS`];
 /// clamped to 1..=min(host CPUs, 32). `shares` are relative weights and
 /// do not size the VM.
-pub fn vcpus(spec: &Value, host_cpus: usize) -> u8 {
-    let cpu = &spec["linux"]["resources"]["cpu"];
-    let quota = cpu["quota"].as_i64().unwrap_or(0);
-    let period = cpu["period"].as_u64().unwrap_or(0);
+pub fn vcpus(resources: Option<&LinuxResources>, host_cpus: usize) -> u8 {
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    let quota = cpu.and_then(|c| c.quota()).unwrap_or(0);
+    let period = cpu.and_then(|c| c.period()).unwrap_or(0);
+    let cpus = cpu
+        .and_then(|c| c.cpus().as_deref())
+        .filter(|s| !s.is_empty());
     let wanted = if quota > 0 && period > 0 {
         (quota as u64).div_ceil(period)
-    } else if let Some(set) = cpu["cpus"].as_str().filter(|s| !s.is_empty()) {
+    } else if let Some(set) = cpus {
         cpuset_count(set)
     } else {
         u64::from(DEFAULT_VCPUS)
@@ -69,9 +77,10 @@ fn cpuset_count(set: &str) -> u64 {
 /// Guest RAM for `linux.resources.memory.limit` (bytes): the limit in MiB
 /// (rounded up) plus [`MEMORY_OVERHEAD_MIB`], at least [`MIN_MEMORY_MIB`],
 /// at most the host's memory; [`DEFAULT_MEMORY_MIB`] without a limit.
-pub fn memory_mib(spec: &Value, host_mib: u64) -> u32 {
-    let limit = spec["linux"]["resources"]["memory"]["limit"]
-        .as_i64()
+pub fn memory_mib(resources: Option<&LinuxResources>, host_mib: u64) -> u32 {
+    let limit = resources
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
         .unwrap_or(0);
     let mib = if limit > 0 {
         (limit as u64).div_ceil(1 << 20) + u64::from(MEMORY_OVERHEAD_MIB)
@@ -86,21 +95,17 @@ pub fn memory_mib(spec: &Value, host_mib: u64) -> u32 {
 /// The agent's process spec for an OCI process; `user` is the resolved
 /// `(uid, gid)`.
 pub fn process_spec(p: &Process, user: (u32, u32)) -> ProcessSpec {
-    let v = serde_json::to_value(p).unwrap_or(Value::Null);
-    let rlimits = v["rlimits"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| {
-                    Some(Rlimit {
-                        kind: r["type"].as_str()?.to_string(),
-                        hard: r["hard"].as_u64().unwrap_or(0),
-                        soft: r["soft"].as_u64().unwrap_or(0),
-                    })
-                })
-                .collect()
+    let rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| Rlimit {
+            // oci-spec names the type as the spec does: `RLIMIT_NOFILE`.
+            kind: r.typ().to_string(),
+            hard: r.hard(),
+            soft: r.soft(),
         })
-        .unwrap_or_default();
+        .collect();
     let u = p.user();
     ProcessSpec {
         args: p.args().clone().unwrap_or_default(),
@@ -129,12 +134,33 @@ pub fn process_spec(p: &Process, user: (u32, u32)) -> ProcessSpec {
 
 /// Mounts for the agent, and the host files that bind mounts need copied
 /// into the binds disk (`(host source, name in the disk)`).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MountPlan {
-    /// In order, for the agent.
+    /// In order, for the agent, without the mount of the binds disk
+    /// itself (see [`MountPlan::into_mounts`]).
     pub mounts: Vec<MountSpec>,
     /// Host paths to copy into the binds disk, with their names there.
     pub binds: Vec<(PathBuf, String)>,
+}
+
+impl MountPlan {
+    /// The agent's mounts, given the guest device of the binds disk
+    /// (`None` without binds): that disk is mounted first, at
+    /// [`BINDS_DESTINATION`], as the bind mounts after it take their
+    /// sources from it.
+    pub fn into_mounts(self, binds_device: Option<String>) -> Vec<MountSpec> {
+        let Some(device) = binds_device else {
+            return self.mounts;
+        };
+        let mut mounts = vec![MountSpec {
+            destination: BINDS_DESTINATION.into(),
+            kind: Some("ext4".into()),
+            source: Some(device),
+            options: vec!["nosuid".into(), "nodev".into()],
+        }];
+        mounts.extend(self.mounts);
+        mounts
+    }
 }
 
 /// Translates the spec's mounts (see docs/runtime.md § Mounts).
@@ -203,15 +229,7 @@ pub fn mounts(spec: &Spec, readonly_root: bool) -> MountPlan {
         });
         plan.binds.push((source, name));
     }
-    if !plan.binds.is_empty() {
-        plan.mounts.push(MountSpec {
-            destination: BINDS_DESTINATION.into(),
-            kind: Some("ext4".into()),
-            source: Some("/dev/vdb".into()),
-            options: vec!["nosuid".into(), "nodev".into()],
-        });
-    }
-    plan.mounts.extend(rest);
+    plan.mounts = rest;
     if readonly_root {
         // The agent always gives a read-only disk a writable overlay; a
         // recursive read-only bind of the root on itself, last, makes the
@@ -226,78 +244,167 @@ pub fn mounts(spec: &Spec, readonly_root: bool) -> MountPlan {
     plan
 }
 
-/// Files the VM needs from the host.
+/// What a bundle asks of its VM and its container, read from
+/// `config.json` ([`VmSpec::from_bundle`]); nothing changes it afterwards.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// The bundle directory (for errors).
+    pub bundle: PathBuf,
+    /// vCPUs ([`vcpus`]).
+    pub vcpus: u8,
+    /// Guest RAM in MiB ([`memory_mib`]).
+    pub memory_mib: u32,
+    /// The container's process, its user resolved.
+    pub process: ProcessSpec,
+    /// `hostname`.
+    pub hostname: Option<String>,
+    /// The mounts, and the host files bind mounts need in the binds disk.
+    pub mounts: MountPlan,
+}
+
+/// What a disk is for in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskRole {
+    /// The container's root filesystem (an ext4 image, read-only).
+    Rootfs,
+    /// The copies of bind-mounted host files ([`binds_image`]).
+    Binds,
+}
+
+/// A virtio-blk disk of the machine.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// What it is for.
+    pub role: DiskRole,
+    /// The backing file, as the VMM sees it.
+    pub path: PathBuf,
+    /// Offered read-only.
+    pub read_only: bool,
+}
+
+/// The machine `create` prepared for a [`VmSpec`], with paths as the VMM
+/// process sees them (inside its jail).
 #[derive(Debug, Clone)]
 pub struct Machine {
     /// Guest kernel.
     pub kernel: PathBuf,
     /// Agent initramfs.
     pub initramfs: PathBuf,
-    /// Rootfs image (ext4).
-    pub rootfs_image: PathBuf,
-    /// Binds image, when the spec has bind mounts.
-    pub binds_image: Option<PathBuf>,
+    /// The disks, in the order the guest sees them
+    /// ([`guest_disk_device`]).
+    pub disks: Vec<Disk>,
     /// Hybrid vsock socket.
     pub vsock: PathBuf,
+    /// Where the guest's serial console (kernel messages, the agent's log)
+    /// goes.
+    pub console_log: PathBuf,
+    /// Whether the VMM applies the PVM host workarounds: decided by
+    /// `create`, as a jailed VMM sees neither `/sys` nor the host's
+    /// modules.
+    pub host_quirks: HostQuirks,
+    /// The pty slave the VMM process inherits for the container's terminal.
+    pub console_fd: Option<i32>,
 }
 
-/// The VM configuration for `bundle`.
-pub fn vm_config(bundle: &Bundle, machine: &Machine) -> Result<VmConfig> {
-    let v = serde_json::to_value(&bundle.spec).unwrap_or(Value::Null);
-    let host_cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let host_mib = crate::config::host_memory_mib().unwrap_or(u64::from(DEFAULT_MEMORY_MIB));
-    let mut config = VmConfig::new(&machine.kernel);
-    config.initramfs = Some(machine.initramfs.clone());
-    config.vcpus = vcpus(&v, host_cpus);
-    config.memory_mib = memory_mib(&v, host_mib);
-    config.disks.push(DiskConfig {
-        path: machine.rootfs_image.clone(),
-        read_only: true,
-    });
-    if let Some(b) = &machine.binds_image {
-        config.disks.push(DiskConfig {
-            path: b.clone(),
-            read_only: false,
-        });
+impl Machine {
+    /// The guest device of the first disk with `role` (`/dev/vda`, …).
+    pub fn device_of(&self, role: DiskRole) -> Option<String> {
+        let index = self.disks.iter().position(|d| d.role == role)?;
+        Some(guest_disk_device(index))
     }
-    config.vsock = Some(VsockConfig {
-        guest_cid: DEFAULT_GUEST_CID,
-        uds_path: machine.vsock.clone(),
-    });
-    config
-        .validate(host_mib)
-        .map_err(|e| RuntimeError::Bundle {
-            bundle: bundle.dir.clone(),
-            message: format!("VM configuration: {e}"),
-        })?;
-    Ok(config)
+
+    /// The VM configuration: vCPUs and memory from `spec`, the rest from
+    /// this machine.
+    fn vm_config(&self, spec: &VmSpec) -> VmConfig {
+        let mut config = VmConfig::new(&self.kernel);
+        config.initramfs = Some(self.initramfs.clone());
+        config.vcpus = spec.vcpus;
+        config.memory_mib = spec.memory_mib;
+        config.disks = self
+            .disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect();
+        config.vsock = Some(VsockConfig {
+            guest_cid: DEFAULT_GUEST_CID,
+            uds_path: self.vsock.clone(),
+        });
+        config.host_quirks = self.host_quirks;
+        config.serial_log = Some(self.console_log.clone());
+        config
+    }
 }
 
-/// The agent's `create` parameters for `bundle`.
-pub fn create_params(id: &str, bundle: &Bundle, mounts: Vec<MountSpec>) -> Result<CreateParams> {
-    let process = bundle
-        .spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| RuntimeError::Bundle {
+impl VmSpec {
+    /// Reads the VM and container of `bundle` (already validated by
+    /// [`Bundle::load`]).
+    pub fn from_bundle(bundle: &Bundle) -> Result<VmSpec> {
+        let spec = &bundle.spec;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Bundle {
+                bundle: bundle.dir.clone(),
+                message: "config.json: process: missing".into(),
+            })?;
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let host_mib = crate::config::host_memory_mib().unwrap_or(u64::from(DEFAULT_MEMORY_MIB));
+        let readonly_root = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        Ok(VmSpec {
             bundle: bundle.dir.clone(),
-            message: "config.json: process: missing".into(),
-        })?;
-    Ok(CreateParams {
-        container_id: id.to_string(),
-        rootfs: RootfsSpec {
-            source: Some("/dev/vda".into()),
-            fstype: RootfsType::Ext4,
-            readonly: true,
-            tag: None,
-        },
-        process: process_spec(process, bundle.resolve_user()?),
-        hostname: bundle.spec.hostname().clone(),
-        mounts,
-        stdin: true,
-    })
+            vcpus: vcpus(resources, host_cpus),
+            memory_mib: memory_mib(resources, host_mib),
+            process: process_spec(process, bundle.resolve_user()?),
+            hostname: spec.hostname().clone(),
+            mounts: mounts(spec, readonly_root),
+        })
+    }
+
+    /// The VMM process's inputs for container `id` on `machine`: the VM
+    /// configuration, finished and then validated, and the agent's
+    /// `create` parameters, which name the guest devices of the disks.
+    pub fn vmm_inputs(self, id: &str, machine: &Machine) -> Result<VmmInputs> {
+        let bundle_error = |message: String| RuntimeError::Bundle {
+            bundle: self.bundle.clone(),
+            message,
+        };
+        let vm = machine.vm_config(&self);
+        let host_mib = crate::config::host_memory_mib()
+            .map_err(|e| RuntimeError::io("cannot read the host's memory size", e))?;
+        vm.validate(host_mib)
+            .map_err(|e| bundle_error(format!("VM configuration: {e}")))?;
+        let rootfs = machine
+            .device_of(DiskRole::Rootfs)
+            .ok_or_else(|| RuntimeError::Failed("the machine has no rootfs disk".into()))?;
+        let container = CreateParams {
+            container_id: id.to_string(),
+            rootfs: RootfsSpec {
+                source: Some(rootfs),
+                fstype: RootfsType::Ext4,
+                readonly: true,
+                tag: None,
+            },
+            process: self.process,
+            hostname: self.hostname,
+            mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
+            stdin: true,
+        };
+        Ok(VmmInputs {
+            vm,
+            container,
+            console_fd: machine.console_fd,
+        })
+    }
 }
 
 /// Builds the binds disk for `plan` in `state_dir`; `None` without binds.
@@ -322,20 +429,80 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn resources(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn cpu_and_memory() {
-        let none = json!({});
-        assert_eq!(vcpus(&none, 8), 1);
-        assert_eq!(memory_mib(&none, 4096), 128);
-        let s = json!({"linux":{"resources":{"cpu":{"quota":150000,"period":100000},
-            "memory":{"limit": 200u64 << 20}}}});
-        assert_eq!(vcpus(&s, 8), 2);
-        assert_eq!(vcpus(&s, 1), 1);
-        assert_eq!(memory_mib(&s, 4096), 232);
-        assert_eq!(memory_mib(&s, 100), 100);
-        let s = json!({"linux":{"resources":{"cpu":{"cpus":"0-2,5"},"memory":{"limit":1000}}}});
-        assert_eq!(vcpus(&s, 8), 4);
-        assert_eq!(memory_mib(&s, 4096), MIN_MEMORY_MIB);
+        assert_eq!(vcpus(None, 8), 1);
+        assert_eq!(memory_mib(None, 4096), 128);
+        let r = resources(json!({"cpu":{"quota":150000,"period":100000},
+            "memory":{"limit": 200u64 << 20}}));
+        assert_eq!(vcpus(Some(&r), 8), 2);
+        assert_eq!(vcpus(Some(&r), 1), 1);
+        assert_eq!(memory_mib(Some(&r), 4096), 232);
+        assert_eq!(memory_mib(Some(&r), 100), 100);
+        let r = resources(json!({"cpu":{"cpus":"0-2,5"},"memory":{"limit":1000}}));
+        assert_eq!(vcpus(Some(&r), 8), 4);
+        assert_eq!(memory_mib(Some(&r), 4096), MIN_MEMORY_MIB);
+    }
+
+    #[test]
+    fn rlimits_keep_the_spec_names() {
+        let p: Process = serde_json::from_value(json!({"cwd":"/","user":{"uid":0,"gid":0},
+            "rlimits":[{"type":"RLIMIT_NOFILE","hard":1024,"soft":512}]}))
+        .unwrap();
+        let spec = process_spec(&p, (0, 0));
+        assert_eq!(spec.rlimits.len(), 1);
+        assert_eq!(spec.rlimits[0].kind, "RLIMIT_NOFILE");
+        assert_eq!((spec.rlimits[0].hard, spec.rlimits[0].soft), (1024, 512));
+    }
+
+    #[test]
+    fn disks_are_named_in_their_order() {
+        let disk = |role, name: &str| Disk {
+            role,
+            path: name.into(),
+            read_only: role == DiskRole::Rootfs,
+        };
+        let spec = VmSpec {
+            bundle: "/b".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            process: ProcessSpec::default(),
+            hostname: None,
+            mounts: MountPlan {
+                mounts: Vec::new(),
+                binds: vec![("/etc/hosts".into(), "b0".into())],
+            },
+        };
+        let machine = Machine {
+            kernel: "/vmlinux".into(),
+            initramfs: "/initramfs.cpio".into(),
+            disks: vec![
+                disk(DiskRole::Rootfs, "/rootfs.ext4"),
+                disk(DiskRole::Binds, "/binds.ext4"),
+            ],
+            vsock: "/vsock".into(),
+            console_log: "/console.log".into(),
+            host_quirks: HostQuirks::Off,
+            console_fd: None,
+        };
+        let inputs = spec.vmm_inputs("c", &machine).unwrap();
+        assert_eq!(inputs.container.rootfs.source.as_deref(), Some("/dev/vda"));
+        assert_eq!(inputs.container.mounts[0].destination, BINDS_DESTINATION);
+        assert_eq!(
+            inputs.container.mounts[0].source.as_deref(),
+            Some("/dev/vdb")
+        );
+        assert_eq!(inputs.vm.disks.len(), 2);
+        assert!(inputs.vm.disks[0].read_only && !inputs.vm.disks[1].read_only);
+        assert_eq!(
+            inputs.vm.serial_log.as_deref(),
+            Some(Path::new("/console.log"))
+        );
+        assert_eq!(inputs.vm.host_quirks, HostQuirks::Off);
     }
 
     #[test]
@@ -355,12 +522,13 @@ mod tests {
         .unwrap();
         let plan = mounts(&spec, true);
         assert_eq!(plan.binds, vec![(hosts, "b0".to_string())]);
-        let dests: Vec<&str> = plan.mounts.iter().map(|m| m.destination.as_str()).collect();
+        let mounts = plan.into_mounts(Some("/dev/vdb".into()));
+        let dests: Vec<&str> = mounts.iter().map(|m| m.destination.as_str()).collect();
         assert_eq!(
             dests,
             [BINDS_DESTINATION, "/proc", "/etc/hosts", "/dev/shm", "/"]
         );
-        assert_eq!(plan.mounts[2].options, ["rbind", "ro"]);
-        assert_eq!(plan.mounts[3].kind.as_deref(), Some("tmpfs"));
+        assert_eq!(mounts[2].options, ["rbind", "ro"]);
+        assert_eq!(mounts[3].kind.as_deref(), Some("tmpfs"));
     }
 }

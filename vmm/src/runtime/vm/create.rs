@@ -1,0 +1,399 @@
+//! `create` of a `vm` container, step by step:
+//!
+//! 1. [`VmSpec::from_bundle`]: what the bundle asks for (vCPUs, memory,
+//!    process, mounts);
+//! 2. [`ShippedFiles::locate`]: the guest kernel and the agent's initramfs;
+//! 3. [`Placement::new`]: where the VMM process will run and keep its
+//!    files: its jail (the default) or, unjailed, the state directory;
+//! 4. [`HostResources::prepare`]: what the VM needs from the host: the
+//!    rootfs image and the binds disk, the pty of `--console-socket`;
+//! 5. [`plan_machine`], then [`VmSpec::vmm_inputs`]: the machine as the
+//!    VMM will see it, and the VM configuration (finished, then validated)
+//!    with the agent's `create` parameters;
+//! 6. [`VmmInputs::write`](crate::runtime::vmm_process::VmmInputs::write):
+//!    the VMM process's inputs, into its directory;
+//! 7. [`start_vmm`]: start the VMM process and wait for its [`VmmReady`];
+//! 8. [`record_state`]: `state.json` and `--pid-file`.
+//!
+//! A failure at any step leaves nothing behind: the caller
+//! ([`Runtime::create`](crate::runtime::container::Runtime::create))
+//! removes the state directory, and the [`VmmGuard`] kills the VMM process
+//! and its jailer unless the state was recorded.
+
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use crate::config::HostQuirks;
+use crate::runtime::bundle::Bundle;
+use crate::runtime::container::CreateOptions;
+use crate::runtime::host_process::{kill_and_wait, HostProcess};
+use crate::runtime::jail::{self, Jail};
+use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
+use crate::runtime::vm_spec::{binds_image, Disk, DiskRole, Machine, VmSpec};
+use crate::runtime::vmm_process::VmmReady;
+use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
+
+/// `RLIMIT_FSIZE` of a jailed VMM (unless its binds disk is larger): what
+/// a guest can make it write to the host's disk (or a tmpfs `/run`),
+/// through its console log.
+const VMM_FILE_SIZE_LIMIT: u64 = 256 << 20;
+
+/// Creates the `vm` container `id` of `bundle` in its new state directory
+/// `dir`; returns the process engines wait on (the jailer, or the VMM
+/// process when unjailed), a child of this process.
+pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Result<Child> {
+    let spec = VmSpec::from_bundle(bundle)?;
+    let shipped = ShippedFiles::locate()?;
+    let mut placement = Placement::new(dir, id)?;
+    let resources = HostResources::prepare(bundle, &spec, &mut placement, opts)?;
+    let machine = plan_machine(&shipped, &resources, &mut placement);
+    let inputs = spec.vmm_inputs(id, &machine)?;
+    inputs.write(&placement.dir)?;
+    let vsock = placement.vsock.clone();
+    let (vmm, ready) = start_vmm(id, placement, &resources, opts.foreground)?;
+    // The VMM process has its own copy of the pty slave now.
+    drop(resources);
+    record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
+}
+
+/// The files capsa ships that every VM boots from, as host paths.
+struct ShippedFiles {
+    kernel: PathBuf,
+    initramfs: PathBuf,
+}
+
+impl ShippedFiles {
+    /// Finds the guest kernel and the agent, and packs the agent as an
+    /// initramfs (cached by content).
+    fn locate() -> Result<ShippedFiles> {
+        let kernel = crate::install::kernel().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let agent =
+            crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let cache = crate::guest_agent::cache_dir().join("initramfs");
+        let initramfs = crate::guest_agent::initramfs(&agent, &cache)
+            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
+        Ok(ShippedFiles { kernel, initramfs })
+    }
+}
+
+/// Where the VMM process runs and keeps its files.
+struct Placement {
+    /// Its jail (see [`jail`]), or `None` for an unjailed VMM
+    /// (`CAPSA_JAIL=off`).
+    jail: Option<Jail>,
+    /// Host directory of the VMM's files: the jail's root, or the state
+    /// directory.
+    dir: PathBuf,
+    /// That directory as the VMM sees it (`/` in the jail).
+    inside: PathBuf,
+    /// Host path of the hybrid vsock socket.
+    vsock: PathBuf,
+}
+
+impl Placement {
+    /// Plans the jail of container `id` (leasing its uid and creating its
+    /// root), or, unjailed, uses the state directory `dir`.
+    fn new(dir: &Path, id: &str) -> Result<Placement> {
+        if jail::enabled() {
+            let jail = Jail::plan(dir, id)?;
+            let root = jail.root().to_owned();
+            return Ok(Placement {
+                vsock: root.join("vsock"),
+                dir: root,
+                inside: PathBuf::from("/"),
+                jail: Some(jail),
+            });
+        }
+        let vsock = state::vsock_path(dir);
+        if let Some(parent) = vsock.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| RuntimeError::io(format!("mkdir {}", parent.display()), e))?;
+        }
+        Ok(Placement {
+            jail: None,
+            dir: dir.to_owned(),
+            inside: dir.to_owned(),
+            vsock,
+        })
+    }
+
+    /// A host file the VMM only reads: bind-mounted read-only into the
+    /// jail as `/<name>`. Returns the path the VMM sees.
+    fn read_only(&mut self, host: &Path, name: &str) -> PathBuf {
+        match &mut self.jail {
+            Some(j) => j.bind_ro(host, name),
+            None => host.to_owned(),
+        }
+    }
+
+    /// A file in [`Placement::dir`] that the VMM writes: given to the
+    /// VMM's uid. Returns the path the VMM sees.
+    fn writable(&self, host: &Path) -> Result<PathBuf> {
+        let Some(j) = &self.jail else {
+            return Ok(host.to_owned());
+        };
+        j.give(host)?;
+        let name = host
+            .strip_prefix(&self.dir)
+            .map_err(|_| RuntimeError::Failed(format!("{} is outside the jail", host.display())))?;
+        Ok(self.inside.join(name))
+    }
+
+    /// The VMM's own file `name` (its log, the console log, the vsock
+    /// socket), as the VMM sees it.
+    fn inside(&self, name: &str) -> PathBuf {
+        self.inside.join(name)
+    }
+}
+
+/// What `create` prepared on the host for the VM (later also virtiofsd
+/// and a TAP device).
+struct HostResources {
+    /// The disks, in guest order, as the VMM sees them.
+    disks: Vec<Disk>,
+    /// Size of the largest disk the VMM writes (bounds its
+    /// `RLIMIT_FSIZE`).
+    writable_bytes: u64,
+    /// With `--console-socket` and a terminal: the pty slave the VMM
+    /// process inherits (its master went to the socket).
+    console: Option<OwnedFd>,
+}
+
+impl HostResources {
+    /// Builds the disks (the rootfs image, cached by content; the binds
+    /// disk, in the VMM's directory) and opens the console's pty.
+    fn prepare(
+        bundle: &Bundle,
+        spec: &VmSpec,
+        placement: &mut Placement,
+        opts: &CreateOptions,
+    ) -> Result<HostResources> {
+        let image = rootfs::rootfs_image(&bundle.rootfs, &crate::guest_agent::cache_dir())?;
+        let mut disks = vec![Disk {
+            role: DiskRole::Rootfs,
+            path: placement.read_only(&image, "rootfs.ext4"),
+            read_only: true,
+        }];
+        let mut writable_bytes = 0;
+        if let Some(binds) = binds_image(&spec.mounts, &placement.dir)? {
+            writable_bytes = std::fs::metadata(&binds).map_or(0, |m| m.len());
+            disks.push(Disk {
+                role: DiskRole::Binds,
+                path: placement.writable(&binds)?,
+                read_only: false,
+            });
+        }
+        // The pty is made here, as the jailed VMM can reach neither
+        // /dev/pts nor the socket.
+        let console = match &opts.console_socket {
+            Some(socket) if spec.process.terminal => {
+                let socket = std::path::absolute(socket).unwrap_or(socket.clone());
+                let pty = console::open(spec.process.console_size)?;
+                console::send_master(&socket, &pty.master)?;
+                Some(pty.slave)
+            }
+            _ => None,
+        };
+        Ok(HostResources {
+            disks,
+            writable_bytes,
+            console,
+        })
+    }
+
+    /// The descriptors the VMM process inherits, with their numbers.
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        self.console.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// The machine as the VMM will see it: the shipped files and the host
+/// resources at their paths in its jail.
+fn plan_machine(
+    shipped: &ShippedFiles,
+    resources: &HostResources,
+    placement: &mut Placement,
+) -> Machine {
+    Machine {
+        kernel: placement.read_only(&shipped.kernel, "vmlinux"),
+        initramfs: placement.read_only(&shipped.initramfs, "initramfs.cpio"),
+        disks: resources.disks.clone(),
+        vsock: placement.inside("vsock"),
+        // The guest's console (kernel warnings and panics; the agent logs
+        // to it too) goes to a file next to the VMM's other files.
+        console_log: placement.inside("console.log"),
+        // Decided here: the jailed VMM sees neither /sys nor the host's
+        // modules, so it could not detect a PVM host itself.
+        host_quirks: if crate::pvm::is_pvm_host() {
+            HostQuirks::On
+        } else {
+            HostQuirks::Off
+        },
+        console_fd: resources.console.as_ref().map(AsRawFd::as_raw_fd),
+    }
+}
+
+/// The VMM process `create` started (through `capsa-jailer`, or
+/// directly). Dropped uncommitted, it SIGKILLs the VMM process and its
+/// jailer and waits for them, so that a `create` that fails after the
+/// start leaves no VM behind.
+pub struct VmmGuard {
+    child: Option<Child>,
+    jail: Option<Jail>,
+}
+
+impl VmmGuard {
+    /// Guards `child` (the jailer of `jail`, or the unjailed VMM process).
+    pub fn new(child: Child, jail: Option<Jail>) -> VmmGuard {
+        VmmGuard {
+            child: Some(child),
+            jail,
+        }
+    }
+
+    /// Waits for the VMM process's readiness report on `report` (at most
+    /// [`BOOT_TIMEOUT`]).
+    pub fn wait_ready(&mut self, report: spawn::ReportReader) -> Result<VmmReady> {
+        let child = self.child.as_mut().ok_or_else(committed)?;
+        report.wait(child, BOOT_TIMEOUT)
+    }
+
+    /// The process `create` started, as recorded.
+    pub fn launcher(&self) -> Option<HostProcess> {
+        HostProcess::of(self.child.as_ref()?.id() as i32)
+    }
+
+    /// The jailed VMM process, from the jailer's pid file (waiting up to
+    /// `timeout` for it), with its jail's root; `None` when unjailed.
+    pub fn jailed(&self, timeout: Duration) -> Option<Result<JailRecord>> {
+        let jail = self.jail.as_ref()?;
+        Some(
+            jail.vmm_process(timeout)
+                .map(|vmm| JailRecord {
+                    vmm,
+                    root: jail.root().to_owned(),
+                })
+                .ok_or_else(|| {
+                    RuntimeError::Failed("capsa-jailer wrote no pid file for the VMM".into())
+                }),
+        )
+    }
+
+    /// Keeps the processes: `create` succeeded. Returns the child (which
+    /// `run` waits on).
+    pub fn commit(mut self) -> Result<Child> {
+        self.child.take().ok_or_else(committed)
+    }
+}
+
+fn committed() -> RuntimeError {
+    RuntimeError::Failed("the VMM process was committed already".into())
+}
+
+impl Drop for VmmGuard {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let mut processes: Vec<HostProcess> =
+            HostProcess::of(child.id() as i32).into_iter().collect();
+        // The jailer's death kills its VMM (parent-death signal) unless the
+        // VMM dropped it: kill it too.
+        processes.extend(
+            self.jail
+                .as_ref()
+                .and_then(|j| j.vmm_process(Duration::ZERO)),
+        );
+        kill_and_wait(&processes, Duration::from_secs(5));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Starts the VMM process of container `id` (through its jailer) with the
+/// inputs in its directory, and waits for its readiness report.
+fn start_vmm(
+    id: &str,
+    placement: Placement,
+    resources: &HostResources,
+    foreground: bool,
+) -> Result<(VmmGuard, VmmReady)> {
+    let vmm_args: Vec<OsString> = vec![
+        "--log".into(),
+        placement.inside("vmm.log").into(),
+        "vmm-process".into(),
+        id.into(),
+        "--state-dir".into(),
+        placement.inside.clone().into(),
+    ];
+    let keep_fds = resources.inherited_fds();
+    let pending = match placement.jail {
+        Some(mut j) => {
+            // Room for the guest-written binds disk; the rest (logs)
+            // needs little.
+            j.limit_file_size(VMM_FILE_SIZE_LIMIT.max(resources.writable_bytes));
+            let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+                .collect();
+            let pending = spawn::spawn_program(
+                j.jailer(),
+                |ready| {
+                    envs.push((spawn::READY_FD_ENV.to_owned(), ready.to_string()));
+                    let mut fds = keep_fds.clone();
+                    fds.push(ready);
+                    j.command(&fds, &envs, &vmm_args)
+                },
+                !foreground,
+                &keep_fds,
+            )?;
+            (pending, Some(j))
+        }
+        None => {
+            let exe = Path::new("/proc/self/exe");
+            let pending = spawn::spawn_program(exe, |_| vmm_args, !foreground, &keep_fds)?;
+            (pending, None)
+        }
+    };
+    let (spawn::Pending { child, report }, jail) = pending;
+    let mut guard = VmmGuard::new(child, jail);
+    let ready = guard.wait_ready(report)?;
+    Ok((guard, ready))
+}
+
+/// Writes the container's `state.json` and `--pid-file`, then commits the
+/// VMM process: from here on it is the container.
+fn record_state(
+    id: &str,
+    bundle: &Bundle,
+    dir: &Path,
+    vmm: VmmGuard,
+    ready: VmmReady,
+    vsock: PathBuf,
+    pid_file: Option<&Path>,
+) -> Result<Child> {
+    let launcher = vmm.launcher().ok_or_else(|| {
+        RuntimeError::Failed("the VMM process ended before the container was created".into())
+    })?;
+    // The jailer writes its pid file once the VMM runs, long before the
+    // VMM reports.
+    let jail = vmm.jailed(Duration::from_secs(5)).transpose()?;
+    let vm = VmRecord {
+        pid: launcher,
+        jail,
+        init_process_id: ready.init_process_id,
+        vsock,
+    };
+    let container = Container {
+        dir: dir.to_owned(),
+        record: Record::new(id, bundle, RuntimeRecord::Vm(vm)),
+    };
+    container.save()?;
+    if let Some(p) = pid_file {
+        state::write_atomic(p, launcher.pid.to_string().as_bytes())?;
+    }
+    vmm.commit()
+}
