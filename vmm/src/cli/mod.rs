@@ -76,7 +76,7 @@ impl GlobalArgs {
                 LogFormat::Json => "json".to_string(),
             }),
         };
-        capsa_vmm::runtime::container::Runtime { root, runc }
+        capsa_vmm::runtime::container::Runtime::new(root, runc)
     }
 }
 
@@ -173,8 +173,8 @@ pub fn run(cli: Cli, start: Instant) -> anyhow::Result<u8> {
         Command::Exec(args) => exec::run(g, args),
         Command::Ps(args) => ps::run(g, args),
         Command::List(args) => list::run(g, args),
-        Command::Pause(args) => pause::run(g, args, "pause"),
-        Command::Resume(args) => pause::run(g, args, "resume"),
+        Command::Pause(args) => pause::pause(g, args),
+        Command::Resume(args) => pause::resume(g, args),
         Command::Run(args) => run::run(g, args),
         Command::VmmProcess(args) => internal::vmm_process(args, start),
         Command::ExecProcess(args) => internal::exec_process(g, args),

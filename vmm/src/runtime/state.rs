@@ -63,6 +63,94 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// The operations whose use depends on a container's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `start`.
+    Start,
+    /// `kill`.
+    Kill,
+    /// `delete` without `--force`.
+    Delete,
+    /// `pause`.
+    Pause,
+    /// `resume`.
+    Resume,
+    /// `exec`.
+    Exec,
+}
+
+impl Status {
+    /// Only a created container can be started (runtime spec `runtime.md`
+    /// § "Start").
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+
+    /// A created container's stand-in (the VMM process, as runc's init) or
+    /// a running or paused container's processes can be signalled
+    /// (§ "Kill"; SIGKILL reaches frozen processes).
+    pub fn can_kill(self) -> bool {
+        matches!(self, Status::Created | Status::Running | Status::Paused)
+    }
+
+    /// A container whose processes do not run can be deleted; a running or
+    /// paused one needs `--force` (§ "Delete", runc's rule).
+    pub fn can_delete(self) -> bool {
+        !matches!(self, Status::Running | Status::Paused)
+    }
+
+    /// Only a running container can be paused (runc's rule).
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    /// Only a paused container can be resumed (runc's rule).
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
+
+    /// A process can be exec'd in a created or running container, not in a
+    /// stopped or paused one (runc's rule).
+    pub fn can_exec(self) -> bool {
+        !matches!(self, Status::Stopped | Status::Paused)
+    }
+
+    /// Whether `op` is allowed in this status.
+    pub fn allows(self, op: Operation) -> bool {
+        match op {
+            Operation::Start => self.can_start(),
+            Operation::Kill => self.can_kill(),
+            Operation::Delete => self.can_delete(),
+            Operation::Pause => self.can_pause(),
+            Operation::Resume => self.can_resume(),
+            Operation::Exec => self.can_exec(),
+        }
+    }
+
+    /// [`RuntimeError::State`] for container `id` unless `op` is allowed.
+    pub fn require(self, id: &str, op: Operation) -> Result<()> {
+        if self.allows(op) {
+            return Ok(());
+        }
+        let message = match op {
+            Operation::Start => "only a created container can be started".to_string(),
+            Operation::Kill => "container not running".to_string(),
+            Operation::Delete => {
+                format!("cannot delete a {self} container (stop it, or use --force)")
+            }
+            Operation::Pause => "only a running container can be paused".to_string(),
+            Operation::Resume => "only a paused container can be resumed".to_string(),
+            Operation::Exec => format!("cannot exec in a {self} container"),
+        };
+        Err(RuntimeError::State {
+            id: id.to_string(),
+            status: self,
+            message,
+        })
+    }
+}
+
 /// Runtime type of a container (annotation `io.capsa.runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -522,6 +610,24 @@ mod tests {
             ..vm
         });
         assert_eq!(jailed.vm_status(), Status::Stopped);
+    }
+
+    #[test]
+    fn status_rules() {
+        use Status::*;
+        let all = [Creating, Created, Running, Stopped, Paused];
+        let allowed = |op| -> Vec<Status> { all.into_iter().filter(|s| s.allows(op)).collect() };
+        assert_eq!(allowed(Operation::Start), [Created]);
+        assert_eq!(allowed(Operation::Kill), [Created, Running, Paused]);
+        assert_eq!(allowed(Operation::Delete), [Creating, Created, Stopped]);
+        assert_eq!(allowed(Operation::Pause), [Running]);
+        assert_eq!(allowed(Operation::Resume), [Paused]);
+        assert_eq!(allowed(Operation::Exec), [Creating, Created, Running]);
+        let e = Created.require("c1", Operation::Pause).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container \"c1\" is created: only a running container can be paused"
+        );
     }
 
     #[test]

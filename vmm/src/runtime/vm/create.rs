@@ -27,8 +27,8 @@ use std::process::Child;
 use std::time::Duration;
 
 use crate::config::HostQuirks;
+use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
-use crate::runtime::container::CreateOptions;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
