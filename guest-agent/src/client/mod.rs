@@ -25,8 +25,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::framing::{Line, LineReader};
@@ -64,10 +62,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The JSON-RPC error code when the agent returned an error object.
-    pub fn rpc_code(&self) -> Option<i64> {
+    /// The error code when the agent returned an error object with a code
+    /// this version knows.
+    pub fn rpc_code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Rpc(e) => Some(e.code),
+            ClientError::Rpc(e) => e.error_code(),
             _ => None,
         }
     }
@@ -174,13 +173,13 @@ impl Client {
         self.default_timeout.lock().map(|t| *t).unwrap_or(None)
     }
 
-    /// Calls `method` with `params` and decodes the result as `R`.
-    pub fn call<P: Serialize, R: DeserializeOwned>(
+    /// Calls method `M` with `params` and decodes its result.
+    pub fn call<M: Method>(
         &self,
-        method: &str,
-        params: &P,
+        params: &M::Params,
         timeout: Option<Duration>,
-    ) -> Result<R, ClientError> {
+    ) -> Result<M::Result, ClientError> {
+        let method = M::NAME;
         let value = self.call_value(
             method,
             serde_json::to_value(params).map_err(|e| {
@@ -192,7 +191,8 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("bad result of {method}: {e}")))
     }
 
-    /// Calls `method` with raw JSON params and returns the raw result.
+    /// Calls `method` with raw JSON params and returns the raw result (for
+    /// tests of malformed requests; [`Client::call`] is the typed call).
     pub fn call_value(
         &self,
         method: &str,
@@ -258,7 +258,7 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             client: Some(format!("capsa-agent-client/{AGENT_VERSION}")),
         };
-        let result: HelloResult = self.call(method::HELLO, &params, Some(timeout))?;
+        let result = self.call::<method::Hello>(&params, Some(timeout))?;
         if result.protocol_version != PROTOCOL_VERSION {
             return Err(ClientError::Protocol(format!(
                 "agent speaks protocol {}, client {}",
@@ -270,22 +270,22 @@ impl Client {
 
     /// `create`: sets up the container; the init process waits for `start`.
     pub fn create(&self, params: &CreateParams) -> Result<CreateResult, ClientError> {
-        self.call(method::CREATE, params, self.timeout())
+        self.call::<method::Create>(params, self.timeout())
     }
 
     /// `start`: starts the init process.
     pub fn start(&self) -> Result<StartResult, ClientError> {
-        self.call(method::START, &Empty {}, self.timeout())
+        self.call::<method::Start>(&Empty {}, self.timeout())
     }
 
     /// `exec`: starts another process in the container.
     pub fn exec(&self, params: &ExecParams) -> Result<ExecResult, ClientError> {
-        self.call(method::EXEC, params, self.timeout())
+        self.call::<method::Exec>(params, self.timeout())
     }
 
     /// `wait`: blocks until the process has exited (no timeout).
     pub fn wait(&self, process_id: ProcessId) -> Result<ProcessExit, ClientError> {
-        self.call(method::WAIT, &WaitParams { process_id }, None)
+        self.call::<method::Wait>(&WaitParams { process_id }, None)
     }
 
     /// `signal` to one process (its process group).
@@ -295,7 +295,7 @@ impl Client {
             signal,
             all: false,
         };
-        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+        self.call::<method::Signal>(&params, self.timeout())
             .map(|_| ())
     }
 
@@ -306,7 +306,7 @@ impl Client {
             signal,
             all: true,
         };
-        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+        self.call::<method::Signal>(&params, self.timeout())
             .map(|_| ())
     }
 
@@ -317,18 +317,18 @@ impl Client {
             rows,
             cols,
         };
-        self.call::<_, Empty>(method::RESIZE, &params, self.timeout())
+        self.call::<method::Resize>(&params, self.timeout())
             .map(|_| ())
     }
 
     /// `stats`: memory, cpu time and pid count.
     pub fn stats(&self) -> Result<StatsResult, ClientError> {
-        self.call(method::STATS, &Empty {}, self.timeout())
+        self.call::<method::Stats>(&Empty {}, self.timeout())
     }
 
     /// `ps`: the container's processes.
     pub fn ps(&self) -> Result<PsResult, ClientError> {
-        self.call(method::PS, &Empty {}, self.timeout())
+        self.call::<method::Ps>(&Empty {}, self.timeout())
     }
 
     /// `pause`: freezes the container's processes (the guest's cgroup v2
@@ -338,21 +338,21 @@ impl Client {
     /// not complete within the agent's timeout (5 s), (`EOPNOTSUPP`) without
     /// a cgroup in the guest.
     pub fn pause(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::PAUSE, &Empty {}, self.timeout())
+        self.call::<method::Pause>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
     /// `resume`: thaws a paused container. Errors: `INVALID_STATE` when it
     /// is not paused.
     pub fn resume(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::RESUME, &Empty {}, self.timeout())
+        self.call::<method::Resume>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
     /// `shutdown`: the agent answers, then syncs, unmounts and reboots the
     /// guest (the VMM sees the reset and exits).
     pub fn shutdown(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::SHUTDOWN, &Empty {}, self.timeout())
+        self.call::<method::Shutdown>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
@@ -409,7 +409,7 @@ fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) 
     };
     if let Some(Value::String(method)) = msg.get("method").cloned() {
         let params = msg.remove("params").unwrap_or(Value::Null);
-        let notification = if method == method::EXIT {
+        let notification = if method == Exit::NAME {
             match serde_json::from_value::<ProcessExit>(params) {
                 Ok(exit) => Notification::Exit(exit),
                 Err(_) => return bad(),
@@ -473,7 +473,7 @@ pub fn attach_stream(connector: &dyn Connector, token: &str) -> Result<UnixStrea
         .map_err(|e| ClientError::Protocol(format!("bad stream ack: {e}")))?;
     if !ack.ok {
         return Err(ClientError::Rpc(RpcError::new(
-            error_code::INVALID_PARAMS,
+            ErrorCode::InvalidParams,
             ack.error.unwrap_or_else(|| "stream rejected".into()),
         )));
     }

@@ -3,7 +3,8 @@
 //! [`serve_control`] accepts control connections from a [`Listener`] (vsock
 //! port [`CONTROL_PORT`](crate::protocol::CONTROL_PORT) in the guest, a Unix
 //! socket in tests) and runs one thread per connection: read a line (bounded),
-//! parse, dispatch to `do_<method>` in [`handlers`], write the response.
+//! parse, [`dispatch`] to the agent's [`Service`] handler (`do_<method>` in
+//! [`handlers`]), write the response.
 //! `wait` runs on its own thread so that it does not block the connection.
 //! [`serve_streams`] accepts stream connections and hands them to
 //! [`streams::relay`].
@@ -153,7 +154,7 @@ impl Agent {
                     let note = Request {
                         jsonrpc: JSONRPC_VERSION.to_string(),
                         id: None,
-                        method: method::EXIT.to_string(),
+                        method: Exit::NAME.to_string(),
                         params: serde_json::to_value(&exit).ok(),
                     };
                     thread_notifier.broadcast(&to_line(&note));
@@ -242,7 +243,7 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
             Ok(Line::Line(line)) => handle_line(agent, &line, &writer),
             Ok(Line::TooLong) => {
                 let err = RpcError::new(
-                    error_code::LINE_TOO_LONG,
+                    ErrorCode::LineTooLong,
                     format!("line longer than {MAX_LINE_BYTES} bytes"),
                 );
                 write_line(&writer, &to_line(&Response::err(None, err)));
@@ -272,7 +273,7 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
             return reply(
                 None,
                 Err(RpcError::new(
-                    error_code::PARSE_ERROR,
+                    ErrorCode::ParseError,
                     format!("parse error: {e}"),
                 )),
             )
@@ -282,7 +283,7 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
         return reply(
             None,
             Err(RpcError::new(
-                error_code::INVALID_REQUEST,
+                ErrorCode::InvalidRequest,
                 "not a JSON object",
             )),
         );
@@ -294,7 +295,7 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
             Err(_) => {
                 return reply(
                     None,
-                    Err(RpcError::new(error_code::INVALID_REQUEST, "invalid id")),
+                    Err(RpcError::new(ErrorCode::InvalidRequest, "invalid id")),
                 )
             }
         },
@@ -304,7 +305,7 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
         return reply(
             id,
             Err(RpcError::new(
-                error_code::INVALID_REQUEST,
+                ErrorCode::InvalidRequest,
                 "jsonrpc must be \"2.0\"",
             )),
         );
@@ -313,13 +314,13 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
         return reply(
             id,
             Err(RpcError::new(
-                error_code::INVALID_REQUEST,
+                ErrorCode::InvalidRequest,
                 "method must be a string",
             )),
         );
     };
     let params = obj.remove("params").unwrap_or(Value::Null);
-    if method == method::WAIT {
+    if method == method::Wait::NAME {
         // `wait` blocks: give it its own thread.
         let agent = agent.clone();
         let writer = writer.clone();
@@ -344,7 +345,7 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
     if !is_notification {
         reply(id, result);
     }
-    if method == method::SHUTDOWN {
+    if method == method::Shutdown::NAME {
         agent.finish_shutdown();
     }
 }
@@ -354,45 +355,8 @@ fn guarded(agent: &Agent, method: &str, params: Value) -> Result<Value, RpcError
         Ok(r) => r.map_err(|e| e.to_rpc()),
         Err(_) => {
             agent_log!("handler of {method} panicked");
-            Err(RpcError::new(error_code::INTERNAL_ERROR, "internal error"))
+            Err(RpcError::new(ErrorCode::InternalError, "internal error"))
         }
-    }
-}
-
-fn call<P, R>(
-    params: Value,
-    f: impl FnOnce(P) -> Result<R, AgentError>,
-) -> Result<Value, AgentError>
-where
-    P: serde::de::DeserializeOwned,
-    R: serde::Serialize,
-{
-    let params = match params {
-        Value::Null => Value::Object(Default::default()),
-        obj @ Value::Object(_) => obj,
-        _ => return Err(AgentError::InvalidParams("params must be an object".into())),
-    };
-    let p: P =
-        serde_json::from_value(params).map_err(|e| AgentError::InvalidParams(e.to_string()))?;
-    serde_json::to_value(f(p)?).map_err(|e| AgentError::Internal(e.to_string()))
-}
-
-/// Routes a method to its `do_<method>`.
-fn dispatch(agent: &Agent, method: &str, params: Value) -> Result<Value, AgentError> {
-    match method {
-        method::HELLO => call(params, |p| agent.do_hello(p)),
-        method::CREATE => call(params, |p| agent.do_create(p)),
-        method::START => call(params, |p| agent.do_start(p)),
-        method::EXEC => call(params, |p| agent.do_exec(p)),
-        method::WAIT => call(params, |p| agent.do_wait(p)),
-        method::SIGNAL => call(params, |p| agent.do_signal(p)),
-        method::RESIZE => call(params, |p| agent.do_resize(p)),
-        method::STATS => call(params, |p| agent.do_stats(p)),
-        method::PS => call(params, |p| agent.do_ps(p)),
-        method::PAUSE => call(params, |p| agent.do_pause(p)),
-        method::RESUME => call(params, |p| agent.do_resume(p)),
-        method::SHUTDOWN => call(params, |p| agent.do_shutdown(p)),
-        other => Err(AgentError::MethodNotFound(other.to_string())),
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capsa_agent::client::{Client, HybridVsockConnector};
-use capsa_agent::protocol::error_code;
+use capsa_agent::protocol::ErrorCode;
 
 use super::backend::{Backend, CreateOptions, Created, ExecOptions, PsFormat};
 use super::bundle::Bundle;
@@ -122,7 +122,7 @@ impl Backend for VmBackend {
         };
         match result {
             // Exited meanwhile: as good as signalled.
-            Err(e) if e.rpc_code() == Some(error_code::INVALID_STATE) => Ok(()),
+            Err(e) if e.rpc_code() == Some(ErrorCode::InvalidState) => Ok(()),
             r => r.map_err(Into::into),
         }
     }
@@ -188,7 +188,7 @@ impl Backend for VmBackend {
             Ok(()) => {}
             // The agent is not paused (a pause that failed half-way): what
             // resume wants.
-            Err(e) if e.rpc_code() == Some(error_code::INVALID_STATE) => {
+            Err(e) if e.rpc_code() == Some(ErrorCode::InvalidState) => {
                 tracing::warn!("resume {}: {e}; removing the paused marker", c.record.id);
             }
             Err(e) => return Err(e.into()),
