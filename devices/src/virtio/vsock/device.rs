@@ -8,22 +8,21 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Writer;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::{Muxer, MuxerCounters, CONN_TOKEN, LISTENER_TOKEN};
 use super::packet::{self, PacketError};
 use super::{QUEUE_SIZE, RXQ, TXQ};
-use crate::virtio::activation::{Activation, ACTIVATE_TOKEN, QUEUE_TOKEN_BASE};
-use crate::virtio::queue::{self, DeviceQueues};
-use crate::virtio::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::activation::ACTIVATE_TOKEN;
+use crate::virtio::common::{ServeChain, VirtioCommon};
+use crate::virtio::queue::Chain;
+use crate::virtio::{
+    device_type, ActivateError, ActivateParams, GuestMemory, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 
 /// Event data of the timer that resets connections whose guest did not
 /// answer in time.
 const TIMER_TOKEN: u32 = 102;
-
-/// Chains taken per queue per event before yielding to the event loop.
-const MAX_CHAINS_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
 
 /// How to build a [`Vsock`] device (from `--vsock-uds path` and the
 /// configured CID).
@@ -76,10 +75,7 @@ pub struct VsockCounters {
 pub struct Vsock {
     guest_cid: u64,
     muxer: Muxer,
-    acked_features: u64,
-    activation: Activation,
-    pending_evts: Option<Vec<EventFd>>,
-    queues: Option<DeviceQueues>,
+    common: VirtioCommon,
     counters: VsockCounters,
     /// Non-blocking timer armed for the muxer's next answer deadline.
     timer: TimerFd,
@@ -116,10 +112,7 @@ impl Vsock {
         Ok(Self {
             guest_cid: config.guest_cid,
             muxer,
-            acked_features: 0,
-            activation: Activation::new().map_err(VsockError::EventFd)?,
-            pending_evts: None,
-            queues: None,
+            common: VirtioCommon::new(3, VIRTIO_F_VERSION_1).map_err(VsockError::EventFd)?,
             counters: VsockCounters::default(),
             timer: nonblocking_timer().map_err(VsockError::TimerFd)?,
             timer_armed_for: None,
@@ -177,120 +170,20 @@ impl Vsock {
     /// Takes the guest's packets from the TX queue; stops while the backend
     /// has too many replies waiting for RX buffers.
     pub fn process_tx(&mut self) {
-        let Some(dq) = self.queues.as_mut() else {
-            return;
+        let mut tx = Tx {
+            muxer: &mut self.muxer,
+            counters: &mut self.counters,
         };
-        if dq.broken {
-            return;
-        }
-        let mem = dq.mem.clone();
-        let mut used = 0usize;
-        let mut more = false;
-        loop {
-            if self.muxer.tx_blocked() {
-                break;
-            }
-            if used == MAX_CHAINS_PER_EVENT {
-                more = true;
-                break;
-            }
-            let chain = match queue::pop(&mut dq.queues[TXQ], &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    dq.fail(&e);
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            match packet::parse_tx(chain, &mem) {
-                Ok(pkt) => {
-                    self.counters.tx_packets += 1;
-                    self.muxer.send_pkt(&pkt.hdr, &pkt.payload);
-                }
-                Err(e) => {
-                    self.counters.bad_tx += 1;
-                    tracing::debug!("vsock: bad tx packet: {e}");
-                }
-            }
-            if let Err(e) = queue::add_used(&mut dq.queues[TXQ], &mem, head, 0) {
-                dq.fail(&e);
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            dq.notify(TXQ);
-        }
-        if more {
-            self.activation.kick_queue(TXQ);
-        }
+        self.common.drain_queue(TXQ, &mut tx);
     }
 
     /// Fills RX buffers with what the backend has for the guest.
     pub fn process_rx(&mut self) {
-        let Some(dq) = self.queues.as_mut() else {
-            return;
+        let mut rx = Rx {
+            muxer: &mut self.muxer,
+            counters: &mut self.counters,
         };
-        if dq.broken {
-            return;
-        }
-        let mem = dq.mem.clone();
-        let mut used = 0usize;
-        let mut more = false;
-        while self.muxer.has_pending_rx() {
-            if used == MAX_CHAINS_PER_EVENT {
-                more = true;
-                break;
-            }
-            let chain = match queue::pop(&mut dq.queues[RXQ], &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    dq.fail(&e);
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            let written = match Writer::new(&mem, chain)
-                .map_err(PacketError::Chain)
-                .and_then(|w| packet::rx_room(&w).map(|room| (w, room)))
-            {
-                Ok((mut w, room)) => match self.muxer.recv_pkt(room) {
-                    Some((hdr, payload)) => match packet::write_rx(&mut w, &hdr, &payload) {
-                        Ok(n) => {
-                            self.counters.rx_packets += 1;
-                            n
-                        }
-                        Err(e) => {
-                            self.counters.bad_rx += 1;
-                            tracing::debug!("vsock: rx write failed, packet lost: {e}");
-                            0
-                        }
-                    },
-                    None => {
-                        queue::undo_pop(&mut dq.queues[RXQ]);
-                        break;
-                    }
-                },
-                Err(e) => {
-                    self.counters.bad_rx += 1;
-                    tracing::debug!("vsock: unusable rx buffer: {e}");
-                    0
-                }
-            };
-            if let Err(e) = queue::add_used(&mut dq.queues[RXQ], &mem, head, written) {
-                dq.fail(&e);
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            dq.notify(RXQ);
-        }
-        if more {
-            self.activation.kick_queue(RXQ);
-        }
+        self.common.drain_queue(RXQ, &mut rx);
     }
 
     /// One round of work after any event: TX (which may owe replies), RX,
@@ -306,6 +199,73 @@ impl Vsock {
     }
 }
 
+/// The TX queue's chains: packets from the guest to the muxer.
+struct Tx<'a> {
+    muxer: &'a mut Muxer,
+    counters: &'a mut VsockCounters,
+}
+
+impl ServeChain for Tx<'_> {
+    /// Not while the muxer has too many replies waiting for RX buffers.
+    fn ready(&mut self) -> bool {
+        !self.muxer.tx_blocked()
+    }
+
+    fn serve<'m>(&mut self, chain: Chain<'m>, mem: &'m GuestMemory) -> Option<u32> {
+        match packet::parse_tx(chain, mem) {
+            Ok(pkt) => {
+                self.counters.tx_packets += 1;
+                self.muxer.send_pkt(&pkt.hdr, &pkt.payload);
+            }
+            Err(e) => {
+                self.counters.bad_tx += 1;
+                tracing::debug!("vsock: bad tx packet: {e}");
+            }
+        }
+        Some(0)
+    }
+}
+
+/// The RX queue's chains: filled with the muxer's packets for the guest.
+struct Rx<'a> {
+    muxer: &'a mut Muxer,
+    counters: &'a mut VsockCounters,
+}
+
+impl ServeChain for Rx<'_> {
+    /// While the muxer has packets for the guest.
+    fn ready(&mut self) -> bool {
+        self.muxer.has_pending_rx()
+    }
+
+    /// A buffer too small for what the muxer has next is put back.
+    fn serve<'m>(&mut self, chain: Chain<'m>, mem: &'m GuestMemory) -> Option<u32> {
+        let buffer = Writer::new(mem, chain)
+            .map_err(PacketError::Chain)
+            .and_then(|w| packet::rx_room(&w).map(|room| (w, room)));
+        let (mut w, room) = match buffer {
+            Ok(b) => b,
+            Err(e) => {
+                self.counters.bad_rx += 1;
+                tracing::debug!("vsock: unusable rx buffer: {e}");
+                return Some(0);
+            }
+        };
+        let (hdr, payload) = self.muxer.recv_pkt(room)?;
+        match packet::write_rx(&mut w, &hdr, &payload) {
+            Ok(n) => {
+                self.counters.rx_packets += 1;
+                Some(n)
+            }
+            Err(e) => {
+                self.counters.bad_rx += 1;
+                tracing::debug!("vsock: rx write failed, packet lost: {e}");
+                Some(0)
+            }
+        }
+    }
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         device_type::VSOCK
@@ -316,11 +276,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & VIRTIO_F_VERSION_1;
+        self.common.set_acked_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -332,25 +292,18 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, params: ActivateParams) -> Result<(), ActivateError> {
-        if self.queues.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let (queues, evts) = params.into_queues(3)?;
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
-        self.activation.signal().map_err(ActivateError::EventFd)
+        self.common.activate(params)
     }
 
     fn is_activated(&self) -> bool {
-        self.queues.is_some()
+        self.common.is_activated()
     }
 
     fn reset(&mut self) -> bool {
-        self.queues = None;
-        self.pending_evts = None;
+        self.common.reset();
         self.muxer.reset();
         // Wake the loop so that closed sockets leave epoll promptly.
-        let _ = self.activation.signal();
+        self.common.wake();
         true
     }
 }
@@ -358,11 +311,8 @@ impl VirtioDevice for Vsock {
 impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            ACTIVATE_TOKEN => self.activation.on_activate(ops, self.pending_evts.take()),
-            t if (QUEUE_TOKEN_BASE..QUEUE_TOKEN_BASE + 3).contains(&t) => {
-                self.activation
-                    .drain_queue_evt((t - QUEUE_TOKEN_BASE) as usize);
-            }
+            ACTIVATE_TOKEN => self.common.on_activate(ops),
+            t if self.common.on_queue_event(t).is_some() => {}
             LISTENER_TOKEN | CONN_TOKEN => self.muxer.handle_event(events.fd(), events.event_set()),
             TIMER_TOKEN => {
                 // EAGAIN when re-armed since it fired: nothing to drain.
@@ -378,7 +328,7 @@ impl MutEventSubscriber for Vsock {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.init(ops);
+        self.common.init(ops);
         if let Err(e) = ops.add(Events::with_data(
             self.muxer.listener(),
             LISTENER_TOKEN,
@@ -400,6 +350,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::virtio::test_utils::*;
@@ -814,7 +765,7 @@ mod tests {
         f.evts[TXQ].write(1).unwrap();
         f.run();
         let d = f.dev.lock().unwrap();
-        assert!(d.queues.as_ref().unwrap().interrupt.needs_reset());
+        assert!(d.common.queues().unwrap().interrupt.needs_reset());
     }
 
     #[test]
