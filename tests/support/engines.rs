@@ -436,6 +436,7 @@ impl Drop for Container {
         eprintln!("cleanup of {id}: the engine left {left:#?}; killing them");
         for (pid, _) in &left {
             // The test's own container processes (VMM, conmon, shim), by pid.
+            // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
         let mut c = Command::new("timeout");

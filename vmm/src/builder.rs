@@ -10,7 +10,7 @@ use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
 use capsa_devices::virtio::block::{Block, BlockConfig};
 use capsa_devices::virtio::rng::Rng;
-use capsa_devices::virtio::vsock::{Vsock, VsockConfig};
+use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -175,7 +175,7 @@ fn attach_virtio_devices(
         devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
     }
     if let Some(vsock) = &config.vsock {
-        let dev = Vsock::new(&VsockConfig {
+        let dev = Vsock::new(&VsockDeviceConfig {
             guest_cid: u64::from(vsock.guest_cid),
             uds_path: vsock.uds_path.clone(),
         })

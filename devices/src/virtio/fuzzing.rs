@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::block::Block;
-use super::vsock::{Vsock, VsockConfig};
+use super::vsock::{Vsock, VsockDeviceConfig};
 use super::{ActivateParams, GuestMemory, Interrupt, VirtioDevice};
 
 /// Guest memory size of the harnesses, in bytes.
@@ -83,7 +83,7 @@ pub fn vsock_packets(data: &[u8]) {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let mem = memory(data);
-    let mut dev = Vsock::new(&VsockConfig {
+    let mut dev = Vsock::new(&VsockDeviceConfig {
         guest_cid: 3,
         uds_path: dir.clone(),
     })

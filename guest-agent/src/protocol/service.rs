@@ -57,7 +57,7 @@ pub trait MethodVisitor {
 /// Why a request did not reach its handler, or its result could not be
 /// encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub enum DispatchError {
     /// No method of this name ([`ErrorCode::MethodNotFound`]).
     #[error("method not found: {0}")]
     MethodNotFound(String),
@@ -72,19 +72,19 @@ pub enum RequestError {
 
 /// Decodes `params` (absent: `{}`; anything but an object is an error) as
 /// `M`'s, calls `handler` and encodes its result.
-fn call<M: Method, E: From<RequestError>>(
+fn call<M: Method, E: From<DispatchError>>(
     params: Value,
     handler: impl FnOnce(M::Params) -> Result<M::Result, E>,
 ) -> Result<Value, E> {
     let params = match params {
         Value::Null => Value::Object(Default::default()),
         obj @ Value::Object(_) => obj,
-        _ => return Err(RequestError::InvalidParams("params must be an object".into()).into()),
+        _ => return Err(DispatchError::InvalidParams("params must be an object".into()).into()),
     };
     let p: M::Params =
-        serde_json::from_value(params).map_err(|e| RequestError::InvalidParams(e.to_string()))?;
+        serde_json::from_value(params).map_err(|e| DispatchError::InvalidParams(e.to_string()))?;
     let result = handler(p)?;
-    serde_json::to_value(result).map_err(|e| RequestError::Result(e.to_string()).into())
+    serde_json::to_value(result).map_err(|e| DispatchError::Result(e.to_string()).into())
 }
 
 macro_rules! methods {
@@ -121,7 +121,7 @@ macro_rules! methods {
         pub trait Service {
             /// The handlers' error; also what [`dispatch`] returns when a
             /// request does not reach a handler.
-            type Error: From<RequestError>;
+            type Error: From<DispatchError>;
             $(
                 #[doc = concat!("Handles `", $name, "`.")]
                 fn $handler(&self, params: $params) -> Result<$result, Self::Error>;
@@ -137,7 +137,7 @@ macro_rules! methods {
         ) -> Result<Value, S::Error> {
             match method {
                 $( $name => call::<method::$ty, S::Error>(params, |p| service.$handler(p)), )*
-                other => Err(RequestError::MethodNotFound(other.to_string()).into()),
+                other => Err(DispatchError::MethodNotFound(other.to_string()).into()),
             }
         }
     };

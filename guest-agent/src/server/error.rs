@@ -1,6 +1,6 @@
 //! The agent's error type and its mapping to JSON-RPC error objects.
 
-use crate::protocol::{ErrorCode, ErrorData, RequestError, RpcError, PROTOCOL_VERSION};
+use crate::protocol::{DispatchError, ErrorCode, ErrorData, RpcError, PROTOCOL_VERSION};
 
 /// Why a method failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +52,12 @@ pub enum AgentError {
     Internal(String),
 }
 
-impl From<RequestError> for AgentError {
-    fn from(e: RequestError) -> Self {
+impl From<DispatchError> for AgentError {
+    fn from(e: DispatchError) -> Self {
         match e {
-            RequestError::MethodNotFound(m) => AgentError::MethodNotFound(m),
-            RequestError::InvalidParams(m) => AgentError::InvalidParams(m),
-            RequestError::Result(m) => AgentError::Internal(m),
+            DispatchError::MethodNotFound(m) => AgentError::MethodNotFound(m),
+            DispatchError::InvalidParams(m) => AgentError::InvalidParams(m),
+            DispatchError::Result(m) => AgentError::Internal(m),
         }
     }
 }

@@ -121,7 +121,7 @@ pub struct Agent {
     /// Streams waiting to be attached.
     pub streams: streams::StreamRegistry,
     /// The container's lifecycle and mounts.
-    pub container: container::Container,
+    pub container: container::Lifecycle,
     notifier: Arc<Notifier>,
     start_uptime_ms: u64,
 }
@@ -166,7 +166,7 @@ impl Agent {
         Arc::new(Agent {
             processes: Arc::new(processes::ProcessTable::new(tx)),
             streams: streams::StreamRegistry::default(),
-            container: container::Container::new(platform),
+            container: container::Lifecycle::new(platform),
             notifier,
             start_uptime_ms,
         })
@@ -255,96 +255,77 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
     let _ = reader.get_ref().shutdown(Shutdown::Both);
 }
 
+/// A request read from a line: its id (`None`: a notification), method
+/// and params.
+struct Incoming {
+    id: Option<Id>,
+    method: String,
+    params: Value,
+}
+
+/// Reads one request line (JSON-RPC 2.0 §4); an error is the response to
+/// send (with id `null` when the id could not be read).
+fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
+    let invalid = |id, message: &str| {
+        let error = RpcError::new(ErrorCode::InvalidRequest, message);
+        Box::new(Response::err(id, error))
+    };
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        let error = RpcError::new(ErrorCode::ParseError, format!("parse error: {e}"));
+        Box::new(Response::err(None, error))
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(invalid(None, "not a JSON object"));
+    };
+    let id = match obj.remove("id") {
+        None => None,
+        Some(v) => Some(serde_json::from_value::<Id>(v).map_err(|_| invalid(None, "invalid id"))?),
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
+        return Err(invalid(id, "jsonrpc must be \"2.0\""));
+    }
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return Err(invalid(id, "method must be a string"));
+    };
+    let params = obj.remove("params").unwrap_or(Value::Null);
+    Ok(Incoming { id, method, params })
+}
+
+/// Answers `id` (nothing for a notification).
+fn answer(writer: &SharedWriter, id: Option<Id>, result: Result<Value, RpcError>) {
+    if id.is_none() {
+        return;
+    }
+    let resp = match result {
+        Ok(v) => Response::ok(id, v),
+        Err(e) => Response::err(id, e),
+    };
+    write_line(writer, &to_line(&resp));
+}
+
 /// Parses one request line and answers it (JSON-RPC 2.0 §4-5).
 fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
-    let reply = |id: Option<Id>, r: Result<Value, RpcError>| {
-        let resp = match r {
-            Ok(v) => Response::ok(id, v),
-            Err(e) => Response::err(id, e),
-        };
-        write_line(writer, &to_line(&resp));
+    let Incoming { id, method, params } = match parse_request(line) {
+        Ok(r) => r,
+        // Malformed requests are answered even without an id.
+        Err(resp) => return write_line(writer, &to_line(&resp)),
     };
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => {
-            return reply(
-                None,
-                Err(RpcError::new(
-                    ErrorCode::ParseError,
-                    format!("parse error: {e}"),
-                )),
-            )
-        }
-    };
-    let Value::Object(mut obj) = value else {
-        return reply(
-            None,
-            Err(RpcError::new(
-                ErrorCode::InvalidRequest,
-                "not a JSON object",
-            )),
-        );
-    };
-    let id = match obj.remove("id") {
-        None => None,
-        Some(v) => match serde_json::from_value::<Id>(v) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return reply(
-                    None,
-                    Err(RpcError::new(ErrorCode::InvalidRequest, "invalid id")),
-                )
-            }
-        },
-    };
-    let is_notification = id.is_none();
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
-        return reply(
-            id,
-            Err(RpcError::new(
-                ErrorCode::InvalidRequest,
-                "jsonrpc must be \"2.0\"",
-            )),
-        );
-    }
-    let Some(Value::String(method)) = obj.remove("method") else {
-        return reply(
-            id,
-            Err(RpcError::new(
-                ErrorCode::InvalidRequest,
-                "method must be a string",
-            )),
-        );
-    };
-    let params = obj.remove("params").unwrap_or(Value::Null);
     if method == method::Wait::NAME {
         // `wait` blocks: give it its own thread.
         let agent = agent.clone();
         let writer = writer.clone();
         let spawned = std::thread::Builder::new()
             .name("capsa-wait".into())
-            .spawn(move || {
-                let result = guarded(&agent, &method, params);
-                if !is_notification {
-                    let resp = match result {
-                        Ok(v) => Response::ok(id, v),
-                        Err(e) => Response::err(id, e),
-                    };
-                    write_line(&writer, &to_line(&resp));
-                }
-            });
+            .spawn(move || answer(&writer, id, guarded(&agent, &method, params)));
         if let Err(e) = spawned {
             agent_log!("cannot spawn wait thread: {e}");
         }
         return;
     }
-    let result = guarded(agent, &method, params);
-    if !is_notification {
-        reply(id, result);
-    }
+    answer(writer, id, guarded(agent, &method, params));
     if method == method::Shutdown::NAME {
         agent.finish_shutdown();
     }

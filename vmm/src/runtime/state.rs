@@ -487,32 +487,7 @@ pub fn vsock_path(dir: &Path) -> PathBuf {
 
 /// Now as RFC 3339 UTC with nanoseconds (as runc's `created`).
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_nanos())
-}
-
-/// Formats seconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(secs: i64, nanos: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
@@ -530,8 +505,15 @@ mod tests {
 
     #[test]
     fn time_format() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(1_709_251_199, 5), "2024-02-29T23:59:59.000000005Z");
+        let t = now_rfc3339();
+        // As 2024-02-29T23:59:59.000000005Z: nanoseconds, UTC.
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::new(1_709_251_199, 5);
+        assert_eq!(
+            humantime::format_rfc3339_nanos(leap).to_string(),
+            "2024-02-29T23:59:59.000000005Z"
+        );
     }
 
     #[test]

@@ -17,21 +17,19 @@ use oci_spec::runtime::{LinuxResources, Process, Spec};
 use super::bundle::Bundle;
 use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
+use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{
     guest_disk_device, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    DEFAULT_MEMORY_MIB, DEFAULT_VCPUS,
 };
 
-/// Default vCPUs when the spec sets no CPU limit.
-pub const DEFAULT_VCPUS: u8 = 1;
-/// Default guest RAM when the spec sets no memory limit, MiB.
-pub const DEFAULT_MEMORY_MIB: u32 = 128;
-/// Smallest guest RAM capsa gives a container, MiB.
-pub const MIN_MEMORY_MIB: u32 = 64;
+/// Smallest guest RAM capsa gives a container, MiB (more than the
+/// kernel's own minimum, [`crate::config::MIN_MEMORY_MIB`]: room for the
+/// agent and a process).
+pub const MIN_CONTAINER_MEMORY_MIB: u32 = 64;
 /// Guest RAM added to `linux.resources.memory.limit` for the guest kernel
 /// and the agent, MiB.
 pub const MEMORY_OVERHEAD_MIB: u32 = 32;
-/// Most vCPUs of one VM.
-pub const MAX_VCPUS: u8 = 32;
 
 /// Where the guest mounts the disk of bind-mounted host files, inside the
 /// container's root (visible to the container; see docs/runtime.md).
@@ -42,7 +40,7 @@ pub const GUEST_ROOTFS: &str = "/run/capsa/rootfs";
 
 /// vCPUs for `linux.resources.cpu`: `quota/period` rounded up, else the
 /// number of CPUs in `cpus` (a cpuset list), else [`DEFAULT_VCPUS`];
-/// clamped to 1..=min(host CPUs, 32). `shares` are relative weights and
+/// clamped to 1..=min(host CPUs, [`MAX_CPUS`]). `shares` are relative weights and
 /// do not size the VM.
 pub fn vcpus(resources: Option<&LinuxResources>, host_cpus: usize) -> u8 {
     let cpu = resources.and_then(|r| r.cpu().as_ref());
@@ -58,7 +56,7 @@ pub fn vcpus(resources: Option<&LinuxResources>, host_cpus: usize) -> u8 {
     } else {
         u64::from(DEFAULT_VCPUS)
     };
-    let max = (host_cpus.max(1) as u64).min(u64::from(MAX_VCPUS));
+    let max = (host_cpus.max(1) as u64).min(u64::from(MAX_CPUS));
     wanted.clamp(1, max) as u8
 }
 
@@ -75,7 +73,7 @@ fn cpuset_count(set: &str) -> u64 {
 }
 
 /// Guest RAM for `linux.resources.memory.limit` (bytes): the limit in MiB
-/// (rounded up) plus [`MEMORY_OVERHEAD_MIB`], at least [`MIN_MEMORY_MIB`],
+/// (rounded up) plus [`MEMORY_OVERHEAD_MIB`], at least [`MIN_CONTAINER_MEMORY_MIB`],
 /// at most the host's memory; [`DEFAULT_MEMORY_MIB`] without a limit.
 pub fn memory_mib(resources: Option<&LinuxResources>, host_mib: u64) -> u32 {
     let limit = resources
@@ -87,8 +85,8 @@ pub fn memory_mib(resources: Option<&LinuxResources>, host_mib: u64) -> u32 {
     } else {
         u64::from(DEFAULT_MEMORY_MIB)
     };
-    mib.max(u64::from(MIN_MEMORY_MIB))
-        .min(host_mib.max(u64::from(MIN_MEMORY_MIB)))
+    mib.max(u64::from(MIN_CONTAINER_MEMORY_MIB))
+        .min(host_mib.max(u64::from(MIN_CONTAINER_MEMORY_MIB)))
         .min(u64::from(u32::MAX)) as u32
 }
 
@@ -273,7 +271,7 @@ pub enum DiskRole {
 
 /// A virtio-blk disk of the machine.
 #[derive(Debug, Clone)]
-pub struct Disk {
+pub struct MachineDisk {
     /// What it is for.
     pub role: DiskRole,
     /// The backing file, as the VMM sees it.
@@ -292,7 +290,7 @@ pub struct Machine {
     pub initramfs: PathBuf,
     /// The disks, in the order the guest sees them
     /// ([`guest_disk_device`]).
-    pub disks: Vec<Disk>,
+    pub disks: Vec<MachineDisk>,
     /// Hybrid vsock socket.
     pub vsock: PathBuf,
     /// Where the guest's serial console (kernel messages, the agent's log)
@@ -445,7 +443,7 @@ mod tests {
         assert_eq!(memory_mib(Some(&r), 100), 100);
         let r = resources(json!({"cpu":{"cpus":"0-2,5"},"memory":{"limit":1000}}));
         assert_eq!(vcpus(Some(&r), 8), 4);
-        assert_eq!(memory_mib(Some(&r), 4096), MIN_MEMORY_MIB);
+        assert_eq!(memory_mib(Some(&r), 4096), MIN_CONTAINER_MEMORY_MIB);
     }
 
     #[test]
@@ -461,7 +459,7 @@ mod tests {
 
     #[test]
     fn disks_are_named_in_their_order() {
-        let disk = |role, name: &str| Disk {
+        let disk = |role, name: &str| MachineDisk {
             role,
             path: name.into(),
             read_only: role == DiskRole::Rootfs,

@@ -14,7 +14,7 @@ use crate::virtio::{device_type, ActivateError, ActivateParams, VirtioDevice, VI
 
 /// `seg_max` in the config space: descriptors of data per request (the
 /// queue size minus header and status).
-pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+pub const CONFIG_SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 /// How to build a [`Block`] device (from `--disk path[,ro]`).
 #[derive(Debug, Clone)]
@@ -153,7 +153,7 @@ impl Block {
     fn config_bytes(&self) -> [u8; 24] {
         let mut c = [0u8; 24];
         c[0..8].copy_from_slice(&self.disk.capacity.to_le_bytes());
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&CONFIG_SEG_MAX.to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         c
     }
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(c), 16);
         let mut c = [0u8; 4];
         b.read_config(12, &mut c);
-        assert_eq!(u32::from_le_bytes(c), SEG_MAX);
+        assert_eq!(u32::from_le_bytes(c), CONFIG_SEG_MAX);
         b.read_config(1000, &mut c);
         assert_eq!(c, [0; 4]);
         b.read_config(u64::MAX, &mut c);

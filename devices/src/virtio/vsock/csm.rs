@@ -43,7 +43,7 @@ pub enum ConnState {
 
 /// One connection between a guest port and a host Unix stream.
 #[derive(Debug)]
-pub struct Connection {
+pub struct VsockConnection {
     /// The host end.
     pub stream: UnixStream,
     /// Host-side vsock port.
@@ -77,7 +77,7 @@ pub struct Connection {
     deadline: Option<Instant>,
 }
 
-impl Connection {
+impl VsockConnection {
     fn new(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32) -> Self {
         Self {
             stream,

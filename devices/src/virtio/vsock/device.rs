@@ -27,7 +27,7 @@ const TIMER_TOKEN: u32 = 102;
 /// How to build a [`Vsock`] device (from `--vsock-uds path` and the
 /// configured CID).
 #[derive(Debug, Clone)]
-pub struct VsockConfig {
+pub struct VsockDeviceConfig {
     /// The guest's CID: 3 ≤ cid < 2^32 − 1 (0, 1, 2 are reserved and
     /// `u32::MAX` is `VMADDR_CID_ANY`, `include/uapi/linux/vm_sockets.h`).
     pub guest_cid: u64,
@@ -86,12 +86,14 @@ pub struct Vsock {
 /// block the event loop.
 fn nonblocking_timer() -> std::io::Result<TimerFd> {
     let timer = TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    // SAFETY: F_GETFL on a descriptor we own; no memory is passed.
     let flags = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0
-        || unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0
-    {
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL on a descriptor we own; no memory is passed.
+    let set = unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    if set < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(timer)
@@ -100,7 +102,7 @@ fn nonblocking_timer() -> std::io::Result<TimerFd> {
 impl Vsock {
     /// Binds `config.uds_path` and builds an inactive device. Host clients
     /// may connect from now on; they are served once the driver is ready.
-    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+    pub fn new(config: &VsockDeviceConfig) -> Result<Self, VsockError> {
         if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidCid(config.guest_cid));
         }
@@ -380,7 +382,7 @@ mod tests {
     fn fixture(activate: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
-        let dev = Vsock::new(&VsockConfig {
+        let dev = Vsock::new(&VsockDeviceConfig {
             guest_cid: CID,
             uds_path: uds.clone(),
         })
@@ -554,7 +556,7 @@ mod tests {
     fn reserved_cids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         for cid in [0, 1, 2, u64::from(u32::MAX), u64::MAX] {
-            let r = Vsock::new(&VsockConfig {
+            let r = Vsock::new(&VsockDeviceConfig {
                 guest_cid: cid,
                 uds_path: dir.path().join("x"),
             });

@@ -55,7 +55,7 @@ pub mod device;
 pub mod muxer;
 pub mod packet;
 
-pub use device::{Vsock, VsockConfig, VsockError};
+pub use device::{Vsock, VsockDeviceConfig, VsockError};
 
 /// The host's CID (§5.10.4, `VMADDR_CID_HOST` in
 /// `include/uapi/linux/vm_sockets.h`).

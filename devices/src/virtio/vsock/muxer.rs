@@ -1,6 +1,6 @@
 //! The hybrid Unix-socket backend (Firecracker's `unix/muxer`): owns the
 //! listening socket, host connections in their `CONNECT` handshake, and the
-//! table of [`Connection`]s keyed by `(host port, guest port)`.
+//! table of [`VsockConnection`]s keyed by `(host port, guest port)`.
 //!
 //! The device gives it the guest's packets ([`Muxer::send_pkt`]) and asks
 //! it for packets to deliver ([`Muxer::recv_pkt`]); the event loop gives it
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 
-use super::csm::{ConnState, Connection};
+use super::csm::{ConnState, VsockConnection};
 use super::packet::VsockHeader;
 use super::{op, HOST_CID, TYPE_STREAM};
 
@@ -43,7 +43,7 @@ pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Host clients accepted per listener event.
 const ACCEPTS_PER_EVENT: usize = 32;
 
-/// Connection key: (host-side port, guest-side port).
+/// VsockConnection key: (host-side port, guest-side port).
 pub type ConnKey = (u32, u32);
 
 /// A host client that has not sent its `CONNECT` line yet.
@@ -75,7 +75,7 @@ pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
-    conns: HashMap<ConnKey, Connection>,
+    conns: HashMap<ConnKey, VsockConnection>,
     conn_fds: HashMap<RawFd, ConnKey>,
     handshakes: HashMap<RawFd, Handshake>,
     rst_queue: VecDeque<VsockHeader>,
@@ -139,7 +139,10 @@ impl Muxer {
 
     /// The earliest time by which the guest owes an answer, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().filter_map(Connection::deadline).min()
+        self.conns
+            .values()
+            .filter_map(VsockConnection::deadline)
+            .min()
     }
 
     /// Resets every connection whose guest did not answer in time: an RST
@@ -255,7 +258,7 @@ impl Muxer {
         };
         let key = (h.dst_port, h.src_port);
         let fd = stream.as_raw_fd();
-        let conn = Connection::new_guest_initiated(stream, self.guest_cid, key.0, key.1, h);
+        let conn = VsockConnection::new_guest_initiated(stream, self.guest_cid, key.0, key.1, h);
         self.conns.insert(key, conn);
         self.conn_fds.insert(fd, key);
         self.touch(key);
@@ -416,7 +419,7 @@ impl Muxer {
             return;
         };
         let local_port = self.allocate_local_port();
-        let conn = Connection::new_host_initiated(
+        let conn = VsockConnection::new_host_initiated(
             hs.stream,
             self.guest_cid,
             local_port,
@@ -434,7 +437,7 @@ impl Muxer {
     pub fn apply_epoll(&mut self, ops: &mut EventOps) {
         for fd in std::mem::take(&mut self.dirty) {
             let want = if let Some(&key) = self.conn_fds.get(&fd) {
-                self.conns.get(&key).and_then(Connection::interest)
+                self.conns.get(&key).and_then(VsockConnection::interest)
             } else if self.handshakes.contains_key(&fd) {
                 Some(EventSet::IN)
             } else {

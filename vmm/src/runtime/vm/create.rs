@@ -32,7 +32,7 @@ use crate::runtime::bundle::Bundle;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
-use crate::runtime::vm_spec::{binds_image, Disk, DiskRole, Machine, VmSpec};
+use crate::runtime::vm_spec::{binds_image, DiskRole, Machine, MachineDisk, VmSpec};
 use crate::runtime::vmm_process::VmmReady;
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
@@ -153,7 +153,7 @@ impl Placement {
 /// and a TAP device).
 struct HostResources {
     /// The disks, in guest order, as the VMM sees them.
-    disks: Vec<Disk>,
+    disks: Vec<MachineDisk>,
     /// Size of the largest disk the VMM writes (bounds its
     /// `RLIMIT_FSIZE`).
     writable_bytes: u64,
@@ -172,7 +172,7 @@ impl HostResources {
         opts: &CreateOptions,
     ) -> Result<HostResources> {
         let image = rootfs::rootfs_image(&bundle.rootfs, &crate::guest_agent::cache_dir())?;
-        let mut disks = vec![Disk {
+        let mut disks = vec![MachineDisk {
             role: DiskRole::Rootfs,
             path: placement.read_only(&image, "rootfs.ext4"),
             read_only: true,
@@ -180,7 +180,7 @@ impl HostResources {
         let mut writable_bytes = 0;
         if let Some(binds) = binds_image(&spec.mounts, &placement.dir)? {
             writable_bytes = std::fs::metadata(&binds).map_or(0, |m| m.len());
-            disks.push(Disk {
+            disks.push(MachineDisk {
                 role: DiskRole::Binds,
                 path: placement.writable(&binds)?,
                 read_only: false,
@@ -358,7 +358,7 @@ fn start_vmm(
             (pending, None)
         }
     };
-    let (spawn::Pending { child, report }, jail) = pending;
+    let (spawn::Helper { child, report }, jail) = pending;
     let mut guard = VmmGuard::new(child, jail);
     let ready = guard.wait_ready(report)?;
     Ok((guard, ready))
