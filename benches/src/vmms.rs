@@ -353,8 +353,8 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
             cmd
         }
         Vmm::Qemu(bin) => {
-            // As /work/shared/guest-kernel/boot.sh: microvm without legacy
-            // devices but the serial port, PVH entry of the vmlinux.
+            // QEMU's microvm machine without legacy devices but the serial
+            // port, PVH entry of the vmlinux (docs/performance.md, Peers).
             let mut cmd = Command::new(bin);
             cmd.args([
                 "-M",

@@ -2,8 +2,7 @@
 //!
 //! This crate holds the machine (KVM VM, guest memory, vCPUs, boot), the
 //! device manager and event loop, and the front ends (`capsa vmm`, and the
-//! OCI runtime commands). See `../shared/DESIGN.md` in the project for the
-//! architecture.
+//! OCI runtime commands). The map of the code is `docs/architecture.md`.
 #![deny(missing_docs)]
 // No function over 80 lines (clippy.toml): each does one step a reader can follow.
 #![warn(clippy::too_many_lines)]

@@ -1,9 +1,9 @@
 //! The jail of a container's VMM process.
 //!
 //! `create` does not run the VMM process (`capsa vmm-process`) itself: it
-//! starts it through `capsa-jailer` (docs/jailer.md), which the design
-//! notes require because a guest that breaks out of its VM lands in the
-//! VMM. The jailed VMM runs as an unprivileged uid/gid of its own (see
+//! starts it through `capsa-jailer` (docs/jailer.md), because a guest
+//! that breaks out of its VM lands in the VMM (docs/architecture.md, "Trust
+//! boundaries"). The jailed VMM runs as an unprivileged uid/gid of its own (see
 //! [`uid_for`]), without capabilities, with `no_new_privs` and a seccomp
 //! deny list, in a new mount namespace whose root is
 //! `<state dir>/capsa/vm/root` ([`Jail::root`]) and a new network
