@@ -21,6 +21,8 @@
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
 //! - [`spawn`]: re-executing `capsa` as a helper that reports readiness;
+//! - [`virtiofsd`]: the virtio-fs backend serving a container's rootfs and
+//!   bind mounts;
 //! - [`runc`]: the `process` runtime type, handed to runc;
 //! - [`signal`]: signal names and numbers.
 
@@ -36,6 +38,7 @@ pub mod signal;
 pub mod spawn;
 pub mod state;
 pub mod stdio;
+pub mod virtiofsd;
 pub mod vm;
 pub mod vm_spec;
 pub mod vmm_process;

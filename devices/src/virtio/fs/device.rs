@@ -3,7 +3,9 @@
 //! [`Session`].
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
@@ -50,7 +52,31 @@ impl Fs {
     /// that a missing or broken backend is an error before the guest runs.
     pub fn new(config: &FsConfig, on_lost: BackendLost) -> Result<Self, FsError> {
         let tag = encode_tag(&config.tag)?;
-        let session = Session::connect(&config.socket, config.timeout)?;
+        let stream = UnixStream::connect(&config.socket).map_err(|source| FsError::Connect {
+            path: config.socket.clone(),
+            source,
+        })?;
+        let mut fs = Self::build(tag, Session::handshake(stream, config.timeout)?)?;
+        fs.on_lost = Some(on_lost);
+        Ok(fs)
+    }
+
+    /// [`Fs::new`] on a socket already connected to the backend (e.g.
+    /// inherited from the process that started the backend); `timeout` as
+    /// [`FsConfig::timeout`].
+    pub fn with_stream(
+        tag: &str,
+        stream: UnixStream,
+        timeout: Duration,
+        on_lost: BackendLost,
+    ) -> Result<Self, FsError> {
+        let tag = encode_tag(tag)?;
+        let mut fs = Self::build(tag, Session::handshake(stream, timeout)?)?;
+        fs.on_lost = Some(on_lost);
+        Ok(fs)
+    }
+
+    fn build(tag: [u8; TAG_LEN], session: Session) -> Result<Self, FsError> {
         let mut cfg = [0u8; CONFIG_LEN];
         cfg[..TAG_LEN].copy_from_slice(&tag);
         cfg[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
@@ -71,7 +97,7 @@ impl Fs {
             pending: None,
             running: None,
             failed: false,
-            on_lost: Some(on_lost),
+            on_lost: None,
             used_signals: 0,
         })
     }
@@ -596,6 +622,28 @@ mod tests {
             timeout: Duration::from_secs(1),
         };
         (Fs::new(&cfg, Box::new(|_| {})), lost)
+    }
+
+    #[test]
+    fn a_connected_stream_works_as_the_socket_path_does() {
+        let mut backend = FakeBackend::start(None);
+        let stream = std::os::unix::net::UnixStream::connect(backend.path()).unwrap();
+        let lost: Lost = Arc::default();
+        let l = lost.clone();
+        let fs = Fs::with_stream(
+            "tag",
+            stream,
+            Duration::from_secs(5),
+            Box::new(move |e| l.lock().unwrap().push(e.to_string())),
+        )
+        .unwrap();
+        let mut r = activate(fs);
+        assert!(!r.fs.lock().unwrap().failed());
+        assert_eq!(backend.log.lock().unwrap().requests.len(), START_REQUESTS);
+        backend.disconnect();
+        run_until_idle(&mut r.em, 50);
+        assert_eq!(lost.lock().unwrap().len(), 1);
+        backend.join();
     }
 
     #[test]

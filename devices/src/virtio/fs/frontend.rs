@@ -11,7 +11,6 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
@@ -57,17 +56,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects to the backend at `path` and does the handshake: the
-    /// backend must offer `VIRTIO_F_VERSION_1` and
-    /// `VHOST_USER_F_PROTOCOL_FEATURES`.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, FsError> {
-        let stream = UnixStream::connect(path).map_err(|source| FsError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::handshake(stream, timeout)
-    }
-
     /// The handshake on an already connected `stream`.
     pub fn handshake(stream: UnixStream, timeout: Duration) -> Result<Self, FsError> {
         let sock = stream.try_clone().map_err(|source| FsError::Io {
