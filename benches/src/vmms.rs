@@ -292,6 +292,7 @@ fn drive_agent(
             ..Default::default()
         },
         hostname: None,
+        shares: Vec::new(),
         mounts: Vec::new(),
         stdin: false,
     };

@@ -73,10 +73,29 @@ impl Service for Agent {
             }
             _ => {}
         }
+        if let Some(bad) = p
+            .shares
+            .iter()
+            .find(|s| ShareSpec::mount_point(&s.tag).is_none())
+        {
+            return Err(AgentError::InvalidParams(format!(
+                "shares: bad tag {:?} (1 to 36 bytes of letters, digits, '.', '_', '-')",
+                bad.tag
+            )));
+        }
         // Validate the process before touching anything.
         Plan::new(&p.process, Path::new("/"))?;
         let platform = &self.container.platform;
-        let root = platform.mount_rootfs(&p.rootfs)?;
+        let root = match platform
+            .mount_shares(&p.shares)
+            .and_then(|_| platform.mount_rootfs(&p.rootfs))
+        {
+            Ok(root) => root,
+            Err(e) => {
+                platform.unmount_all();
+                return Err(e);
+            }
+        };
         let setup = platform
             .apply_mounts(&root, &p.mounts)
             .and_then(|_| match &p.hostname {

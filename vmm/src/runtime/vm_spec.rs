@@ -394,6 +394,7 @@ impl VmSpec {
             },
             process: self.process,
             hostname: self.hostname,
+            shares: Vec::new(),
             mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
             stdin: true,
         };
