@@ -8,8 +8,9 @@
 //! overlay mounted at `rootfs/`, so the container can write (writes live
 //! in guest RAM and are lost at shutdown). A writable ext4 is mounted at
 //! `rootfs/` directly. A virtiofs rootfs is a bind of its directory in the
-//! share at `rootfs/` (read-only with `readonly`): writes go to the host
-//! directory at once. cgroup2 is mounted at `cgroup/` (outside the
+//! share at `rootfs/`: writes go to the host directory at once; with
+//! `readonly` (the host shares it read-only) it is bound read-only at
+//! `lower/` under the same RAM overlay, so that mount points can be made. cgroup2 is mounted at `cgroup/` (outside the
 //! container's root), with the group `cgroup/container` that holds the
 //! container's processes.
 
@@ -149,34 +150,41 @@ impl Platform for GuestPlatform {
             .ok_or_else(|| AgentError::InvalidParams("unsupported rootfs type".into()))?;
         let run = Path::new(RUN_DIR);
         let root = run.join("rootfs");
-        let (source, fstype, overlay) = match handler(spec)? {
-            RootfsMount::Block(source, fstype, overlay) => (source, fstype, overlay),
+        let lower = run.join("lower");
+        match handler(spec)? {
+            RootfsMount::Block(source, fstype, overlay) => {
+                if !overlay {
+                    self.mount_tracked(&source, &root, fstype, 0, "")?;
+                    return Ok(root);
+                }
+                let ro = if spec.readonly || fstype == "erofs" {
+                    libc::MS_RDONLY
+                } else {
+                    0
+                };
+                self.mount_tracked(&source, &lower, fstype, ro, "")?;
+            }
             RootfsMount::Share { tag, dir } => {
                 let source = self.mount_share(&tag)?.join(dir);
-                self.mount_tracked(&source.to_string_lossy(), &root, "", libc::MS_BIND, "")?;
-                if spec.readonly {
-                    mount(
-                        "",
-                        &root,
-                        "",
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                        "",
-                    )?;
+                let source = source.to_string_lossy();
+                if !spec.readonly {
+                    // Write-through: the container's writes reach the host.
+                    self.mount_tracked(&source, &root, "", libc::MS_BIND, "")?;
+                    return Ok(root);
                 }
-                return Ok(root);
+                // Read-only (the host shares it read-only too): the lower
+                // layer of an overlay, so that mount points can still be
+                // made (in RAM); the caller makes `/` read-only last.
+                self.mount_tracked(&source, &lower, "", libc::MS_BIND, "")?;
+                mount(
+                    "",
+                    &lower,
+                    "",
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    "",
+                )?;
             }
-        };
-        if !overlay {
-            self.mount_tracked(&source, &root, fstype, 0, "")?;
-            return Ok(root);
         }
-        let lower = run.join("lower");
-        let ro = if spec.readonly || fstype == "erofs" {
-            libc::MS_RDONLY
-        } else {
-            0
-        };
-        self.mount_tracked(&source, &lower, fstype, ro, "")?;
         let rw = run.join("rw");
         self.mount_tracked("tmpfs", &rw, "tmpfs", 0, "mode=0755")?;
         mkdir(&rw.join("upper"))?;

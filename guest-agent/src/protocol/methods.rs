@@ -71,11 +71,10 @@ pub struct RootfsSpec {
     pub source: Option<String>,
     /// Filesystem type.
     pub fstype: RootfsType,
-    /// Block types: mount the device read-only; a read-only device (and
-    /// erofs) gets an overlay with a tmpfs upper layer so the container can
-    /// still write (writes are lost at shutdown). `virtiofs`: the root is
-    /// shared write-through (writes reach the host directory at once) and
-    /// `readonly` mounts it read-only.
+    /// Mount the root read-only, under an overlay with a tmpfs upper layer
+    /// (writes live in guest RAM and are lost at shutdown; erofs always
+    /// gets one). Without it, `virtiofs` is shared write-through: writes
+    /// reach the host directory at once.
     #[serde(default)]
     pub readonly: bool,
     /// virtio-fs tag, required for `virtiofs`: one of `shares`, or

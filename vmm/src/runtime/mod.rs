@@ -48,6 +48,10 @@ use std::path::PathBuf;
 /// Annotation that picks the runtime type of a container.
 pub const RUNTIME_ANNOTATION: &str = "io.capsa.runtime";
 
+/// Annotation that picks how a VM container's rootfs reaches the guest
+/// (`virtiofs`, the default, or `block`; see [`bundle::RootfsTransport`]).
+pub const ROOTFS_ANNOTATION: &str = "io.capsa.rootfs";
+
 /// Default state root (as runc's `/run/runc`).
 pub const DEFAULT_ROOT: &str = "/run/capsa";
 

@@ -409,20 +409,39 @@ pub fn stop(state_dir: &Path, timeout: Duration) {
     }
 }
 
+/// Stops `p` and its children (the sandboxed virtiofsd, which gets
+/// SIGTERM when its parent dies): SIGTERM, SIGKILL after `timeout`, then
+/// waits up to `timeout` more for all of them.
 fn stop_process(p: HostProcess, timeout: Duration) {
-    if !p.signal(libc::SIGTERM) {
+    if !p.alive() {
         return;
     }
+    let mut all = children(p);
+    all.insert(0, p);
     let wait = |limit: Duration| {
         let deadline = Instant::now() + limit;
-        while p.alive() && Instant::now() < deadline {
+        while all.iter().any(HostProcess::alive) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     };
+    p.signal(libc::SIGTERM);
     wait(timeout);
-    if p.signal(libc::SIGKILL) {
+    if all.iter().any(HostProcess::alive) {
+        for q in &all {
+            q.signal(libc::SIGKILL);
+        }
         wait(timeout);
     }
+}
+
+/// The children of `p` (host pids).
+fn children(p: HostProcess) -> Vec<HostProcess> {
+    let pid = p.pid;
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| HostProcess::of(c.parse().ok()?))
+        .collect()
 }
 
 /// The last lines of virtiofsd's log in `state_dir`, to explain a failed
@@ -473,15 +492,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         !p.alive()
-    }
-
-    fn children(p: HostProcess) -> Vec<HostProcess> {
-        let pid = p.pid;
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|c| HostProcess::of(c.parse().ok()?))
-            .collect()
     }
 
     fn fixture() -> (tempfile::TempDir, Vec<Share>) {
@@ -596,8 +606,11 @@ mod tests {
         let (d, shares) = fixture();
         let state = d.path().join("state");
         let started = start(&binary(), &shares, &state).unwrap();
+        let kids = children(started.process);
+        assert_eq!(kids.len(), 1);
         stop(&state, Duration::from_secs(5));
         assert!(!started.process.alive());
+        assert!(!kids[0].alive(), "its sandboxed child is gone too");
         // A stale record (another process now) is not signalled.
         std::fs::write(state.join(PID_FILE), format!("{} 1\n", std::process::id())).unwrap();
         stop(&state, Duration::from_millis(10));
