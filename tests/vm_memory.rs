@@ -122,3 +122,31 @@ fn podman_memory_beyond_the_host_fails_at_create_naming_the_size() {
         "run", "--rm", "--name", &name, "--memory", &limit, BUSYBOX, "true",
     ]));
 }
+
+/// Guest RAM is a memfd whose size counts against `RLIMIT_FSIZE`: a limit
+/// below it (the jail's was 256 MiB) must fail with a message naming the
+/// size, not kill the VMM with SIGXFSZ (`podman run --memory 300m` died
+/// of it, "exit status: 153").
+#[test]
+fn guest_memory_over_a_file_size_limit_is_an_error_naming_the_size() {
+    capsa_tests::require_kvm();
+    let kernel = capsa_tests::guest_kernel();
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--fsize={}", 256 * MIB))
+        .arg(capsa_tests::capsa_bin())
+        .args(["vmm", "--memory-mib", "512", "--kernel"])
+        .arg(kernel)
+        .output()
+        .expect("run prlimit (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit status {:?} (SIGXFSZ is 25); stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("cannot create 512 MiB of guest memory") && stderr.contains("too large"),
+        "{stderr}"
+    );
+}
