@@ -150,3 +150,27 @@ fn guest_memory_over_a_file_size_limit_is_an_error_naming_the_size() {
         "{stderr}"
     );
 }
+
+/// The default guest RAM (no `--memory`) holds what Debian's `apt-get
+/// update` writes (163 MiB of lists and caches, docs/runtime.md "Memory")
+/// in the container's writable root, which in a VM is a tmpfs in guest
+/// RAM: 170 MiB written, as under runc.
+#[test]
+fn podman_default_memory_holds_apt_sized_writes() {
+    for rt in [Runtime::Runc, Runtime::Capsa] {
+        let _slot = container_slot();
+        let name = container_name("memdefault", rt);
+        let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
+        let mut cmd = podman(rt);
+        cmd.args(["run", "--rm", "--name", &name, "--cidfile"])
+            .arg(guard.cidfile())
+            .args([BUSYBOX, "sh", "-c"])
+            .arg("dd if=/dev/zero of=/apt-sized bs=1M count=170 2>/dev/null && echo wrote");
+        let out = run(&mut cmd, None);
+        assert!(out.status.success(), "{rt:?}: {}", describe(&cmd, &out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "wrote\n", "{rt:?}");
+        if let Some(id) = guard.id() {
+            assert_nothing_left(&rt.default_root(), &id);
+        }
+    }
+}
