@@ -24,7 +24,7 @@ fn podman(rt: Runtime) -> std::process::Command {
 /// grows with its RAM (+122% at 2 GiB on PVM hosts, docs/runtime.md), so
 /// the engine's timeout grows with it.
 fn podman_for_ram(rt: Runtime, mib: u64) -> std::process::Command {
-    let seconds = TIMEOUT_S * (1 + mib / 1024);
+    let seconds = TIMEOUT_S * (1 + mib / 512);
     let mut c = engines().command_with_timeout("podman", seconds);
     c.arg("--runtime").arg(rt.binary());
     c
