@@ -66,8 +66,8 @@ fn memory_view(rt: Runtime, limit: &str, bytes: u64) -> (u64, Option<u64>) {
 
 /// 64 MiB, 512 MiB and 2 GiB (the 256 MiB file-size limit of the jail
 /// killed every VM above ~224 MiB before): under capsa the guest's RAM
-/// holds the whole limit plus at most the 32 MiB capsa adds for the guest
-/// kernel; under runc the cgroup limit is exactly the limit.
+/// holds the whole limit plus at most what capsa adds for the guest kernel
+/// (32 MiB + 1/64); under runc the cgroup limit is exactly the limit.
 #[test]
 fn podman_memory_limit_is_what_the_container_gets() {
     for (limit, bytes) in [("64m", 64 * MIB), ("512m", 512 * MIB), ("2g", 2048 * MIB)] {
@@ -78,15 +78,15 @@ fn podman_memory_limit_is_what_the_container_gets() {
             "runc --memory {limit}: the cgroup limit (MemTotal {runc_total})"
         );
         let (vm_total, vm_cap) = memory_view(Runtime::Capsa, limit, bytes);
-        // Guest RAM = limit + 32 MiB; MemTotal leaves out what the guest
-        // kernel keeps for itself (its image, page tables), less than the
-        // 32 MiB added for it.
+        // Guest RAM = limit + what the guest kernel keeps for itself
+        // (its image, its page structures); MemTotal leaves that out.
+        let overhead = capsa_vmm::runtime::vm_spec::guest_kernel_overhead_mib(bytes / MIB) * MIB;
         assert!(
-            vm_total >= bytes && vm_total <= bytes + 32 * MIB,
+            vm_total >= bytes && vm_total <= bytes + overhead,
             "capsa --memory {limit}: guest MemTotal {} MiB, want {}..={} MiB",
             vm_total / MIB,
             bytes / MIB,
-            bytes / MIB + 32
+            (bytes + overhead) / MIB
         );
         // The guest has no cgroup limit of its own: the VM is the limit.
         assert!(
@@ -116,7 +116,7 @@ fn podman_memory_beyond_the_host_fails_at_create_naming_the_size() {
     assert!(!out.status.success(), "{}", describe(&cmd, &out));
     assert!(
         stderr.contains("linux.resources.memory.limit")
-            && stderr.contains(&format!("{} MiB", host_mib + 1024))
+            && stderr.contains(&format!("({} MiB)", host_mib + 1024))
             && stderr.contains(&format!("this host's {host_mib} MiB")),
         "the error names the field and both sizes: {}",
         describe(&cmd, &out)

@@ -79,8 +79,17 @@ fn cpuset_count(set: &str) -> u64 {
         .sum()
 }
 
+/// RAM the guest kernel keeps for itself on top of a container's
+/// `limit_mib`: [`MEMORY_OVERHEAD_MIB`] for its image and the agent, plus
+/// its page structures (`struct page`, 64 bytes per 4 KiB page: 1/64 of
+/// RAM), so that the container's `MemTotal` is at least its limit (2 GiB
+/// with 32 MiB alone left 2034 MiB).
+pub fn guest_kernel_overhead_mib(limit_mib: u64) -> u64 {
+    u64::from(MEMORY_OVERHEAD_MIB) + limit_mib.div_ceil(64)
+}
+
 /// Guest RAM, MiB, for `linux.resources.memory.limit` (bytes): the limit
-/// in MiB (rounded up) plus [`MEMORY_OVERHEAD_MIB`], at least
+/// in MiB (rounded up) plus [`guest_kernel_overhead_mib`], at least
 /// [`MIN_MEMORY_MIB`]; [`DEFAULT_MEMORY_MIB`] without a limit (or with
 /// runc's "unlimited", -1).
 ///
@@ -101,16 +110,18 @@ pub fn memory_mib(
         .and_then(|m| m.limit())
         .unwrap_or(0);
     let mib = if limit > 0 {
-        (limit as u64).div_ceil(1 << 20) + u64::from(MEMORY_OVERHEAD_MIB)
+        let limit_mib = (limit as u64).div_ceil(1 << 20);
+        limit_mib + guest_kernel_overhead_mib(limit_mib)
     } else {
         u64::from(DEFAULT_MEMORY_MIB)
     };
     let mib = mib.max(u64::from(MIN_MEMORY_MIB));
     if mib > host_mib {
         let asked = if limit > 0 {
+            let limit_mib = (limit as u64).div_ceil(1 << 20);
             format!(
-                "{limit} bytes ({} MiB) plus {MEMORY_OVERHEAD_MIB} MiB for the guest kernel",
-                (limit as u64).div_ceil(1 << 20)
+                "{limit} bytes ({limit_mib} MiB) plus {} MiB for the guest kernel",
+                guest_kernel_overhead_mib(limit_mib)
             )
         } else {
             format!("the default of {mib} MiB")
@@ -481,10 +492,10 @@ mod tests {
             "memory":{"limit": 200u64 << 20}}));
         assert_eq!(vcpus(Some(&r), 8), 2);
         assert_eq!(vcpus(Some(&r), 1), 1);
-        assert_eq!(memory_mib(Some(&r), 4096), Ok(232));
+        assert_eq!(memory_mib(Some(&r), 4096), Ok(236));
         // More than the host has: an error naming both sizes, no clamp.
         let e = memory_mib(Some(&r), 100).unwrap_err();
-        assert!(e.contains("232 MiB") && e.contains("100 MiB"), "{e}");
+        assert!(e.contains("236 MiB") && e.contains("100 MiB"), "{e}");
         assert!(e.starts_with("linux.resources.memory.limit"), "{e}");
         let r = resources(json!({"cpu":{"cpus":"0-2,5"},"memory":{"limit":1000}}));
         assert_eq!(vcpus(Some(&r), 8), 4);
