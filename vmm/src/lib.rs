@@ -14,6 +14,7 @@ pub mod config;
 pub mod device_manager;
 pub mod guest_agent;
 pub mod install;
+pub mod logger;
 pub mod pvm;
 pub mod runtime;
 pub mod vmm;

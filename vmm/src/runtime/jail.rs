@@ -221,9 +221,10 @@ impl Jail {
         self.uid
     }
 
-    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`): bounds
-    /// what a guest can make it write to the host (its console log); 0
-    /// for no limit.
+    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`; the
+    /// guest-RAM memfd counts, so at least its size); 0 for no limit.
+    /// A backstop only: the logs a guest fills are capped in the VMM
+    /// itself (`crate::logger`), which ignores SIGXFSZ.
     pub fn limit_file_size(&mut self, bytes: u64) {
         self.file_size_limit = bytes;
     }

@@ -128,6 +128,12 @@ impl Vsock {
         self.muxer.set_answer_timeout(timeout);
     }
 
+    /// How long a host client has to finish its `CONNECT` line (default
+    /// [`super::muxer::HANDSHAKE_TIMEOUT`]).
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.muxer.set_handshake_timeout(timeout);
+    }
+
     /// Arms the timer for the muxer's next deadline (or disarms it).
     fn rearm_timer(&mut self) {
         let next = self.muxer.next_deadline();
@@ -294,7 +300,9 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, params: ActivateParams) -> Result<(), ActivateError> {
-        self.common.activate(params)
+        self.common.activate(params)?;
+        self.muxer.set_driver_ready(true);
+        Ok(())
     }
 
     fn is_activated(&self) -> bool {
@@ -583,46 +591,170 @@ mod tests {
         assert_eq!(read_available(&mut s), b"pong");
     }
 
+    /// Everything the host client reads until the device closes the
+    /// socket (bounded by a timeout: a socket left open fails the test).
+    fn read_to_close(s: &mut UnixStream) -> String {
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .expect("the device closes the socket");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A CONNECT to a guest port nothing listens on: the guest kernel
+    /// answers the REQUEST with RST, and the host client reads why instead
+    /// of a bare EOF (issue 9 item 5).
     #[test]
-    fn host_connect_guest_rst_closes_socket() {
+    fn host_connect_guest_rst_gets_err_line() {
         let mut f = fixture(true);
         f.provide_rx(8);
         let mut s = f.host_connect(1024);
         let local = f.expect_request(1024);
         f.send(hdr(op::RST, 1024, local), &[]);
-        s.set_nonblocking(false).unwrap();
-        let mut b = [0u8; 8];
-        assert_eq!(s.read(&mut b).unwrap(), 0, "closed without OK");
+        let answer = read_to_close(&mut s);
+        assert!(
+            answer.starts_with("ERR guest port 1024 refused"),
+            "{answer:?}"
+        );
+        assert!(answer.ends_with('\n') && answer.lines().count() == 1);
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
+        assert_eq!(f.dev.lock().unwrap().muxer_counters().connect_refused, 1);
+    }
+
+    /// Before the guest's driver is up nobody can answer: `ERR` at once,
+    /// not a connection held for the whole boot and then closed.
+    #[test]
+    fn connect_before_activation_gets_err_at_once() {
+        let mut f = fixture(false);
+        let mut s = f.host_connect(1024);
+        let answer = read_to_close(&mut s);
+        assert!(
+            answer.starts_with("ERR guest vsock driver not ready"),
+            "{answer:?}"
+        );
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
+        // Once the driver is up, the same CONNECT goes through.
+        f.activate();
+        f.provide_rx(4);
+        let mut s = f.host_connect(1024);
+        let local = f.expect_request(1024);
+        f.send(hdr(op::RESPONSE, 1024, local), &[]);
+        assert_eq!(read_available(&mut s), format!("OK {local}\n").into_bytes());
+    }
+
+    /// A device reset (guest reboot, driver reload) ends the connections
+    /// waiting for an answer with `ERR`, whether or not their REQUEST was
+    /// sent; CONNECTs after it are refused until the driver is back.
+    #[test]
+    fn reset_refuses_waiting_host_connects() {
+        let mut f = fixture(true);
+        let mut unsent = f.host_connect(1024); // no RX buffer: REQUEST not sent
+        f.provide_rx(2);
+        f.recv_all();
+        let mut sent = f.host_connect(1025);
+        f.expect_request(1025);
+        f.dev.lock().unwrap().reset();
+        f.run();
+        for s in [&mut unsent, &mut sent] {
+            let answer = read_to_close(s);
+            assert_eq!(answer, "ERR guest vsock device reset\n");
+        }
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
+        let mut after = f.host_connect(1024);
+        assert!(read_to_close(&mut after).starts_with("ERR guest vsock driver not ready"));
+    }
+
+    /// A driver that never takes the REQUEST (no RX buffers) does not hold
+    /// the host client: `ERR` after the answer timeout, and no RST for a
+    /// connection the guest never heard of.
+    #[test]
+    fn connect_without_rx_buffers_gets_err_after_the_answer_timeout() {
+        let mut f = fixture(true);
+        f.dev.lock().unwrap().set_answer_timeout(SHORT_TIMEOUT);
+        let mut s = f.host_connect(1024);
+        after_timeout(&mut f);
+        let answer = read_to_close(&mut s);
+        assert!(
+            answer.starts_with("ERR guest vsock driver took no packet"),
+            "{answer:?}"
+        );
+        f.provide_rx(4);
+        assert!(f.recv_all().is_empty(), "no REQUEST, no RST");
         assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
     }
 
+    /// Issue 9 item 5: clients that connect and never send their CONNECT
+    /// line (far more than [`MAX_PENDING_HANDSHAKES`]) cannot lock others
+    /// out: a new client evicts the idlest, which reads `ERR`.
     #[test]
-    fn connect_before_activation_waits_for_driver() {
-        let mut f = fixture(false);
-        let mut s = f.host_connect(1024);
-        assert_eq!(f.dev.lock().unwrap().connection_count(), 1);
-        f.activate();
-        // Active, but no RX buffers yet: still waiting, not dropped.
-        assert_eq!(f.dev.lock().unwrap().connection_count(), 1);
-        f.provide_rx(4);
-        let local = f.expect_request(1024);
-        f.send(hdr(op::RESPONSE, 1024, local), &[]);
-        assert_eq!(read_available(&mut s), format!("OK {local}\n").into_bytes());
+    fn idle_host_clients_cannot_lock_out_a_connect() {
+        use crate::virtio::vsock::muxer::MAX_PENDING_HANDSHAKES;
+        let mut f = fixture(true);
+        f.provide_rx(8);
+        let mut idle = Vec::new();
+        for _ in 0..(MAX_PENDING_HANDSHAKES + 100) {
+            idle.push(UnixStream::connect(&f.uds).unwrap());
+            f.run();
+        }
+        let (mut s, _) = established_host_conn(&mut f, 1024);
+        s.write_all(b"through").unwrap();
+        f.run();
+        assert!(f
+            .recv_all()
+            .iter()
+            .any(|(h, p)| h.op == op::RW && p == b"through"));
+        // The evicted ones were told, and at most the limit is held.
+        let mut told = 0;
+        for s in &mut idle {
+            s.set_nonblocking(true).unwrap();
+            if String::from_utf8_lossy(&read_available(s)).contains("ERR too many pending") {
+                told += 1;
+            }
+        }
+        assert!(told >= 100, "{told} evicted clients told");
+        let refused = f.dev.lock().unwrap().muxer_counters().handshake_refused;
+        assert!(refused >= 101, "{refused}");
     }
 
+    /// A client that connects and never finishes its line is closed with
+    /// `ERR` after the handshake timeout.
     #[test]
-    fn connect_survives_reset_before_request_sent() {
+    fn a_silent_host_client_times_out_with_err() {
         let mut f = fixture(true);
-        let mut s = f.host_connect(1024);
-        f.dev.lock().unwrap().reset();
+        f.dev.lock().unwrap().set_handshake_timeout(SHORT_TIMEOUT);
+        let mut s = UnixStream::connect(&f.uds).unwrap();
+        s.write_all(b"CONNE").unwrap();
         f.run();
-        assert_eq!(f.dev.lock().unwrap().connection_count(), 1);
-        f.rxq = GuestQueue::new(&f.mem, 0x40000, QUEUE_SIZE);
-        f.activate();
-        f.provide_rx(2);
-        let local = f.expect_request(1024);
-        f.send(hdr(op::RESPONSE, 1024, local), &[]);
-        assert_eq!(read_available(&mut s), format!("OK {local}\n").into_bytes());
+        after_timeout(&mut f);
+        assert_eq!(read_to_close(&mut s), "ERR no CONNECT line in time\n");
+    }
+
+    /// Many CONNECTs to a port nothing listens on, as a busy host might
+    /// send: each gets its `ERR`, none stays in the table.
+    #[test]
+    fn many_connects_to_an_unlistened_port_each_get_err() {
+        let mut f = fixture(true);
+        f.provide_rx(64);
+        let mut clients = Vec::new();
+        for _ in 0..150 {
+            let s = f.host_connect(9999);
+            for (h, _) in f.recv_all() {
+                if h.op == op::REQUEST {
+                    f.send(hdr(op::RST, 9999, h.src_port), &[]);
+                }
+            }
+            if f.rx_outstanding < 8 {
+                f.provide_rx(32);
+            }
+            clients.push(s);
+        }
+        for s in &mut clients {
+            assert!(read_to_close(s).starts_with("ERR guest port 9999 refused"));
+        }
+        assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
+        assert_eq!(f.dev.lock().unwrap().muxer_counters().connect_refused, 150);
     }
 
     #[test]
@@ -920,10 +1052,11 @@ mod tests {
                 .any(|(h, _)| h.op == op::RST && h.src_port == local && h.dst_port == 1024),
             "RST to the guest: {pkts:?}"
         );
-        s.set_nonblocking(false).unwrap();
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "no OK line: {rest:?}");
+        let answer = read_to_close(&mut s);
+        assert_eq!(
+            answer, "ERR guest port 1024 did not answer within 0s\n",
+            "no OK line"
+        );
         assert_eq!(f.dev.lock().unwrap().connection_count(), 0);
         assert_eq!(f.dev.lock().unwrap().muxer_counters().timed_out, 1);
         // A late RESPONSE is for an unknown connection: RST.

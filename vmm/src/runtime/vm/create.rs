@@ -42,10 +42,17 @@ use crate::runtime::vm_spec::{DiskRole, Machine, MachineDisk, VmSpec, ROOTFS_ENT
 use crate::runtime::vmm_process::VmmReady;
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
-/// `RLIMIT_FSIZE` of a jailed VMM: what a guest can make it write to the
-/// host's disk (or a tmpfs `/run`), through its console log. (The VMM
-/// writes no disk: shared files are written by virtiofsd.)
-const VMM_FILE_SIZE_LIMIT: u64 = 256 << 20;
+/// `RLIMIT_FSIZE` of a jailed VMM: its largest legitimate file, so that
+/// the limit never bites what the VMM must make — the guest-RAM memfd
+/// (whose size counts as a file size), the capped logs (`crate::logger`) — and stays a
+/// backstop for anything else. The logs' own caps are what bound a
+/// guest's writes to the host (docs/runtime.md).
+fn vmm_file_size_limit(memory_mib: u32) -> u64 {
+    use crate::logger::{CONSOLE_LOG_LIMITS, PROCESS_LOG_LIMITS};
+    (u64::from(memory_mib) << 20)
+        .max(CONSOLE_LOG_LIMITS.max_bytes)
+        .max(PROCESS_LOG_LIMITS.max_bytes)
+}
 
 /// Creates the `vm` container `id` of `bundle` in its new state directory
 /// `dir`; returns the process engines wait on (the jailer, or the VMM
@@ -59,7 +66,8 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
-    let (vmm, ready) = start_vmm(id, placement, &resources, opts.foreground)?;
+    let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib);
+    let (vmm, ready) = start_vmm(id, placement, &resources, file_size_limit, opts.foreground)?;
     // The VMM process has its own copy of the pty slave now.
     drop(resources);
     record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
@@ -335,6 +343,7 @@ fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
+    file_size_limit: u64,
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
@@ -348,7 +357,7 @@ fn start_vmm(
     let keep_fds = resources.inherited_fds();
     let pending = match placement.jail {
         Some(mut j) => {
-            j.limit_file_size(VMM_FILE_SIZE_LIMIT);
+            j.limit_file_size(file_size_limit);
             let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
                 .into_iter()
                 .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))

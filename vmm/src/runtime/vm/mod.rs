@@ -23,6 +23,12 @@ use super::bundle::Bundle;
 use super::state::{self, Container, Operation, Status, VmRecord};
 use super::{Result, RuntimeError};
 
+/// How long a command may try to reach the agent of a created or running
+/// container: connect, `CONNECT` handshake and `hello`, with retries of
+/// transient failures (a VMM busy with other clients, a refused or
+/// unanswered `CONNECT`).
+pub const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The `vm` runtime type.
 #[derive(Debug, Clone)]
 pub struct VmBackend {
@@ -58,11 +64,11 @@ impl<'a> VmContainer<'a> {
         Ok(status)
     }
 
-    /// A new control connection to its guest agent.
+    /// A new control connection to its guest agent, within
+    /// [`AGENT_CONNECT_TIMEOUT`]; the error names the last cause.
     pub fn agent(&self) -> Result<(HybridVsockConnector, Client)> {
         let connector = HybridVsockConnector::new(&self.vm.vsock);
-        let client = Client::connect(&connector)?;
-        client.hello(Duration::from_secs(10))?;
+        let (client, _) = Client::connect_timeout(&connector, AGENT_CONNECT_TIMEOUT)?;
         client.set_timeout(Some(Duration::from_secs(60)));
         Ok((connector, client))
     }
