@@ -605,7 +605,9 @@ mod tests {
     fn stop_ends_the_recorded_process() {
         let (d, shares) = fixture();
         let state = d.path().join("state");
-        let started = start(&binary(), &shares, &state).unwrap();
+        let mut started = start(&binary(), &shares, &state).unwrap();
+        // Answering means it has made its sandboxed child.
+        get_features(&mut started.conn);
         let kids = children(started.process);
         assert_eq!(kids.len(), 1);
         stop(&state, Duration::from_secs(5));
