@@ -52,6 +52,18 @@ pub const PID_FILE: &str = "virtiofsd.pid";
 /// connected).
 const SOCKET_FILE: &str = "virtiofsd.sock";
 
+/// virtiofsd's options besides the shared directory and the socket: its
+/// sandbox and seccomp filter, the cache mode, and what the guest sees
+/// (docs/runtime.md § virtiofsd). The benchmarks start it with these too.
+pub const SERVER_ARGS: &[&str] = &[
+    "--sandbox=namespace",
+    "--seccomp=kill",
+    "--cache=auto",
+    "--xattr",
+    "--announce-submounts",
+    "--log-level=warn",
+];
+
 /// The virtiofsd version capsa is tested with and `scripts/setup.sh`
 /// installs (`scripts/virtiofsd.version`).
 pub fn version() -> &'static str {
@@ -268,14 +280,7 @@ fn spawn(
         .arg("--shared-dir")
         .arg(tree)
         .arg(format!("--fd={fd}"))
-        .args([
-            "--sandbox=namespace",
-            "--seccomp=kill",
-            "--cache=auto",
-            "--xattr",
-            "--announce-submounts",
-            "--log-level=warn",
-        ])
+        .args(SERVER_ARGS)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| RuntimeError::io("dup", e))?)
         .stderr(log);
