@@ -7,6 +7,8 @@
 //! capsa only: `io.capsa.rootfs=block` keeps the cached image (writes
 //! lost, volumes still live), and a virtiofsd killed mid-run ends the
 //! container with the reason in `podman logs`, leaving nothing behind.
+//! containerd: a write to `/` of a `ctr run` container is in the snapshot
+//! mount on the host while it runs.
 //!
 //! Fixtures: `tests/support/engines.rs`; engine setup: `scripts/engines.sh`.
 
@@ -24,6 +26,18 @@ mod podman_volume_and_rootfs_writes_reach_the_host {
     #[test]
     fn capsa() {
         super::podman_volume_and_rootfs_writes_reach_the_host(Runtime::Capsa);
+    }
+}
+
+mod ctr_rootfs_write_lands_in_the_snapshot_mount {
+    use super::*;
+    #[test]
+    fn runc() {
+        super::ctr_rootfs_write_lands_in_the_snapshot_mount(Runtime::Runc);
+    }
+    #[test]
+    fn capsa() {
+        super::ctr_rootfs_write_lands_in_the_snapshot_mount(Runtime::Capsa);
     }
 }
 
@@ -240,4 +254,54 @@ fn podman_killed_virtiofsd_ends_the_container_with_the_reason() {
     ok(engines().command("podman").args(["rm", &name]));
     assert_nothing_left(&rt.default_root(), &id);
     assert!(virtiofsd_of(&id).is_empty());
+}
+
+/// containerd's runc shim gives the runtime `--root
+/// /run/containerd/runc/<namespace>`.
+const CTR_ROOT: &str = "/run/containerd/runc/default";
+
+/// `ctr run -d --runc-binary RUNTIME IMAGE ID sh -c 'echo hi > /newfile;
+/// sleep'`: the file appears in the container's snapshot, mounted by
+/// containerd at its bundle's `rootfs` on the host, while it runs.
+fn ctr_rootfs_write_lands_in_the_snapshot_mount(rt: Runtime) {
+    let _slot = container_slot();
+    let name = container_name("ctr-rootfs", rt);
+    let _guard = Container::new(Engine::Ctr, &name, rt, Path::new(CTR_ROOT));
+    let mut cmd = engines().command("ctr");
+    cmd.args(["run", "-d", "--runc-binary"])
+        .arg(rt.binary())
+        .args([BUSYBOX, &name, "sh", "-c"])
+        .arg("echo hi > /newfile; exec sleep 1000");
+    ok(&mut cmd);
+    let mounted = engines()
+        .run
+        .join("containerd/io.containerd.runtime.v2.task/default")
+        .join(&name)
+        .join("rootfs/newfile");
+    wait_for(&mounted, "the container's write", Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read(&mounted) != "hi\n" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(read(&mounted), "hi\n", "{rt:?}");
+    ok(engines()
+        .command("ctr")
+        .args(["task", "kill", "--signal", "SIGKILL", &name]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = ok(engines().command("ctr").args(["task", "ls"]));
+        if tasks
+            .lines()
+            .any(|l| l.starts_with(&name) && l.contains("STOPPED"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after ctr task kill: {tasks}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ok(engines().command("ctr").args(["task", "delete", &name]));
+    ok(engines()
+        .command("ctr")
+        .args(["container", "delete", &name]));
+    assert_nothing_left(Path::new(CTR_ROOT), &name);
 }
