@@ -338,7 +338,7 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
     let script = match spec.job {
         Job::Echo => format!("echo '{CONTAINER_OUTPUT}'"),
         Job::SmallFiles => format!(
-            "cat /files/* > /dev/null && i=0 && \
+            "/bin/busybox cat /files/* > /dev/null && i=0 && \
              while [ $i -lt {WRITTEN_FILES} ]; do echo x > /tmp/w$i; i=$((i+1)); done && \
              echo '{CONTAINER_OUTPUT}'"
         ),
