@@ -6,12 +6,24 @@ mod common;
 use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use capsa_agent::client::{Client, ClientError};
 use capsa_agent::protocol::*;
 use capsa_agent::server::DirectoryPlatform;
 use common::*;
+
+/// The agents under test run in this test process, and `ps` lists the
+/// agent's descendants: two tests running at once would see each other's
+/// processes. Each test holds this lock for its whole run.
+static ONE_AGENT_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_agent_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn code(r: Result<(), ClientError>) -> Option<ErrorCode> {
     r.expect_err("expected an agent error").rpc_code()
@@ -54,6 +66,7 @@ fn read_until(s: &mut UnixStream, d: Duration, needle: Option<&str>) -> String {
 
 #[test]
 fn pause_and_resume_follow_the_container_state() {
+    let _serial = one_agent_at_a_time();
     let fx = start("pause-state");
     let c = fx.client();
     let invalid = Some(ErrorCode::InvalidState);
@@ -89,6 +102,7 @@ fn pause_and_resume_follow_the_container_state() {
 
 #[test]
 fn pause_freezes_the_cgroup_and_resume_thaws_it() {
+    let _serial = one_agent_at_a_time();
     let Some(cg) = TestCgroup::new("freeze") else {
         return;
     };
