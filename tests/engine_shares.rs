@@ -7,6 +7,7 @@
 //! capsa only: `io.capsa.rootfs=block` keeps the cached image (writes
 //! lost, volumes still live), and a virtiofsd killed mid-run ends the
 //! container with the reason in `podman logs`, leaving nothing behind.
+//! docker: `-v`, `:ro` and a rootfs write in `docker diff`, runc and capsa.
 //! containerd: a write to `/` of a `ctr run` container is in the snapshot
 //! mount on the host while it runs.
 //!
@@ -38,6 +39,18 @@ mod ctr_rootfs_write_lands_in_the_snapshot_mount {
     #[test]
     fn capsa() {
         super::ctr_rootfs_write_lands_in_the_snapshot_mount(Runtime::Capsa);
+    }
+}
+
+mod docker_volume_and_rootfs_writes_reach_the_host {
+    use super::*;
+    #[test]
+    fn runc() {
+        super::docker_volume_and_rootfs_writes_reach_the_host(Runtime::Runc);
+    }
+    #[test]
+    fn capsa() {
+        super::docker_volume_and_rootfs_writes_reach_the_host(Runtime::Capsa);
     }
 }
 
@@ -304,4 +317,54 @@ fn ctr_rootfs_write_lands_in_the_snapshot_mount(rt: Runtime) {
         .command("ctr")
         .args(["container", "delete", &name]));
     assert_nothing_left(Path::new(CTR_ROOT), &name);
+}
+
+/// dockerd 20.10 gives every runtime of its `runtimes` entries `--root
+/// <exec-root>/runtime-runc/moby` (seen in the logged calls).
+const DOCKER_ROOT: &str = "docker/runtime-runc/moby";
+
+/// `docker run -v DIR:/data -v DIR:/ro:ro`: the container reads a host
+/// file and writes one the host sees, `:ro` refuses with EROFS, and its
+/// write to `/etc/newfile` is in `docker diff`.
+fn docker_volume_and_rootfs_writes_reach_the_host(rt: Runtime) {
+    let _slot = container_slot();
+    let e = engines();
+    if rt == Runtime::Capsa {
+        e.set_docker_capsa_runtime(&rt.binary());
+    }
+    let vol = host_dir();
+    let v = vol.path();
+    std::fs::write(v.join("in"), "from the host\n").unwrap();
+    let name = container_name("docker-volume", rt);
+    let mut guard = Container::new(Engine::Docker, &name, rt, &e.run.join(DOCKER_ROOT));
+    let cidfile = guard.cidfile();
+    let mut cmd = e.command("docker");
+    cmd.args(["run", "--runtime", rt.docker_name(), "--network", "none"])
+        .args(["--name", &name, "--cidfile"])
+        .arg(&cidfile)
+        .arg("-v")
+        .arg(format!("{}:/data", v.display()))
+        .arg("-v")
+        .arg(format!("{}:/ro:ro", v.display()))
+        .args([
+            BUSYBOX,
+            "sh",
+            "-c",
+            "cat /data/in; echo out > /data/out; echo x > /ro/z; echo hi > /etc/newfile",
+        ]);
+    let out = run(&mut cmd, None);
+    assert!(out.status.success(), "{rt:?}: {}", describe(&cmd, &out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the host\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Read-only file system"), "{rt:?}: {stderr}");
+    assert_eq!(read(&v.join("out")), "out\n");
+    assert!(!v.join("z").exists());
+    let diff = ok(e.command("docker").args(["diff", &name]));
+    assert!(
+        diff.lines().any(|l| l.trim() == "A /etc/newfile"),
+        "{rt:?}: docker diff:\n{diff}"
+    );
+    let id = guard.id().expect("cidfile");
+    ok(e.command("docker").args(["rm", &name]));
+    assert_nothing_left(&e.run.join(DOCKER_ROOT), &id);
 }
