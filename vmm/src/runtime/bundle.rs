@@ -35,7 +35,8 @@ pub enum RootfsTransport {
     #[default]
     Virtiofs,
     /// `block`: a cached ext4 image of the directory on a read-only
-    /// virtio-blk disk under a RAM overlay; faster to boot, writes lost.
+    /// virtio-blk disk under a RAM overlay; faster on many small files,
+    /// writes lost.
     Block,
 }
 

@@ -235,7 +235,13 @@ pub fn start(binary: &Path, shares: &[Share], state_dir: &Path) -> Result<Starte
         .collect::<Result<Vec<_>>>()?;
     let socket = state_dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
+    // Named through a descriptor of the state directory: engines' state
+    // directories are often longer than a socket address may be (108
+    // bytes; docker's are ~150).
+    let dir = std::fs::File::open(state_dir)
+        .map_err(|e| RuntimeError::io(format!("open {}", state_dir.display()), e))?;
+    let address = format!("/proc/self/fd/{}/{SOCKET_FILE}", dir.as_raw_fd());
+    let listener = UnixListener::bind(&address)
         .map_err(|e| RuntimeError::io(format!("listen on {}", socket.display()), e))?;
     let spawned = spawn(binary, &tree, binds, &listener, state_dir);
     drop(listener);
@@ -245,7 +251,7 @@ pub fn start(binary: &Path, shares: &[Share], state_dir: &Path) -> Result<Starte
             format!("{} {}\n", process.pid, process.start_time).as_bytes(),
         );
         let conn = recorded.and_then(|_| {
-            UnixStream::connect(&socket)
+            UnixStream::connect(&address)
                 .map_err(|e| RuntimeError::io(format!("connect to {}", socket.display()), e))
         });
         match conn {
@@ -256,6 +262,7 @@ pub fn start(binary: &Path, shares: &[Share], state_dir: &Path) -> Result<Starte
             }
         }
     });
+    drop(dir);
     let _ = std::fs::remove_file(&socket);
     connected
 }
@@ -604,6 +611,23 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         assert_eq!(started.conn.read(&mut b).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_state_directory_longer_than_a_socket_address_works() {
+        let (d, shares) = fixture();
+        // As deep as docker's (`<exec-root>/runtime-runc/moby/<64 hex>`).
+        let state = d
+            .path()
+            .join("state")
+            .join("x".repeat(70))
+            .join("y".repeat(64));
+        std::fs::create_dir_all(&state).unwrap();
+        assert!(state.join(SOCKET_FILE).as_os_str().len() > 108);
+        let mut started = start(&binary(), &shares, &state).unwrap();
+        get_features(&mut started.conn);
+        assert!(!state.join(SOCKET_FILE).exists());
+        stop(&state, Duration::from_secs(5));
     }
 
     #[test]
