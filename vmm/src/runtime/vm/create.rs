@@ -30,6 +30,7 @@ use crate::config::HostQuirks;
 use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
+use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
 use crate::runtime::vm_spec::{binds_image, DiskRole, Machine, MachineDisk, VmSpec};
@@ -63,7 +64,13 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
     let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib, resources.writable_bytes);
-    let (vmm, ready) = start_vmm(id, placement, &resources, file_size_limit, opts.foreground)?;
+    let (vmm, ready) = start_vmm(
+        id,
+        placement,
+        &resources,
+        (file_size_limit, dir),
+        opts.foreground,
+    )?;
     // The VMM process has its own copy of the pty slave now.
     drop(resources);
     record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
@@ -276,6 +283,17 @@ impl VmmGuard {
         HostProcess::of(self.child.as_ref()?.id() as i32)
     }
 
+    /// Records what was started in state directory `dir` before waiting
+    /// for readiness ([`LaunchRecord`]): a `create` killed from here on
+    /// leaves its processes findable by `delete --force`.
+    pub fn record_launch(&self, dir: &Path) -> Result<()> {
+        LaunchRecord {
+            launcher: self.launcher(),
+            jail_pid_file: self.jail.as_ref().map(|j| j.pid_file().to_owned()),
+        }
+        .write(dir)
+    }
+
     /// The jailed VMM process, from the jailer's pid file (waiting up to
     /// `timeout` for it), with its jail's root; `None` when unjailed.
     pub fn jailed(&self, timeout: Duration) -> Option<Result<JailRecord>> {
@@ -324,12 +342,13 @@ impl Drop for VmmGuard {
 }
 
 /// Starts the VMM process of container `id` (through its jailer) with the
-/// inputs in its directory, and waits for its readiness report.
+/// inputs in its directory, records it in state directory `dir`
+/// ([`VmmGuard::record_launch`]) and waits for its readiness report.
 fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
-    file_size_limit: u64,
+    (file_size_limit, dir): (u64, &Path),
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
@@ -369,6 +388,7 @@ fn start_vmm(
     };
     let (spawn::Helper { child, report }, jail) = pending;
     let mut guard = VmmGuard::new(child, jail);
+    guard.record_launch(dir)?;
     let ready = guard.wait_ready(report)?;
     Ok((guard, ready))
 }
