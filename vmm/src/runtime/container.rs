@@ -130,8 +130,15 @@ impl Runtime {
                 "container {id} is being created (delete --force stops it)"
             )));
         }
-        LaunchRecord::kill_recorded(&self.root.dir(id));
-        Ok((IdLock::acquire(&self.root, id, Wait::Block)?, true))
+        // The `create` may not have started its VMM yet (it builds the
+        // rootfs image first): kill it as soon as it is recorded.
+        loop {
+            LaunchRecord::kill_recorded(&self.root.dir(id));
+            if let Some(lock) = IdLock::acquire(&self.root, id, Wait::Try)? {
+                return Ok((Some(lock), true));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// `start`: runs the container's process.
