@@ -16,6 +16,7 @@ use super::{mount, mounts};
 use crate::agent_log;
 use crate::protocol::{MountSpec, RootfsSpec, RootfsType};
 use crate::server::cgroup::Cgroup;
+use crate::server::spawn::ChildMount;
 use crate::server::{AgentError, Platform};
 
 /// Where the agent mounts the container's filesystems.
@@ -81,6 +82,15 @@ impl GuestPlatform {
     }
 }
 
+/// The `oom_kill` counter of `/proc/vmstat` (Linux 4.13): processes the
+/// kernel's OOM killer has killed since boot.
+fn oom_kills_since_boot() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 impl Platform for GuestPlatform {
     fn mount_rootfs(&self, spec: &RootfsSpec) -> Result<PathBuf, AgentError> {
         let handler = HANDLERS
@@ -116,13 +126,35 @@ impl Platform for GuestPlatform {
         Ok(root)
     }
 
-    fn apply_mounts(&self, root: &Path, specs: &[MountSpec]) -> Result<(), AgentError> {
+    fn apply_mounts(
+        &self,
+        root: &Path,
+        specs: &[MountSpec],
+        pid_namespace: bool,
+    ) -> Result<Vec<ChildMount>, AgentError> {
+        let mut deferred_at: Vec<PathBuf> = Vec::new();
+        let mut deferred = Vec::new();
         for spec in specs {
+            if pid_namespace && mounts::is_deferred(spec, &deferred_at) {
+                let inside = deferred_at
+                    .iter()
+                    .any(|d| Path::new(&spec.destination).starts_with(d));
+                let (calls, target) = mounts::child_mounts(root, spec, !inside)?;
+                deferred.extend(calls);
+                deferred_at.push(PathBuf::from(&spec.destination));
+                // Made by the init; unmounted with the rest at shutdown.
+                self.track(target);
+                continue;
+            }
             if let Some(target) = mounts::apply(root, spec)? {
                 self.track(target);
             }
         }
-        Ok(())
+        Ok(deferred)
+    }
+
+    fn oom_kills(&self) -> u64 {
+        oom_kills_since_boot().unwrap_or(0)
     }
 
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {
