@@ -683,15 +683,7 @@ fn child_main(args: &ChildArgs<'_>) -> ! {
             }
         }
         if plan.set_ids {
-            if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
-                fail(err_fd, 7);
-            }
-            if libc::setgid(plan.gid) != 0 {
-                fail(err_fd, 8);
-            }
-            if libc::setuid(plan.uid) != 0 {
-                fail(err_fd, 9);
-            }
+            set_ids(plan, err_fd);
         }
         if let Some(mask) = plan.umask {
             libc::umask(mask);
@@ -715,6 +707,36 @@ fn child_main(args: &ChildArgs<'_>) -> ! {
             plan.envp_ptrs.as_ptr(),
         );
         fail(err_fd, 12)
+    }
+}
+
+/// In the child: groups, gid, uid, by raw system calls. glibc's
+/// `setgroups`/`setgid`/`setuid` change every thread of the process
+/// (`__nptl_setxid`: a signal to each thread it knows, then a wait); after
+/// a raw `clone` the child's glibc still knows the agent's threads, and in
+/// a new PID namespace the agent's main thread's tid (1 in the guest) is
+/// the child itself, so glibc signalled itself forever. The child has one
+/// thread: the raw calls are all it needs.
+///
+/// # Safety
+/// Only in the forked child (async-signal-safe calls only).
+unsafe fn set_ids(plan: &Plan, err_fd: RawFd) {
+    let calls: [(libc::c_long, libc::c_long, libc::c_long, u32); 3] = [
+        (
+            libc::SYS_setgroups,
+            plan.groups.len() as libc::c_long,
+            plan.groups.as_ptr() as libc::c_long,
+            7,
+        ),
+        (libc::SYS_setgid, libc::c_long::from(plan.gid), 0, 8),
+        (libc::SYS_setuid, libc::c_long::from(plan.uid), 0, 9),
+    ];
+    for (nr, a, b, stage) in calls {
+        // SAFETY: a raw system call; setgroups reads `plan.groups`, which
+        // lives as long as the child.
+        if unsafe { libc::syscall(nr, a, b) } != 0 {
+            fail(err_fd, stage);
+        }
     }
 }
 
