@@ -82,10 +82,18 @@ impl GuestPlatform {
     }
 }
 
-/// The `oom_kill` counter of `/proc/vmstat` (Linux 4.13): processes the
-/// kernel's OOM killer has killed since boot.
-fn oom_kills_since_boot() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/vmstat").ok()?;
+/// The container's cgroup v2 group (see `container_cgroup`).
+fn container_group() -> PathBuf {
+    Path::new(RUN_DIR).join("cgroup").join("container")
+}
+
+/// The `oom_kill` count of the container group's `memory.events`
+/// (cgroup-v2.rst; Linux 4.13): processes of the container the OOM killer
+/// killed, whether the guest ran out of memory or the group hit a limit.
+/// The guest kernel has no `/proc/vmstat` counters (`VM_EVENT_COUNTERS`
+/// is off), so this is the one place that counts them.
+fn container_oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string(container_group().join("memory.events")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
@@ -154,7 +162,7 @@ impl Platform for GuestPlatform {
     }
 
     fn oom_kills(&self) -> u64 {
-        oom_kills_since_boot().unwrap_or(0)
+        container_oom_kills().unwrap_or(0)
     }
 
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {
@@ -166,19 +174,27 @@ impl Platform for GuestPlatform {
     }
 
     fn container_cgroup(&self) -> Option<Cgroup> {
-        let mount_point = Path::new(RUN_DIR).join("cgroup");
-        let group = mount_point.join("container");
-        let made = mkdir(&mount_point)
+        let group = container_group();
+        let mount_point = group.parent()?;
+        let made = mkdir(mount_point)
             .and_then(|_| {
                 mount(
                     "cgroup2",
-                    &mount_point,
+                    mount_point,
                     "cgroup2",
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     "",
                 )
             })
-            .and_then(|_| mkdir(&group));
+            .and_then(|_| {
+                // The memory controller in the group: its `memory.events`
+                // counts the container's OOM kills.
+                let control = mount_point.join("cgroup.subtree_control");
+                if let Err(e) = std::fs::write(&control, "+memory") {
+                    agent_log!("no memory controller for the container (OOM kills not seen): {e}");
+                }
+                mkdir(&group)
+            });
         match made {
             Ok(()) => Some(Cgroup::new(group)),
             Err(e) => {

@@ -366,8 +366,7 @@ impl Agent {
             },
             Box::new(move |raw| {
                 // Only the container's exit needs it (engines read it
-                // then), and /proc/vmstat is slow to make in an emulated
-                // guest kernel.
+                // then): one file read less for every other exit.
                 let oom_killed = init && platform.oom_kills() > 0;
                 table.on_exit(id, raw, oom_killed)
             }),

@@ -41,8 +41,8 @@ pub trait Platform: Send + Sync + 'static {
     /// with `EOPNOTSUPP`. Called once, by `create`; failures are the
     /// platform's to log.
     fn container_cgroup(&self) -> Option<Cgroup>;
-    /// How many processes the machine's OOM killer has killed since it
-    /// booted (the guest runs one container, so: of the container).
+    /// How many of the container's processes the OOM killer has killed
+    /// (the guest: its group's `memory.events`).
     fn oom_kills(&self) -> u64;
     /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
     fn unmount_all(&self);
