@@ -133,11 +133,15 @@ impl Runtime {
     /// a running one first.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let (c, backend) = match self.load(id) {
-            Err(RuntimeError::NotFound(_)) if force && self.root.dir(id).is_dir() => {
-                // A `create` that was killed before it finished: its helper
-                // gives up on its own.
+            Err(RuntimeError::NotFound(_)) if force => {
+                // A `create` that was killed before it finished (its helper
+                // gives up on its own), or none at all: as runc, `--force`
+                // removes what is there and succeeds (podman deletes after a
+                // failed `create`, which left nothing).
                 let dir = self.root.dir(id);
-                remove_container_files(&dir, &state::vsock_path(&dir));
+                if dir.is_dir() {
+                    remove_container_files(&dir, &state::vsock_path(&dir));
+                }
                 return Ok(());
             }
             loaded => loaded?,
