@@ -175,3 +175,53 @@ fn podman_busybox_applets_exit_as_under_runc() {
     assert!(!stdout(&capsa).contains(": 139\n"), "{}", stdout(&capsa));
     assert_eq!(stdout(&capsa), stdout(&runc));
 }
+
+/// Where docker's runc shim keeps the runtime's state
+/// (`--root` of its runtime calls, under `CAPSA_ENGINES_RUN`).
+const DOCKER_ROOT: &str = "docker/runtime-runc/moby";
+
+/// `docker run --rm --runtime RT --network none BUSYBOX args...`;
+/// checks that nothing of the container is left afterwards.
+fn docker_run(rt: Runtime, test: &str, args: &[&str]) -> Output {
+    let _slot = container_slot();
+    let e = engines();
+    if rt == Runtime::Capsa {
+        e.set_docker_capsa_runtime(&rt.binary());
+    }
+    let name = container_name(test, rt);
+    let mut guard = Container::new(Engine::Docker, &name, rt, &e.run.join(DOCKER_ROOT));
+    let cidfile = guard.cidfile();
+    let mut cmd = e.command_with_timeout("docker", 2 * TIMEOUT_S);
+    cmd.args(["run", "--rm", "--runtime", rt.docker_name()])
+        .args(["--network", "none", "--name", &name, "--cidfile"])
+        .arg(&cidfile)
+        .arg(BUSYBOX)
+        .args(args);
+    let out = run(&mut cmd, None);
+    eprintln!("{}", describe(&cmd, &out));
+    if let Some(id) = guard.id() {
+        assert_nothing_left(&e.run.join(DOCKER_ROOT), &id);
+    }
+    out
+}
+
+/// Items 2 and 3 through docker (containerd's runc shim driving the
+/// runtime binary): the same `ps` lines and exit codes as runc's.
+#[test]
+fn docker_pid_1_and_missing_command_as_under_runc() {
+    let script = "echo pid=$$; ps -o ppid,user,args; true";
+    let runc = docker_run(Runtime::Runc, "dpidns", &["sh", "-c", script]);
+    let capsa = docker_run(Runtime::Capsa, "dpidns", &["sh", "-c", script]);
+    assert!(runc.status.success() && capsa.status.success());
+    assert!(stdout(&runc).starts_with("pid=1\n"), "{}", stdout(&runc));
+    assert_eq!(stdout(&capsa), stdout(&runc));
+    for rt in [Runtime::Runc, Runtime::Capsa] {
+        let out = docker_run(rt, "dnotfound", &["no-such-cmd"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(127), "{rt:?}: {stderr}");
+        assert!(
+            stderr.contains("no-such-cmd") && stderr.contains("executable file not found in $PATH"),
+            "{rt:?}: {stderr}"
+        );
+    }
+}
