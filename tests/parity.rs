@@ -108,7 +108,8 @@ fn podman_it_terminal_bytes_are_runc_s() {
 }
 
 /// Item 7: a container killed by the OOM killer (its memory limit) exits
-/// 137 and `podman inspect` reports `OOMKilled`, as under runc.
+/// 137 and `podman inspect` reports `OOMKilled`, as runc's does where
+/// conmon sees the host cgroup's OOM events.
 #[test]
 fn podman_an_oom_kill_is_137_and_oomkilled() {
     for rt in [Runtime::Runc, Runtime::Capsa] {
@@ -134,7 +135,15 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
             "{{.State.ExitCode}} {{.State.OOMKilled}}",
             &name,
         ]));
-        assert_eq!(inspect.trim(), "137 true", "{rt:?}");
+        // runc's OOMKilled comes from conmon watching the host cgroup's
+        // OOM events, which it misses on these hosts (hybrid cgroups,
+        // cgroupfs manager: "137 false"); on cgroup v2 hosts it is true.
+        // capsa's comes from the guest, so it holds everywhere.
+        if rt == Runtime::Capsa {
+            assert_eq!(inspect.trim(), "137 true", "{rt:?}");
+        } else {
+            assert!(inspect.starts_with("137 "), "{rt:?}: {inspect}");
+        }
         ok(podman(rt).args(["rm", "--force", &name]));
     }
 }
