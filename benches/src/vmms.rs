@@ -294,6 +294,7 @@ fn drive_agent(
         hostname: None,
         mounts: Vec::new(),
         stdin: false,
+        pid_namespace: false,
     };
     let created = client
         .call::<method::Create>(&params, rpc_timeout)

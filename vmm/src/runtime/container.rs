@@ -165,12 +165,16 @@ impl Runtime {
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
         let (lock, stopped_create) = self.lock_for_delete(id, force)?;
         let (c, backend) = match self.load(id) {
-            Err(RuntimeError::NotFound(_)) if force && self.root.dir(id).is_dir() => {
+            Err(RuntimeError::NotFound(_)) if force => {
                 // A `create` that was killed before it recorded the
-                // container: what it started may still run.
+                // container (what it started may still run), or none at
+                // all: as runc, `--force` removes what is there and
+                // succeeds (podman deletes after a failed `create`).
                 let dir = self.root.dir(id);
-                LaunchRecord::kill_recorded(&dir);
-                remove_container_files(&dir, &state::vsock_path(&dir));
+                if dir.is_dir() {
+                    LaunchRecord::kill_recorded(&dir);
+                    remove_container_files(&dir, &state::vsock_path(&dir));
+                }
                 if let Some(lock) = lock {
                     lock.remove();
                 }

@@ -304,6 +304,9 @@ pub struct VmSpec {
     pub hostname: Option<String>,
     /// The mounts, and the host files bind mounts need in the binds disk.
     pub mounts: MountPlan,
+    /// Whether the container gets a PID namespace of its own
+    /// ([`wants_pid_namespace`]).
+    pub pid_namespace: bool,
 }
 
 /// What a disk is for in the guest.
@@ -417,6 +420,7 @@ impl VmSpec {
             process: process_spec(process, bundle.resolve_user()?),
             hostname: spec.hostname().clone(),
             mounts: mounts(spec, readonly_root),
+            pid_namespace: wants_pid_namespace(spec),
         })
     }
 
@@ -448,6 +452,7 @@ impl VmSpec {
             hostname: self.hostname,
             mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
             stdin: true,
+            pid_namespace: self.pid_namespace,
         };
         Ok(VmmInputs {
             vm,
@@ -455,6 +460,20 @@ impl VmSpec {
             console_fd: machine.console_fd,
         })
     }
+}
+
+/// Whether the spec asks for a PID namespace (`linux.namespaces` has type
+/// `pid`). A `path` (join an existing one) cannot be honoured across VMs:
+/// the container gets a new one, which is what it shares with every
+/// process of its VM.
+fn wants_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        })
 }
 
 /// Builds the binds disk for `plan` in `state_dir`; `None` without binds.
@@ -538,6 +557,7 @@ mod tests {
                 mounts: Vec::new(),
                 binds: vec![("/etc/hosts".into(), "b0".into())],
             },
+            pid_namespace: true,
         };
         let machine = Machine {
             kernel: "/vmlinux".into(),
@@ -565,6 +585,23 @@ mod tests {
             Some(Path::new("/console.log"))
         );
         assert_eq!(inputs.vm.host_quirks, HostQuirks::Off);
+    }
+
+    #[test]
+    fn pid_namespace_when_the_spec_asks() {
+        let spec = |ns: serde_json::Value| -> Spec {
+            serde_json::from_value(json!({"ociVersion": "1.0.2", "linux": {"namespaces": ns}}))
+                .unwrap()
+        };
+        assert!(wants_pid_namespace(&spec(
+            json!([{"type": "mount"}, {"type": "pid"}])
+        )));
+        assert!(wants_pid_namespace(&spec(
+            json!([{"type": "pid", "path": "/proc/1/ns/pid"}])
+        )));
+        assert!(!wants_pid_namespace(&spec(json!([{"type": "network"}]))));
+        let bare: Spec = serde_json::from_value(json!({"ociVersion": "1.0.2"})).unwrap();
+        assert!(!wants_pid_namespace(&bare));
     }
 
     #[test]

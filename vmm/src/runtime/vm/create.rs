@@ -34,7 +34,7 @@ use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
 use crate::runtime::vm_spec::{binds_image, DiskRole, Machine, MachineDisk, VmSpec};
-use crate::runtime::vmm_process::VmmReady;
+use crate::runtime::vmm_process::{VmmReady, OOM_MARK};
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
 /// `RLIMIT_FSIZE` of a jailed VMM: its largest legitimate file, so that
@@ -58,6 +58,7 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let spec = VmSpec::from_bundle(bundle)?;
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
+    placement.relay_oom_to(bundle);
     let resources = HostResources::prepare(bundle, &spec, &mut placement, opts)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
@@ -135,6 +136,18 @@ impl Placement {
             inside: dir.to_owned(),
             vsock,
         })
+    }
+
+    /// Has the jailer relay the VMM's [`OOM_MARK`] to `<bundle>/oom`,
+    /// where podman looks for it when the container has exited (runc's
+    /// conmon writes it there from the host cgroup's OOM events, which a
+    /// guest's OOM killer never raises). Unjailed, the mark stays in the
+    /// state directory.
+    fn relay_oom_to(&mut self, bundle: &Bundle) {
+        if let Some(j) = &mut self.jail {
+            let dir = std::path::absolute(&bundle.dir).unwrap_or_else(|_| bundle.dir.clone());
+            j.relay_on_exit(OOM_MARK, &dir.join("oom"));
+        }
     }
 
     /// A host file the VMM only reads: bind-mounted read-only into the

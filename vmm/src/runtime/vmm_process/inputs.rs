@@ -87,6 +87,7 @@ mod tests {
                 hostname: None,
                 mounts: Vec::new(),
                 stdin: true,
+                pid_namespace: true,
             },
             console_fd: Some(5),
         };
