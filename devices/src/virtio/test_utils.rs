@@ -20,6 +20,22 @@ pub fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
+/// [`MEM_SIZE`] of guest memory at 0 backed by a memfd and mapped shared,
+/// as the VMM makes it (what a vhost-user backend needs).
+pub fn memfd_guest_memory() -> GuestMemory {
+    let fd =
+        nix::sys::memfd::memfd_create(c"capsa-test-memory", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(MEM_SIZE).unwrap();
+    GuestMemory::from_ranges_with_files([(
+        GuestAddress(0),
+        MEM_SIZE as usize,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
+
 /// A device that records what the transport does to it.
 pub struct DummyDevice {
     max_sizes: Vec<u16>,

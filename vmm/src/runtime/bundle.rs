@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use super::state::RuntimeType;
-use super::{Result, RuntimeError, RUNTIME_ANNOTATION};
+use super::{Result, RuntimeError, ROOTFS_ANNOTATION, RUNTIME_ANNOTATION};
 
 /// A bundle whose `config.json` parsed and validated.
 #[derive(Debug, Clone)]
@@ -21,6 +21,41 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// The runtime type from the annotation `io.capsa.runtime`.
     pub runtime: RuntimeType,
+    /// How a VM container's rootfs reaches the guest, from the annotation
+    /// `io.capsa.rootfs`.
+    pub rootfs_transport: RootfsTransport,
+}
+
+/// How the rootfs directory reaches the guest (annotation
+/// `io.capsa.rootfs`; docs/runtime.md § Rootfs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RootfsTransport {
+    /// `virtiofs` (default): the directory itself, shared by virtiofsd;
+    /// the container's writes reach it at once (as with runc).
+    #[default]
+    Virtiofs,
+    /// `block`: a cached ext4 image of the directory on a read-only
+    /// virtio-blk disk under a RAM overlay; faster to boot, writes lost.
+    Block,
+}
+
+/// Reads the rootfs transport of a bundle.
+pub fn rootfs_transport(spec: &Spec, dir: &Path) -> Result<RootfsTransport> {
+    let value = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ROOTFS_ANNOTATION));
+    match value.map(String::as_str) {
+        None | Some("virtiofs") => Ok(RootfsTransport::Virtiofs),
+        Some("block") => Ok(RootfsTransport::Block),
+        Some(other) => Err(err(
+            dir,
+            format!(
+                "annotations.\"{ROOTFS_ANNOTATION}\": unknown rootfs transport {other:?} \
+                 (expected \"virtiofs\" or \"block\")"
+            ),
+        )),
+    }
 }
 
 fn err(dir: &Path, message: impl Into<String>) -> RuntimeError {
@@ -82,6 +117,10 @@ impl Bundle {
         }
         let spec = load_spec(&dir)?;
         let runtime = runtime_type(&spec, &dir)?;
+        let rootfs_transport = match runtime {
+            RuntimeType::Vm => rootfs_transport(&spec, &dir)?,
+            RuntimeType::Process => RootfsTransport::default(),
+        };
         let root = spec
             .root()
             .as_ref()
@@ -122,6 +161,7 @@ impl Bundle {
             spec,
             rootfs,
             runtime,
+            rootfs_transport,
         };
         bundle.resolve_user()?;
         Ok(bundle)
@@ -245,6 +285,27 @@ mod tests {
         let b = b.unwrap();
         assert_eq!(b.rootfs, d.path().join("rootfs"));
         assert_eq!(b.runtime, RuntimeType::Vm);
+        assert_eq!(b.rootfs_transport, RootfsTransport::Virtiofs);
+    }
+
+    #[test]
+    fn rootfs_transport_annotation() {
+        let with = |v: &str| {
+            OK.replace(
+                r#""ociVersion""#,
+                &format!(r#""annotations":{{"io.capsa.rootfs":"{v}"}},"ociVersion""#),
+            )
+        };
+        let (_d, b) = bundle_with(&with("block"));
+        assert_eq!(b.unwrap().rootfs_transport, RootfsTransport::Block);
+        let (_d, b) = bundle_with(&with("virtiofs"));
+        assert_eq!(b.unwrap().rootfs_transport, RootfsTransport::Virtiofs);
+        let (_d, b) = bundle_with(&with("nfs"));
+        let e = b.unwrap_err().to_string();
+        assert!(
+            e.contains("annotations.\"io.capsa.rootfs\"") && e.contains("\"nfs\""),
+            "{e}"
+        );
     }
 
     #[test]

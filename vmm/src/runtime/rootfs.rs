@@ -1,20 +1,19 @@
-//! The container's files as virtio-blk disks.
+//! The container's root directory as a virtio-blk disk (the `block`
+//! rootfs transport, annotation `io.capsa.rootfs=block`; by default the
+//! directory is shared through virtio-fs instead, see [`super::virtiofsd`]).
 //!
-//! - The bundle's root directory becomes an ext4 image made by the real
-//!   tool (`mkfs.ext4 -d`), cached under `<cache>/rootfs/<key>.ext4`. The
-//!   key is a SHA-256 over every entry of the tree (not following
-//!   symlinks): its relative path, type, mode, owner, size, modification
-//!   time, symlink target and, for a regular file, the SHA-256 of its
-//!   bytes. So an unchanged tree is not rebuilt, and two trees that differ
-//!   in any byte never share an image, even with equal names, sizes and
-//!   mtimes (issue 14 item 4: the key used to be metadata only, hashed
-//!   with a non-cryptographic hash). The price is a read of the tree at
-//!   every `create` (docs/security.md has the numbers).
-//!   The disk is offered read-only and shared by every container of the
-//!   same tree; the guest writes into a tmpfs overlay (see docs/runtime.md).
-//! - Bind mounts of host files and directories are copied into a small
-//!   per-container ext4 image (`<state>/binds.ext4`), mounted in the guest
-//!   and bound from there (see [`super::vm_spec`]).
+//! The bundle's root directory becomes an ext4 image made by the real tool
+//! (`mkfs.ext4 -d`), cached under `<cache>/rootfs/<key>.ext4`. The key is a
+//! SHA-256 over every entry of the tree (not following symlinks): its
+//! relative path, type, mode, owner, size, modification time, symlink
+//! target and, for a regular file, the SHA-256 of its bytes. So an
+//! unchanged tree is not rebuilt, and two trees that differ in any byte
+//! never share an image, even with equal names, sizes and mtimes (issue 14
+//! item 4: the key used to be metadata only, hashed with a
+//! non-cryptographic hash). The price is a read of the tree at every block
+//! `create` (docs/security.md has the numbers). The disk is offered
+//! read-only and shared by every container of the same tree; the guest
+//! writes into a tmpfs overlay (see docs/runtime.md).
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -173,26 +172,6 @@ pub fn rootfs_image(rootfs: &Path, cache_dir: &Path) -> Result<PathBuf> {
         .map_err(|e| RuntimeError::io(format!("rename to {}", image.display()), e))?;
     tracing::info!(image = %image.display(), "rootfs image built");
     Ok(image)
-}
-
-/// Copies `src` (a file or a directory tree, with `cp -a`) to `dst`.
-pub fn copy_into(src: &Path, dst: &Path) -> Result<()> {
-    let output = Command::new("cp")
-        .arg("-a")
-        .arg("--")
-        .arg(src)
-        .arg(dst)
-        .output()
-        .map_err(|e| RuntimeError::io("cannot run cp", e))?;
-    if !output.status.success() {
-        return Err(RuntimeError::Image(format!(
-            "cp -a {} {} failed: {}",
-            src.display(),
-            dst.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
