@@ -67,6 +67,7 @@ fn agent_runs_container_processes_in_the_real_guest() {
                 },
             ],
             stdin: false,
+            pid_namespace: false,
         })
         .expect("create");
     assert!(

@@ -218,6 +218,41 @@ fn jailed_process_runs_unprivileged_in_its_jail_and_cgroups() {
 /// A jail on another file system than the exec file (a tmpfs, as `/run`
 /// usually is): the exec file is bind-mounted read-only instead of copied.
 /// `--new-net-ns`: the jailed process sees only a loopback device.
+/// `--exit-marker`: a regular file the jailed process left in its root
+/// makes the jailer create the host file once the process has exited; a
+/// missing one or a symlink does not.
+#[test]
+fn exit_markers_are_relayed_to_the_host_once_the_vmm_exits() {
+    require_kvm();
+    let base = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let id = unique_id("marker");
+    let bb = busybox();
+    let _guard = CleanupOnDrop(base.path(), &id, &bb);
+    let marker = |name: &str| format!("{name}:{}", host.path().join(name).display());
+    let out = jailer_cmd(base.path(), &id, &bb)
+        .args(["--exit-marker", &marker("oom")])
+        .args(["--exit-marker", &marker("missing")])
+        .args(["--exit-marker", &marker("link")])
+        .args(["--", "sh", "-c", "touch /oom && ln -s /oom /link && exit 9"])
+        .output()
+        .unwrap();
+    let ctx = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(9), "{ctx}");
+    let oom = std::fs::metadata(host.path().join("oom")).expect("oom relayed");
+    assert!(oom.is_file() && oom.len() == 0, "{ctx}");
+    assert!(!host.path().join("missing").exists(), "{ctx}");
+    assert!(
+        !host.path().join("link").exists(),
+        "a symlink is no marker: {ctx}"
+    );
+    cleanup(base.path(), &id, &bb);
+}
+
 #[test]
 fn exec_file_on_another_file_system_is_bind_mounted_and_new_net_ns_is_empty() {
     require_kvm();

@@ -372,6 +372,7 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
         shares: Vec::new(),
         mounts: Vec::new(),
         stdin: false,
+        pid_namespace: false,
     }
 }
 

@@ -118,8 +118,16 @@ fn exec_failures_carry_errno() {
     assert_eq!(rpc.error_code(), Some(ErrorCode::ExecFailed));
     let data = rpc.data.unwrap();
     assert_eq!(
-        (data.errno, data.stage.as_deref()),
-        (Some(libc::ENOENT), Some("execve"))
+        (data.errno, data.stage.as_deref(), data.path.as_deref()),
+        (
+            Some(libc::ENOENT),
+            Some("stat"),
+            Some("/definitely/not/here")
+        )
+    );
+    assert_eq!(
+        rpc.message,
+        r#"exec: "/definitely/not/here": stat /definitely/not/here: no such file or directory"#
     );
     let mut bad_cwd = process(&["true"]);
     bad_cwd.cwd = "/definitely/not/here".into();
@@ -132,6 +140,134 @@ fn exec_failures_carry_errno() {
     assert_eq!(err.rpc_code(), Some(ErrorCode::ExecFailed));
     // The agent keeps serving after failed execs.
     assert!(c.hello(Duration::from_secs(5)).is_ok());
+}
+
+/// A command that cannot be run fails `create` (nothing runs), worded
+/// as runc words it: engines turn these words into exit codes 127/126.
+#[test]
+fn a_command_that_cannot_run_fails_create_as_runc_says() {
+    let fx = start("lookup");
+    let c = fx.client();
+    let dir = fx.dir.join("path");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Not executable: skipped by the PATH lookup, refused by path.
+    std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
+    let tool = dir.join("tool").display().to_string();
+    let cases: [(&str, &str, i32, String); 5] = [
+        (
+            "no-such-cmd",
+            "lookup",
+            libc::ENOENT,
+            r#"exec: "no-such-cmd": executable file not found in $PATH"#.into(),
+        ),
+        (
+            "tool",
+            "lookup",
+            libc::ENOENT,
+            r#"exec: "tool": executable file not found in $PATH"#.into(),
+        ),
+        (
+            &tool,
+            "lookup",
+            libc::EACCES,
+            format!("exec: {tool:?}: permission denied"),
+        ),
+        (
+            "/",
+            "lookup",
+            libc::EACCES,
+            r#"exec: "/": permission denied"#.into(),
+        ),
+        (
+            "/no/such",
+            "stat",
+            libc::ENOENT,
+            r#"exec: "/no/such": stat /no/such: no such file or directory"#.into(),
+        ),
+    ];
+    for (cmd, stage, errno, message) in cases {
+        let mut p = create_params(&[cmd]);
+        p.process.env = vec![format!("PATH={}:/usr/bin:/bin", dir.display())];
+        let err = c.create(&p).unwrap_err();
+        let capsa_agent::client::ClientError::Rpc(rpc) = err else {
+            panic!("{cmd}: {err}")
+        };
+        assert_eq!(rpc.code, ErrorCode::ExecFailed.code(), "{cmd}");
+        assert_eq!(rpc.message, message, "{cmd}");
+        let data = rpc.data.unwrap();
+        assert_eq!(
+            (data.stage.as_deref(), data.errno, data.path.as_deref()),
+            (Some(stage), Some(errno), Some(cmd)),
+        );
+        assert!(!c.hello(Duration::from_secs(5)).unwrap().container_created);
+    }
+    // Nothing was left half-created: a runnable command creates now.
+    let created = fx.create(&c, &["sh", "-c", "exit 5"]);
+    c.start().unwrap();
+    assert_eq!(c.wait(created.process_id).unwrap().exit_code, Some(5));
+}
+
+/// The init process's exit says whether the OOM killer struck (engines
+/// report it as `OOMKilled`); the exits of `exec`'d processes never do.
+#[test]
+fn the_init_exit_carries_oom_kills() {
+    let fx = start("oom");
+    let c = fx.client();
+    let created = fx.create(&c, &["sh", "-c", "read x; exit 0"]);
+    let stdin = fx.attach(&created.streams.stdin);
+    c.start().unwrap();
+    fx.platform.oom_kills.store(1, Ordering::SeqCst);
+    let exec = c
+        .exec(&ExecParams {
+            process: process(&["true"]),
+            stdin: false,
+        })
+        .unwrap();
+    assert!(!c.wait(exec.process_id).unwrap().oom_killed);
+    drop(stdin);
+    let exit = c.wait(created.process_id).unwrap();
+    assert_eq!((exit.exit_code, exit.oom_killed), (Some(0), true));
+}
+
+/// `pidNamespace`: the init process is PID 1 of a namespace of its own
+/// (and, as PID 1, ignores a SIGTERM it has no handler for); an `exec`'d
+/// process joins that namespace and sees the init as PID 1.
+#[test]
+fn pid_namespace_makes_the_init_pid_1_and_exec_joins_it() {
+    // SAFETY: geteuid has no side effects.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (CLONE_NEWPID)");
+        return;
+    }
+    let fx = start("pidns");
+    let c = fx.client();
+    let mut p = create_params(&["sh", "-c", "echo $$; read x; echo done"]);
+    p.pid_namespace = true;
+    let created = c.create(&p).unwrap();
+    let mut stdin = fx.attach(&created.streams.stdin);
+    let stdout = fx.attach(&created.streams.stdout);
+    let started = c.start().unwrap();
+    assert!(started.pid > 1);
+    let exec = c
+        .exec(&ExecParams {
+            process: process(&["sh", "-c", "echo $$; kill -0 1 && echo init-is-1"]),
+            stdin: false,
+        })
+        .unwrap();
+    let out = read_all(fx.attach(&exec.streams.stdout));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    let in_ns: i32 = lines[0].parse().unwrap();
+    assert!(in_ns > 1 && in_ns != exec.pid, "{out:?} (pid {})", exec.pid);
+    assert_eq!(lines[1], "init-is-1");
+    assert_eq!(c.wait(exec.process_id).unwrap().exit_code, Some(0));
+    // SIGTERM without a handler does not end a namespace's PID 1.
+    c.signal(created.process_id, libc::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(b"x\n").unwrap();
+    let exit = c.wait(created.process_id).unwrap();
+    assert_eq!((exit.exit_code, exit.signal), (Some(0), None));
+    assert_eq!(read_all(stdout), "1\ndone\n");
 }
 
 #[test]

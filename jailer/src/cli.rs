@@ -148,6 +148,17 @@ pub struct JailArgs {
     #[arg(long)]
     pub no_fork: bool,
 
+    /// `NAME:PATH`: once the VMM has exited, if the jail's root holds a
+    /// regular file NAME (the VMM made it; a symlink does not count),
+    /// create an empty file at the host path PATH (mode 0644, never through
+    /// a symlink, left as it is when it exists) before exiting; repeatable.
+    /// For marks that a caller outside the jail reads once the jailer's pid
+    /// has exited (capsa: the VMM's `oom` → an engine's `<bundle>/oom`).
+    /// Nothing is read from the file.
+    #[arg(long = "exit-marker", value_name = "NAME:PATH", value_parser = parse_exit_marker,
+          conflicts_with = "daemonize")]
+    pub exit_markers: Vec<ExitMarker>,
+
     /// Arguments of the exec'd binary (after `--`), e.g. `vmm --kernel
     /// /vmlinux ...`.
     #[arg(last = true, value_name = "ARGS")]
@@ -179,6 +190,15 @@ pub struct CleanupArgs {
     /// `--cgroup-version` of the start; by default detected.
     #[arg(long, value_name = "1|2")]
     pub cgroup_version: Option<CgroupVersion>,
+}
+
+/// An `--exit-marker NAME:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitMarker {
+    /// A file name in the jail's root (no `/`, not `.` or `..`).
+    pub name: String,
+    /// Absolute host path to create.
+    pub path: PathBuf,
 }
 
 /// A `--bind SRC:DST[:ro]`.
@@ -348,6 +368,23 @@ pub fn parse_bind(s: &str) -> Result<BindMount, String> {
     })
 }
 
+/// `--exit-marker NAME:PATH` (split at the first `:`).
+pub fn parse_exit_marker(s: &str) -> Result<ExitMarker, String> {
+    let Some((name, path)) = s.split_once(':') else {
+        return Err(format!("{s:?} is not NAME:PATH"));
+    };
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!(
+            "NAME {name:?} must be a file name in the jail's root"
+        ));
+    }
+    let path = parse_absolute_path(path).map_err(|e| format!("PATH: {e}"))?;
+    Ok(ExitMarker {
+        name: name.to_owned(),
+        path,
+    })
+}
+
 /// `--env KEY=VALUE`.
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
@@ -408,6 +445,21 @@ mod tests {
         for bad in ["a/b", "..", "a b", "a_b", "é", "a.b"] {
             assert!(parse_id(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn exit_markers() {
+        let m = parse_exit_marker("oom:/var/b:c/oom").unwrap();
+        assert_eq!(m.name, "oom");
+        assert_eq!(m.path, PathBuf::from("/var/b:c/oom"));
+        for bad in ["oom", ":/x", "a/b:/x", "..:/x", "oom:rel", "oom:/a/../b"] {
+            assert!(parse_exit_marker(bad).is_err(), "{bad}");
+        }
+        assert!(error_of(&base(
+            "/bin/sh",
+            &["--daemonize", "--exit-marker", "oom:/x"]
+        ))
+        .contains("--exit-marker"));
     }
 
     #[test]

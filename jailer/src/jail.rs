@@ -18,7 +18,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::cgroup::{CgroupMounts, CgroupPlan};
 use crate::chroot::{self, DeviceNode, JailPaths};
-use crate::cli::{BindMount, JailArgs};
+use crate::cli::{BindMount, ExitMarker, JailArgs};
 use crate::rlimits::{self, ResourceLimit};
 use crate::rollback::Rollback;
 use crate::seccomp::{self, Filters};
@@ -41,6 +41,7 @@ struct Plan {
     keep_fds: Vec<i32>,
     new_pid_ns: bool,
     daemonize: bool,
+    exit_markers: Vec<ExitMarker>,
     dev_null: Option<OwnedFd>,
     argv: Vec<std::ffi::CString>,
     envp: Vec<std::ffi::CString>,
@@ -180,6 +181,7 @@ fn plan(args: JailArgs) -> Result<Plan> {
         keep_fds: args.keep_fds,
         new_pid_ns: args.new_pid_ns,
         daemonize: args.daemonize,
+        exit_markers: args.exit_markers,
         dev_null,
     })
 }
@@ -278,5 +280,36 @@ fn parent_after_exec(plan: &Plan, child: Pid) -> Result<i32> {
     if plan.daemonize {
         return Ok(0);
     }
-    Ok(supervisor::wait_forwarding(child))
+    let code = supervisor::wait_forwarding(child);
+    relay_exit_markers(&plan.paths.root, &plan.exit_markers);
+    Ok(code)
+}
+
+/// `--exit-marker`: for each marker whose NAME the VMM left in the jail's
+/// root as a regular file, creates its empty host file. The root is the
+/// VMM's to write: its entries are only `lstat`ed, never opened or followed.
+fn relay_exit_markers(root: &std::path::Path, markers: &[ExitMarker]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    for m in markers {
+        let made = std::fs::symlink_metadata(root.join(&m.name)).is_ok_and(|md| md.is_file());
+        if !made {
+            continue;
+        }
+        // O_CREAT|O_EXCL never follows a symlink at PATH.
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&m.path);
+        match created {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => eprintln!(
+                "capsa-jailer: warning: --exit-marker {}:{}: {e}",
+                m.name,
+                m.path.display()
+            ),
+        }
+    }
 }

@@ -288,6 +288,15 @@ pub fn ok(cmd: &mut Command) -> String {
 /// group, whatever that shell is: dash would otherwise fork `timeout`, which
 /// moves itself into a new, background, process group, where ctr's switch
 /// of the terminal to raw mode stops it with SIGTTOU until the timeout.
+///
+/// script(1)'s stdin is a pipe that stays open (and empty) until the
+/// command has exited. At EOF on its stdin script writes the terminal's EOF
+/// character (^D) into the terminal; if the command has not switched the
+/// terminal to raw mode yet, the kernel's line discipline queues that EOF
+/// as a NUL byte (`__DISABLED_CHAR`), which a raw-mode read later returns
+/// as data: `podman run -it` then passes a NUL into the container's
+/// terminal, whose echo (`^@`) shows in the output of any container still
+/// running a moment later, under runc as under capsa.
 pub fn run_in_terminal(cmd: &Command) -> Output {
     let mut line = String::from("exec ");
     for a in std::iter::once(cmd.get_program()).chain(cmd.get_args()) {
@@ -298,8 +307,16 @@ pub fn run_in_terminal(cmd: &Command) -> Output {
     s.args(["-qefc", &line, "/dev/null"])
         .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .env("SHELL", "/bin/sh")
-        .stdin(Stdio::null());
-    s.output().expect("run script(1)")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = s.spawn().expect("run script(1)");
+    // Held (not written) until the command is done: `wait_with_output`
+    // would close it first.
+    let stdin = child.stdin.take();
+    let out = child.wait_with_output().expect("wait for script(1)");
+    drop(stdin);
+    out
 }
 
 fn shell_quote(s: &str) -> String {

@@ -254,3 +254,28 @@ pub fn run_until_idle(em: &mut TestEventManager, ms: i32) {
     }
     panic!("event loop never went idle (busy loop?)");
 }
+
+/// Ends the whole test process if it is still alive after `limit`: a
+/// test of a busy loop that regresses fails with a message instead of
+/// hanging the run. Disarmed when dropped.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+/// Arms a [`Watchdog`] for test `name`.
+pub fn watchdog(name: &'static str, limit: std::time::Duration) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("{name}: still running after {limit:?} (busy loop?); aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use super::mount;
 use crate::agent_log;
 use crate::protocol::MountSpec;
+use crate::server::spawn::ChildMount;
 use crate::server::AgentError;
 
 /// Splits fstab-style options into mount flags and the data string; the
@@ -57,6 +58,76 @@ fn target_in(root: &Path, destination: &str) -> Result<PathBuf, AgentError> {
     Ok(root.join(rel.strip_prefix("/").unwrap_or(rel)))
 }
 
+/// Creates the mount point of a bind mount of `source` (a file or a
+/// directory) at `target`, or of another mount (a directory).
+fn make_mount_point(target: &Path, bind_source: Option<&str>) {
+    let is_file = bind_source
+        .and_then(|s| std::fs::metadata(s).ok())
+        .is_some_and(|m| !m.is_dir());
+    if is_file {
+        if let Some(parent) = target.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target);
+    } else {
+        let _ = std::fs::create_dir_all(target);
+    }
+}
+
+/// Whether the container's init must make `spec` itself, from inside its
+/// new PID namespace: a `proc` mount, or any mount below the destination
+/// of an earlier one (`deferred`: the destinations deferred so far).
+pub fn is_deferred(spec: &MountSpec, deferred: &[PathBuf]) -> bool {
+    spec.kind.as_deref() == Some("proc")
+        || deferred
+            .iter()
+            .any(|d| Path::new(&spec.destination).starts_with(d))
+}
+
+/// The mount(2) calls that make `spec` below `root`, for the container's
+/// init to run (see `Platform::apply_mounts`). The mount point is created
+/// here when `create_target` (it is not inside a mount that does not exist
+/// yet). Returns the calls and the target.
+pub fn child_mounts(
+    root: &Path,
+    spec: &MountSpec,
+    create_target: bool,
+) -> Result<(Vec<ChildMount>, PathBuf), AgentError> {
+    let target = target_in(root, &spec.destination)?;
+    let (flags, data, bind_opt) = parse_options(&spec.options);
+    let kind = spec.kind.as_deref().unwrap_or("none");
+    let bind = bind_opt || kind == "bind";
+    let source = spec.source.as_deref().unwrap_or(kind);
+    if create_target {
+        make_mount_point(&target, bind.then_some(source));
+    }
+    let mut calls = Vec::new();
+    if bind {
+        calls.push(ChildMount::new(
+            source,
+            &target,
+            "",
+            libc::MS_BIND | (flags & libc::MS_REC),
+            "",
+        )?);
+        if flags & !libc::MS_REC != 0 {
+            calls.push(ChildMount::new(
+                "",
+                &target,
+                "",
+                libc::MS_REMOUNT | libc::MS_BIND | (flags & !libc::MS_REC),
+                "",
+            )?);
+        }
+    } else {
+        calls.push(ChildMount::new(source, &target, kind, flags, &data)?);
+    }
+    Ok((calls, target))
+}
+
 /// Mounts one spec below `root`; returns the target when something was mounted.
 pub fn apply(root: &Path, spec: &MountSpec) -> Result<Option<PathBuf>, AgentError> {
     let target = target_in(root, &spec.destination)?;
@@ -65,20 +136,7 @@ pub fn apply(root: &Path, spec: &MountSpec) -> Result<Option<PathBuf>, AgentErro
     let bind = bind_opt || kind == "bind";
     let source = spec.source.as_deref().unwrap_or(kind);
     if bind {
-        let is_file = std::fs::metadata(source)
-            .map(|m| !m.is_dir())
-            .unwrap_or(false);
-        if is_file {
-            if let Some(parent) = target.parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&target);
-        } else {
-            let _ = std::fs::create_dir_all(&target);
-        }
+        make_mount_point(&target, Some(source));
         mount(
             source,
             &target,
@@ -175,6 +233,34 @@ mod tests {
         assert_eq!(flags, libc::MS_NOSUID | libc::MS_STRICTATIME | libc::MS_REC);
         assert_eq!(data, "mode=755,size=65536k");
         assert!(bind);
+    }
+
+    fn spec(kind: &str, destination: &str, options: &[&str]) -> MountSpec {
+        MountSpec {
+            destination: destination.into(),
+            kind: Some(kind.into()),
+            source: Some(kind.into()),
+            options: options.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn proc_and_what_lies_below_it_are_deferred() {
+        let proc_ = spec("proc", "/proc", &[]);
+        assert!(is_deferred(&proc_, &[]));
+        let below = spec("bind", "/proc/sys", &["rbind", "ro"]);
+        assert!(!is_deferred(&below, &[]));
+        assert!(is_deferred(&below, &[PathBuf::from("/proc")]));
+        assert!(!is_deferred(
+            &spec("tmpfs", "/procfoo", &[]),
+            &[PathBuf::from("/proc")]
+        ));
+        let (calls, target) = child_mounts(Path::new("/r"), &below, false).unwrap();
+        assert_eq!(target, PathBuf::from("/r/proc/sys"));
+        // A bind with flags is a bind, then a remount.
+        assert_eq!(calls.len(), 2);
+        let (calls, _) = child_mounts(Path::new("/r"), &proc_, false).unwrap();
+        assert_eq!(calls.len(), 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::{mount, mounts};
 use crate::agent_log;
 use crate::protocol::{MountSpec, RootfsSpec, RootfsType, ShareSpec};
 use crate::server::cgroup::Cgroup;
+use crate::server::spawn::ChildMount;
 use crate::server::{AgentError, Platform};
 
 /// Where the agent mounts the container's filesystems.
@@ -112,6 +113,23 @@ impl GuestPlatform {
     }
 }
 
+/// The container's cgroup v2 group (see `container_cgroup`).
+fn container_group() -> PathBuf {
+    Path::new(RUN_DIR).join("cgroup").join("container")
+}
+
+/// The `oom_kill` count of the container group's `memory.events`
+/// (cgroup-v2.rst; Linux 4.13): processes of the container the OOM killer
+/// killed, whether the guest ran out of memory or the group hit a limit.
+/// The guest kernel has no `/proc/vmstat` counters (`VM_EVENT_COUNTERS`
+/// is off), so this is the one place that counts them.
+fn container_oom_kills() -> Option<u64> {
+    let text = std::fs::read_to_string(container_group().join("memory.events")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 impl GuestPlatform {
     /// Mounts share `tag` at its mount point unless it is mounted already;
     /// returns the mount point.
@@ -199,13 +217,35 @@ impl Platform for GuestPlatform {
         Ok(root)
     }
 
-    fn apply_mounts(&self, root: &Path, specs: &[MountSpec]) -> Result<(), AgentError> {
+    fn apply_mounts(
+        &self,
+        root: &Path,
+        specs: &[MountSpec],
+        pid_namespace: bool,
+    ) -> Result<Vec<ChildMount>, AgentError> {
+        let mut deferred_at: Vec<PathBuf> = Vec::new();
+        let mut deferred = Vec::new();
         for spec in specs {
+            if pid_namespace && mounts::is_deferred(spec, &deferred_at) {
+                let inside = deferred_at
+                    .iter()
+                    .any(|d| Path::new(&spec.destination).starts_with(d));
+                let (calls, target) = mounts::child_mounts(root, spec, !inside)?;
+                deferred.extend(calls);
+                deferred_at.push(PathBuf::from(&spec.destination));
+                // Made by the init; unmounted with the rest at shutdown.
+                self.track(target);
+                continue;
+            }
             if let Some(target) = mounts::apply(root, spec)? {
                 self.track(target);
             }
         }
-        Ok(())
+        Ok(deferred)
+    }
+
+    fn oom_kills(&self) -> u64 {
+        container_oom_kills().unwrap_or(0)
     }
 
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {
@@ -217,19 +257,27 @@ impl Platform for GuestPlatform {
     }
 
     fn container_cgroup(&self) -> Option<Cgroup> {
-        let mount_point = Path::new(RUN_DIR).join("cgroup");
-        let group = mount_point.join("container");
-        let made = mkdir(&mount_point)
+        let group = container_group();
+        let mount_point = group.parent()?;
+        let made = mkdir(mount_point)
             .and_then(|_| {
                 mount(
                     "cgroup2",
-                    &mount_point,
+                    mount_point,
                     "cgroup2",
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                     "",
                 )
             })
-            .and_then(|_| mkdir(&group));
+            .and_then(|_| {
+                // The memory controller in the group: its `memory.events`
+                // counts the container's OOM kills.
+                let control = mount_point.join("cgroup.subtree_control");
+                if let Err(e) = std::fs::write(&control, "+memory") {
+                    agent_log!("no memory controller for the container (OOM kills not seen): {e}");
+                }
+                mkdir(&group)
+            });
         match made {
             Ok(()) => Some(Cgroup::new(group)),
             Err(e) => {

@@ -242,6 +242,13 @@ pub struct CreateParams {
     /// Ignored when `process.terminal` is true.
     #[serde(default = "default_true")]
     pub stdin: bool,
+    /// Give the container a PID namespace of its own (OCI
+    /// `linux.namespaces` type `pid`): the init process is its PID 1, the
+    /// `proc` mounts are made from inside it, and every `exec`'d process
+    /// joins it. Without it the container's processes share the guest's
+    /// namespace with the agent.
+    #[serde(default)]
+    pub pid_namespace: bool,
 }
 
 fn default_true() -> bool {
@@ -338,6 +345,12 @@ pub struct ProcessExit {
     /// Number of the signal that killed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// Set on the exit of the container's init process: the guest kernel's
+    /// OOM killer killed a process of the container (this one or another)
+    /// while it ran — what runc's engines report as `OOMKilled`. Always
+    /// false on the exits of `exec`'d processes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
 }
 
 impl ProcessExit {
@@ -512,6 +525,7 @@ mod tests {
             pid: 5,
             exit_code: Some(7),
             signal: None,
+            oom_killed: false,
         };
         assert_eq!(e.status_code(), 7);
         e.exit_code = None;

@@ -7,6 +7,7 @@
 //! briefly (`pause`); the phase lock is never held while taking the freezer
 //! lock.
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -49,6 +50,9 @@ pub struct Lifecycle {
     /// no process is forked into a group that is being frozen; `pause` and
     /// `resume` hold it for writing.
     frozen: RwLock<bool>,
+    /// The container's own PID namespace (`/proc/PID/ns/pid` of its init),
+    /// which `exec`'d processes join; `None` when it shares the guest's.
+    pid_ns: Mutex<Option<Arc<OwnedFd>>>,
 }
 
 impl Lifecycle {
@@ -60,6 +64,7 @@ impl Lifecycle {
             powered_off: AtomicBool::new(false),
             cgroup: Mutex::new(None),
             frozen: RwLock::new(false),
+            pid_ns: Mutex::new(None),
         }
     }
 
@@ -71,6 +76,19 @@ impl Lifecycle {
     /// The group the container's processes join, if the platform has one.
     pub fn cgroup(&self) -> Option<Cgroup> {
         self.cgroup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the container's PID namespace (set by `create`).
+    pub fn set_pid_ns(&self, ns: Option<OwnedFd>) {
+        *self.pid_ns.lock().unwrap_or_else(|p| p.into_inner()) = ns.map(Arc::new);
+    }
+
+    /// The container's PID namespace, if it has one of its own.
+    pub fn pid_ns(&self) -> Option<Arc<OwnedFd>> {
+        self.pid_ns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

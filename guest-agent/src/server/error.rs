@@ -25,6 +25,22 @@ pub enum AgentError {
         /// Linux errno.
         errno: i32,
     },
+    /// `args[0]` of a process cannot be run: not found in `PATH`, not a
+    /// file with an execute bit, or (a path) `stat` failed. Found before
+    /// the process runs anything; worded as runc's (`exec.LookPath`), which
+    /// engines parse (podman: exit 127 for "not found"/"no such file", 126
+    /// otherwise).
+    #[error("{}", lookup_message(name, *stat_failed, *errno))]
+    NotExecutable {
+        /// `args[0]`.
+        name: String,
+        /// `stat` of the path failed with `errno` (else: not found in
+        /// `PATH`, or not executable).
+        stat_failed: bool,
+        /// Linux errno: `ENOENT` (not found), `EACCES` (not executable),
+        /// or `stat`'s.
+        errno: i32,
+    },
     /// A mount failed.
     #[error("mount of {path} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     MountFailed {
@@ -62,6 +78,35 @@ impl From<DispatchError> for AgentError {
     }
 }
 
+/// An errno in Go's wording (`syscall.Errno.Error()`): glibc's text with
+/// a lower-case first letter, e.g. "no such file or directory".
+fn errno_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    let text = match text.rfind(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// runc's message for a command that cannot be run (Go's `exec.Error`):
+/// `exec: "NAME": executable file not found in $PATH`, `exec: "NAME":
+/// permission denied`, or `exec: "NAME": stat NAME: <errno>`.
+fn lookup_message(name: &str, stat_failed: bool, errno: i32) -> String {
+    let quoted = format!("{name:?}");
+    if stat_failed {
+        return format!("exec: {quoted}: stat {name}: {}", errno_text(errno));
+    }
+    match errno {
+        libc::ENOENT => format!("exec: {quoted}: executable file not found in $PATH"),
+        e => format!("exec: {quoted}: {}", errno_text(e)),
+    }
+}
+
 impl AgentError {
     /// An [`AgentError::Os`] from the last OS error.
     pub fn last_os(what: impl Into<String>) -> Self {
@@ -91,6 +136,16 @@ impl AgentError {
                     ..Default::default()
                 })
             }
+            AgentError::NotExecutable {
+                name,
+                stat_failed,
+                errno,
+            } => RpcError::new(ErrorCode::ExecFailed, message).with_data(ErrorData {
+                errno: Some(*errno),
+                stage: Some(if *stat_failed { "stat" } else { "lookup" }.into()),
+                path: Some(name.clone()),
+                ..Default::default()
+            }),
             AgentError::MountFailed { path, errno } => {
                 RpcError::new(ErrorCode::MountFailed, message).with_data(ErrorData {
                     errno: Some(*errno),
@@ -132,5 +187,39 @@ mod tests {
         let data = e.data.unwrap();
         assert_eq!(data.errno, Some(libc::ENOENT));
         assert_eq!(data.stage.as_deref(), Some("execve"));
+    }
+
+    #[test]
+    fn lookup_failures_read_as_runc_writes_them() {
+        let e = |name: &str, stat_failed, errno| {
+            AgentError::NotExecutable {
+                name: name.into(),
+                stat_failed,
+                errno,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            e("no-such-cmd", false, libc::ENOENT),
+            r#"exec: "no-such-cmd": executable file not found in $PATH"#
+        );
+        assert_eq!(
+            e("/etc/passwd", false, libc::EACCES),
+            r#"exec: "/etc/passwd": permission denied"#
+        );
+        assert_eq!(
+            e("/no/such", true, libc::ENOENT),
+            r#"exec: "/no/such": stat /no/such: no such file or directory"#
+        );
+        let rpc = AgentError::NotExecutable {
+            name: "x".into(),
+            stat_failed: false,
+            errno: libc::ENOENT,
+        }
+        .to_rpc();
+        assert_eq!(rpc.code, ErrorCode::ExecFailed.code());
+        let data = rpc.data.unwrap();
+        assert_eq!(data.stage.as_deref(), Some("lookup"));
+        assert_eq!(data.path.as_deref(), Some("x"));
     }
 }

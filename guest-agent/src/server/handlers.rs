@@ -9,7 +9,7 @@ use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
 use super::processes::Pending;
-use super::spawn::{self, Plan};
+use super::spawn::{self, ChildMount, PidNamespace, Plan, SpawnOptions, Spawned};
 use super::streams::PreparedStdio;
 use super::{reaper, stats, streams, uptime_ms, Agent};
 use crate::agent_log;
@@ -52,7 +52,10 @@ impl Service for Agent {
         })
     }
 
-    /// `create`: mounts, hostname, and the init process's stdio.
+    /// `create`: mounts, hostname, the init process's stdio, and the init
+    /// process itself, spawned and set up up to `execve` (so that a
+    /// command that cannot be run fails here, as with runc), waiting for
+    /// `start`.
     fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
         let mut phase = self.container.lock();
         match *phase {
@@ -60,29 +63,7 @@ impl Service for Agent {
             Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
             _ => return Err(AgentError::InvalidState("container already created".into())),
         }
-        match p.rootfs.fstype {
-            RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
-                return Err(AgentError::InvalidParams(
-                    "rootfs.tag is required for virtiofs".into(),
-                ))
-            }
-            RootfsType::Ext4 | RootfsType::Erofs if p.rootfs.source.is_none() => {
-                return Err(AgentError::InvalidParams(
-                    "rootfs.source is required".into(),
-                ))
-            }
-            _ => {}
-        }
-        if let Some(bad) = p
-            .shares
-            .iter()
-            .find(|s| ShareSpec::mount_point(&s.tag).is_none())
-        {
-            return Err(AgentError::InvalidParams(format!(
-                "shares: bad tag {:?} (1 to 36 bytes of letters, digits, '.', '_', '-')",
-                bad.tag
-            )));
-        }
+        validate_create(&p)?;
         // Validate the process before touching anything.
         Plan::new(&p.process, Path::new("/"))?;
         let platform = &self.container.platform;
@@ -96,17 +77,18 @@ impl Service for Agent {
                 return Err(e);
             }
         };
-        let setup = platform
-            .apply_mounts(&root, &p.mounts)
-            .and_then(|_| match &p.hostname {
-                Some(h) if !h.is_empty() => platform.set_hostname(h),
-                _ => Ok(()),
+        let prepared = platform
+            .apply_mounts(&root, &p.mounts, p.pid_namespace)
+            .and_then(|deferred| match &p.hostname {
+                Some(h) if !h.is_empty() => platform.set_hostname(h).map(|_| deferred),
+                _ => Ok(deferred),
+            })
+            .and_then(|deferred| {
+                self.streams
+                    .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)
+                    .map(|stdio| (deferred, stdio))
             });
-        let stdio = setup.and_then(|_| {
-            self.streams
-                .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)
-        });
-        let stdio = match stdio {
+        let (deferred, stdio) = match prepared {
             Ok(s) => s,
             Err(e) => {
                 platform.unmount_all();
@@ -114,11 +96,38 @@ impl Service for Agent {
             }
         };
         self.container.set_cgroup(platform.container_cgroup());
+        let init = self.processes.add_starting(stdio.tty_master.clone());
+        let pid_ns = if p.pid_namespace {
+            PidNamespace::New
+        } else {
+            PidNamespace::Inherit
+        };
+        let spawned = self
+            .spawn_process(init, &p.process, &stdio, &root, pid_ns, &deferred, true)
+            .and_then(|child| {
+                if !p.pid_namespace {
+                    return Ok(child);
+                }
+                let ns = std::fs::File::open(format!("/proc/{}/ns/pid", child.pid))
+                    .map_err(|e| AgentError::from_io("open the container's PID namespace", &e))?;
+                self.container.set_pid_ns(Some(ns.into()));
+                Ok(child)
+            });
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                // A child waiting for `start` exits when its `Spawned` is
+                // dropped; its exit is dropped with the table entry.
+                self.processes.remove(init);
+                self.streams.discard(&stdio.tokens);
+                platform.unmount_all();
+                return Err(e);
+            }
+        };
+        self.processes.mark_created(init, Pending { child });
         let streams = stdio.tokens.clone();
-        let init = self.processes.add_created(Pending {
-            spec: p.process,
-            stdio,
-        });
+        // Dropping the prepared stdio closes the child's ends here.
+        drop(stdio);
         *phase = Phase::Created { root, init };
         agent_log!("created container {}", p.container_id);
         Ok(CreateResult {
@@ -128,7 +137,7 @@ impl Service for Agent {
         })
     }
 
-    /// `start`: forks and execs the init process.
+    /// `start`: lets the init process, waiting since `create`, exec.
     fn do_start(&self, _p: StartParams) -> Result<StartResult, AgentError> {
         let mut phase = self.container.lock();
         let (root, init) = match &*phase {
@@ -140,22 +149,16 @@ impl Service for Agent {
             Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
         };
         let pending = self.processes.take_pending(init)?;
-        match self.spawn_process(init, &pending.spec, &pending.stdio, &root) {
-            Ok(pid) => {
-                self.processes.mark_running(init, pid);
-                // Dropping the pending stdio closes the child's ends here.
-                drop(pending);
-                *phase = Phase::Started { root, init };
-                Ok(StartResult {
-                    process_id: init,
-                    pid,
-                })
-            }
-            Err(e) => {
-                self.processes.restore_pending(init, pending);
-                Err(e)
-            }
-        }
+        let pid = pending.child.pid;
+        let released = pending.child.release();
+        // Either way the process ran: it exec'd, or it exits (127) and its
+        // exit is reported.
+        self.processes.mark_running(init, pid);
+        *phase = Phase::Started { root, init };
+        released.map(|pid| StartResult {
+            process_id: init,
+            pid,
+        })
     }
 
     /// `exec`: another process in the container, started at once; refused
@@ -177,8 +180,14 @@ impl Service for Agent {
             self.streams
                 .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)?;
         let id = self.processes.add_starting(stdio.tty_master.clone());
-        match self.spawn_process(id, &p.process, &stdio, &root) {
-            Ok(pid) => {
+        let ns = self.container.pid_ns();
+        let pid_ns = match &ns {
+            Some(fd) => PidNamespace::Join(fd.as_raw_fd()),
+            None => PidNamespace::Inherit,
+        };
+        match self.spawn_process(id, &p.process, &stdio, &root, pid_ns, &[], false) {
+            Ok(child) => {
+                let pid = child.pid;
                 self.processes.mark_running(id, pid);
                 Ok(ExecResult {
                     process_id: id,
@@ -320,13 +329,20 @@ impl Service for Agent {
 }
 
 impl Agent {
+    /// Spawns `spec` with `stdio` in the container's cgroup. The init
+    /// process (`init`) waits for `start` and reports on its exit whether
+    /// the guest's OOM killer struck.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_process(
         &self,
         id: ProcessId,
         spec: &ProcessSpec,
         stdio: &PreparedStdio,
         root: &Path,
-    ) -> Result<i32, AgentError> {
+        pid_ns: PidNamespace,
+        mounts: &[ChildMount],
+        init: bool,
+    ) -> Result<Spawned, AgentError> {
         let plan = Plan::new(spec, root)?;
         let child = stdio.child.as_child_stdio()?;
         let procs = self
@@ -335,11 +351,22 @@ impl Agent {
             .map(|cg| cg.open_procs())
             .transpose()?;
         let table = Arc::clone(&self.processes);
+        let platform = Arc::clone(&self.container.platform);
         spawn::spawn(
             &plan,
             &child,
-            procs.as_ref().map(|fd| fd.as_raw_fd()),
-            Box::new(move |raw| table.on_exit(id, raw)),
+            &SpawnOptions {
+                cgroup_procs: procs.as_ref().map(|fd| fd.as_raw_fd()),
+                pid_ns,
+                mounts,
+                wait_for_start: init,
+            },
+            Box::new(move |raw| {
+                // Only the container's exit needs it (engines read it
+                // then): one file read less for every other exit.
+                let oom_killed = init && platform.oom_kills() > 0;
+                table.on_exit(id, raw, oom_killed)
+            }),
         )
     }
 
@@ -366,11 +393,39 @@ impl Agent {
         }
         agent_log!("shutting down");
         self.thaw_for_shutdown();
-        for (_, pid) in self.processes.running() {
+        for pid in self.processes.live_pids() {
             let _ = kill(pid, libc::SIGKILL);
         }
         self.streams.clear();
         self.container.platform.unmount_all();
         self.container.platform.power_off();
     }
+}
+
+/// Checks `create`'s rootfs and shares before anything is touched.
+fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
+    match p.rootfs.fstype {
+        RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
+            return Err(AgentError::InvalidParams(
+                "rootfs.tag is required for virtiofs".into(),
+            ))
+        }
+        RootfsType::Ext4 | RootfsType::Erofs if p.rootfs.source.is_none() => {
+            return Err(AgentError::InvalidParams(
+                "rootfs.source is required".into(),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(bad) = p
+        .shares
+        .iter()
+        .find(|s| ShareSpec::mount_point(&s.tag).is_none())
+    {
+        return Err(AgentError::InvalidParams(format!(
+            "shares: bad tag {:?} (1 to 36 bytes of letters, digits, '.', '_', '-')",
+            bad.tag
+        )));
+    }
+    Ok(())
 }

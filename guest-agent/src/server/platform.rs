@@ -9,11 +9,12 @@
 //! without touching the host's mounts.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::cgroup::Cgroup;
 use super::error::AgentError;
+use super::spawn::ChildMount;
 use crate::protocol::{MountSpec, RootfsSpec, ShareSpec};
 
 /// The machine-specific steps of the agent.
@@ -24,8 +25,17 @@ pub trait Platform: Send + Sync + 'static {
     /// Mounts the container's rootfs and returns the directory its processes
     /// are chrooted into (`/` means no chroot).
     fn mount_rootfs(&self, rootfs: &RootfsSpec) -> Result<PathBuf, AgentError>;
-    /// Applies the OCI mounts below `root`, in order.
-    fn apply_mounts(&self, root: &Path, mounts: &[MountSpec]) -> Result<(), AgentError>;
+    /// Applies the OCI mounts below `root`, in order. With
+    /// `pid_namespace`, the `proc` mounts (and any mount below one) are not
+    /// made but returned, for the container's init to make from inside its
+    /// new PID namespace (a `proc` instance shows the namespace of the
+    /// process that mounts it).
+    fn apply_mounts(
+        &self,
+        root: &Path,
+        mounts: &[MountSpec],
+        pid_namespace: bool,
+    ) -> Result<Vec<ChildMount>, AgentError>;
     /// Sets the hostname.
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError>;
     /// Prepares the cgroup v2 group that every container process joins
@@ -34,6 +44,9 @@ pub trait Platform: Send + Sync + 'static {
     /// with `EOPNOTSUPP`. Called once, by `create`; failures are the
     /// platform's to log.
     fn container_cgroup(&self) -> Option<Cgroup>;
+    /// How many of the container's processes the OOM killer has killed
+    /// (the guest: its group's `memory.events`).
+    fn oom_kills(&self) -> u64;
     /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
     fn unmount_all(&self);
     /// Powers the machine off (the guest reboots, which the VMM turns into
@@ -57,6 +70,8 @@ pub struct DirectoryPlatform {
     pub hostname: Mutex<Option<String>>,
     /// Whether `power_off` was called.
     pub powered_off: AtomicBool,
+    /// What `oom_kills` returns.
+    pub oom_kills: AtomicU64,
 }
 
 impl Platform for DirectoryPlatform {
@@ -86,11 +101,20 @@ impl Platform for DirectoryPlatform {
         }
     }
 
-    fn apply_mounts(&self, _root: &Path, mounts: &[MountSpec]) -> Result<(), AgentError> {
+    fn apply_mounts(
+        &self,
+        _root: &Path,
+        mounts: &[MountSpec],
+        _pid_namespace: bool,
+    ) -> Result<Vec<ChildMount>, AgentError> {
         if let Ok(mut m) = self.mounts.lock() {
             m.extend_from_slice(mounts);
         }
-        Ok(())
+        Ok(Vec::new())
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.oom_kills.load(Ordering::SeqCst)
     }
 
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {

@@ -8,22 +8,26 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::error::AgentError;
 use super::reaper::RawExit;
-use super::streams::PreparedStdio;
-use crate::protocol::{ProcessExit, ProcessId, ProcessSpec};
+use super::spawn::Spawned;
+use crate::protocol::{ProcessExit, ProcessId};
 
-/// A created process that waits for `start`.
+/// A created process that waits for `start`: spawned and set up by
+/// `create`, blocked before `execve` until [`Spawned::release`].
 pub struct Pending {
-    /// What to run.
-    pub spec: ProcessSpec,
-    /// Its stdio.
-    pub stdio: PreparedStdio,
+    /// The waiting child.
+    pub child: Spawned,
 }
 
+/// An exit as the reaper saw it, and whether the guest's OOM killer had
+/// killed a process of the container by then.
+type Exit = (RawExit, bool);
+
 enum State {
-    /// Prepared by `create`, waiting for `start`.
+    /// Spawned by `create`, waiting for `start` (`None` while `start`
+    /// releases it).
     Created(Option<Box<Pending>>),
-    /// Being forked; an exit seen meanwhile is parked here.
-    Starting(Option<RawExit>),
+    /// Being forked or released; an exit seen meanwhile is parked here.
+    Starting(Option<Exit>),
     Running,
     Exited(ProcessExit),
 }
@@ -48,7 +52,7 @@ pub struct ProcessTable {
     exits: Mutex<Sender<ProcessExit>>,
 }
 
-fn exit_of(process_id: ProcessId, raw: &RawExit) -> ProcessExit {
+fn exit_of(process_id: ProcessId, raw: &RawExit, oom_killed: bool) -> ProcessExit {
     let status = raw.status;
     let (exit_code, signal) = if libc::WIFEXITED(status) {
         (Some(libc::WEXITSTATUS(status)), None)
@@ -62,6 +66,7 @@ fn exit_of(process_id: ProcessId, raw: &RawExit) -> ProcessExit {
         pid: raw.pid,
         exit_code,
         signal,
+        oom_killed,
     }
 }
 
@@ -98,12 +103,6 @@ impl ProcessTable {
         id
     }
 
-    /// Adds a process that waits for `start`.
-    pub fn add_created(&self, pending: Pending) -> ProcessId {
-        let tty = pending.stdio.tty_master.clone();
-        self.insert(State::Created(Some(Box::new(pending))), tty)
-    }
-
     /// Adds a process about to be forked.
     pub fn add_starting(&self, tty: Option<Arc<File>>) -> ProcessId {
         self.insert(State::Starting(None), tty)
@@ -124,14 +123,32 @@ impl ProcessTable {
                 entry.state = State::Starting(None);
                 Ok(*p)
             }
+            State::Exited(_) => Err(AgentError::InvalidState(
+                "the container's process has exited".into(),
+            )),
             _ => Err(AgentError::InvalidState("process already started".into())),
         }
     }
 
-    /// Puts back a pending spec after a failed `start`.
-    pub fn restore_pending(&self, id: ProcessId, pending: Pending) {
-        if let Some(entry) = self.lock().procs.get_mut(&id) {
-            entry.state = State::Created(Some(Box::new(pending)));
+    /// `create` spawned the process, which now waits for `start`; an exit
+    /// parked meanwhile is reported (and the waiting child let go).
+    pub fn mark_created(&self, id: ProcessId, pending: Pending) {
+        let parked = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.procs.get_mut(&id) else {
+                return;
+            };
+            entry.pid = pending.child.pid;
+            match std::mem::replace(&mut entry.state, State::Created(Some(Box::new(pending)))) {
+                State::Starting(parked) => parked,
+                other => {
+                    entry.state = other;
+                    None
+                }
+            }
+        };
+        if let Some((raw, oom_killed)) = parked {
+            self.on_exit(id, raw, oom_killed);
         }
     }
 
@@ -157,23 +174,24 @@ impl ProcessTable {
                 }
             }
         };
-        if let Some(raw) = parked {
-            self.on_exit(id, raw);
+        if let Some((raw, oom_killed)) = parked {
+            self.on_exit(id, raw, oom_killed);
         }
     }
 
-    /// Called by the reaper with the process's exit.
-    pub fn on_exit(&self, id: ProcessId, raw: RawExit) {
+    /// Called by the reaper with the process's exit (`oom_killed`: see
+    /// [`ProcessExit::oom_killed`]).
+    pub fn on_exit(&self, id: ProcessId, raw: RawExit, oom_killed: bool) {
         let exit = {
             let mut inner = self.lock();
             let Some(entry) = inner.procs.get_mut(&id) else {
                 return;
             };
             if let State::Starting(parked) = &mut entry.state {
-                *parked = Some(raw);
+                *parked = Some((raw, oom_killed));
                 return;
             }
-            let exit = exit_of(id, &raw);
+            let exit = exit_of(id, &raw, oom_killed);
             entry.pid = raw.pid;
             entry.cpu_ns = (raw.user_ns, raw.system_ns);
             entry.state = State::Exited(exit.clone());
@@ -235,6 +253,17 @@ impl ProcessTable {
             .collect()
     }
 
+    /// Pids of every process that has not exited: running ones and a
+    /// created one waiting for `start`.
+    pub fn live_pids(&self) -> Vec<i32> {
+        self.lock()
+            .procs
+            .values()
+            .filter(|e| matches!(e.state, State::Running | State::Created(_)) && e.pid > 0)
+            .map(|e| e.pid)
+            .collect()
+    }
+
     /// CPU time (user ns, system ns) of exited processes.
     pub fn exited_cpu_ns(&self) -> (u64, u64) {
         self.lock().procs.values().fold((0, 0), |(u, s), e| {
@@ -261,11 +290,12 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let table = ProcessTable::new(tx);
         let id = table.add_starting(None);
-        table.on_exit(id, raw(42, 7 << 8));
+        table.on_exit(id, raw(42, 7 << 8), true);
         assert!(rx.try_recv().is_err());
         table.mark_running(id, 42);
         let exit = rx.try_recv().unwrap();
         assert_eq!(exit.exit_code, Some(7));
+        assert!(exit.oom_killed);
         assert_eq!(table.wait(id).unwrap(), exit);
         assert_eq!(table.exited_cpu_ns(), (1, 2));
     }
@@ -276,7 +306,7 @@ mod tests {
         let table = ProcessTable::new(tx);
         let id = table.add_starting(None);
         table.remove(id);
-        table.on_exit(id, raw(1, 9));
+        table.on_exit(id, raw(1, 9), false);
         assert!(rx.try_recv().is_err());
         assert!(matches!(table.wait(id), Err(AgentError::NoSuchProcess(_))));
     }
@@ -287,7 +317,7 @@ mod tests {
         let table = ProcessTable::new(tx);
         let id = table.add_starting(None);
         table.mark_running(id, 5);
-        table.on_exit(id, raw(5, libc::SIGKILL));
+        table.on_exit(id, raw(5, libc::SIGKILL), false);
         let exit = table.wait(id).unwrap();
         assert_eq!((exit.exit_code, exit.signal), (None, Some(9)));
     }

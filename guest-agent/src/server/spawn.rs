@@ -1,25 +1,39 @@
-//! Starting a container process: fork, set up, exec.
+//! Starting a container process: fork (or clone into a new PID
+//! namespace), set up, optionally wait for `start`, exec.
 //!
 //! Everything the child needs (argv, envp, candidate paths for the `PATH`
-//! lookup, ids, limits) is prepared in the parent as a [`Plan`], because
-//! after `fork` in a multi-threaded process the child may only make
-//! async-signal-safe calls: it runs raw system calls on prepared pointers and
-//! never allocates. A failure in the child is written as `(stage, errno)` to a
-//! close-on-exec pipe and the child `_exit(127)`s; an empty read means the
-//! exec succeeded. The child is reaped by [`reaper`](super::reaper), never
-//! here.
+//! lookup, ids, limits, the mounts it makes itself) is prepared in the
+//! parent as a [`Plan`] and [`SpawnOptions`], because after `fork` in a
+//! multi-threaded process the child may only make async-signal-safe calls:
+//! it runs raw system calls on prepared pointers and never allocates. The
+//! child reports over a close-on-exec pipe as `(stage, errno)` records: a
+//! failure (after which it `_exit(127)`s), or [`READY`] when it waits for
+//! `start`; an empty read means the exec succeeded. The child is reaped by
+//! [`reaper`](super::reaper), never here.
 //!
-//! Order in the child (as runc): joining the container's cgroup (writing `0`
-//! to its `cgroup.procs`, opened by the parent, so the child and everything
-//! it will fork are in the group before any of the container's code runs),
-//! signal mask and SIGPIPE reset, `setsid`,
-//! controlling tty / stdio, `chroot` + `chdir("/")`, rlimits (before dropping
-//! privileges, so hard limits can be raised), `setgroups`/`setgid`/`setuid`,
-//! `umask`, `chdir(cwd)`, `PR_SET_NO_NEW_PRIVS`, `execve`.
+//! Order in the child (as runc's init): joining the container's cgroup
+//! (writing `0` to its `cgroup.procs`, opened by the parent, so the child
+//! and everything it will fork are in the group before any of the
+//! container's code runs), signal mask and SIGPIPE reset, `setsid`,
+//! controlling tty / stdio, the mounts that must be made from inside the
+//! new PID namespace (its `/proc`), `chroot` + `chdir("/")`, rlimits (before
+//! dropping privileges, so hard limits can be raised),
+//! `setgroups`/`setgid`/`setuid`, `umask`, `chdir(cwd)`,
+//! `PR_SET_NO_NEW_PRIVS`, the lookup of `args[0]` (as runc's
+//! `exec.LookPath`, so that a missing command fails `create`, not `start`),
+//! then — for a container's init — the wait for `start`, and `execve`.
+//!
+//! PID namespaces (OCI `linux.namespaces` type `pid`): the init process is
+//! cloned with `CLONE_NEWPID`, so it is PID 1 of a namespace of its own,
+//! with PID 1's signal semantics, and mounts `/proc` from inside it. An
+//! `exec`'d process joins that namespace: the spawning thread `setns`es its
+//! children's PID namespace to the init's around the `fork` (a per-thread
+//! setting; the agent itself stays in the guest's namespace).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use super::error::AgentError;
 use super::reaper::{self, ExitRoute};
@@ -46,7 +60,8 @@ pub enum ChildStdio {
     },
 }
 
-const STAGES: [&str; 14] = [
+/// Names of the child's stages, indexed by the stage number it reports.
+const STAGES: [&str; 17] = [
     "unknown",
     "sigprocmask",
     "setsid",
@@ -61,7 +76,17 @@ const STAGES: [&str; 14] = [
     "no_new_privs",
     "execve",
     "cgroup",
+    "mount",
+    "lookup",
+    "start",
 ];
+const STAGE_MOUNT: u32 = 14;
+const STAGE_LOOKUP: u32 = 15;
+const STAGE_START: u32 = 16;
+/// `stat` of a `args[0]` that names a path failed (the errno is stat's).
+const STAGE_LOOKUP_STAT: u32 = 100;
+/// Not a failure: the child is set up and waits for `start`.
+const READY: u32 = u32::MAX;
 
 /// Everything the child needs, prepared before `fork`.
 pub struct Plan {
@@ -69,6 +94,11 @@ pub struct Plan {
     argv_ptrs: Vec<*const libc::c_char>,
     _envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
+    /// `args[0]`, for error messages.
+    name: String,
+    /// Whether `args[0]` names a path (has a `/`): then it is the only
+    /// candidate and is not looked up in `PATH`.
+    is_path: bool,
     candidates: Vec<CString>,
     root: Option<CString>,
     cwd: CString,
@@ -79,6 +109,68 @@ pub struct Plan {
     umask: Option<libc::mode_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     no_new_privs: bool,
+}
+
+/// One mount(2) call that the child makes before `chroot`: the mounts that
+/// must be made from inside the container's PID namespace (a `proc`
+/// instance shows the PID namespace of the process that mounts it).
+pub struct ChildMount {
+    source: CString,
+    target: CString,
+    fstype: CString,
+    flags: libc::c_ulong,
+    data: Option<CString>,
+}
+
+impl ChildMount {
+    /// `mount(source, target, fstype, flags, data)`; an empty `data` is
+    /// passed as NULL.
+    pub fn new(
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: libc::c_ulong,
+        data: &str,
+    ) -> Result<ChildMount, AgentError> {
+        let c = |what: &str, s: &str| cstring(what, s);
+        Ok(ChildMount {
+            source: c("mount source", source)?,
+            target: c("mount destination", &target.to_string_lossy())?,
+            fstype: c("mount type", fstype)?,
+            flags,
+            data: if data.is_empty() {
+                None
+            } else {
+                Some(c("mount options", data)?)
+            },
+        })
+    }
+}
+
+/// Which PID namespace the child is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// The agent's (the guest's).
+    Inherit,
+    /// A new one, whose PID 1 the child is (`CLONE_NEWPID`).
+    New,
+    /// The one of this descriptor (`/proc/PID/ns/pid` of the container's
+    /// init, opened by the agent).
+    Join(RawFd),
+}
+
+/// How to spawn, besides the [`Plan`].
+pub struct SpawnOptions<'a> {
+    /// An open, writable `cgroup.procs` of the cgroup v2 group the child
+    /// joins first.
+    pub cgroup_procs: Option<RawFd>,
+    /// Its PID namespace.
+    pub pid_ns: PidNamespace,
+    /// Mounts it makes before `chroot` (see [`ChildMount`]).
+    pub mounts: &'a [ChildMount],
+    /// Whether it waits for [`Spawned::release`] before `execve` (the
+    /// container's init, between `create` and `start`).
+    pub wait_for_start: bool,
 }
 
 fn cstring(what: &str, s: &str) -> Result<CString, AgentError> {
@@ -145,9 +237,10 @@ fn with_tunables(env: &[String], tunables: Option<&str>) -> Vec<String> {
     env
 }
 
-/// The paths `execve` tries for `arg0`, as execvp(3) would: `arg0` itself
-/// when it has a `/`, else `arg0` in each directory of `PATH` (from `env`,
-/// or [`DEFAULT_PATH`]).
+/// The paths tried for `arg0`, as Go's `exec.LookPath` (runc): `arg0`
+/// itself when it has a `/`, else `arg0` in each directory of `PATH` (from
+/// `env`, or [`DEFAULT_PATH`]); an empty `PATH` has no entries, an empty
+/// entry is the working directory.
 fn exec_candidates(arg0: &str, env: &[String]) -> Result<Vec<CString>, AgentError> {
     if arg0.contains('/') {
         return Ok(vec![cstring("process.args[0]", arg0)?]);
@@ -157,6 +250,9 @@ fn exec_candidates(arg0: &str, env: &[String]) -> Result<Vec<CString>, AgentErro
         .rev()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
+    if path_var.is_empty() {
+        return Ok(Vec::new());
+    }
     path_var
         .split(':')
         .map(|dir| if dir.is_empty() { "." } else { dir })
@@ -205,6 +301,7 @@ impl Plan {
             .iter()
             .map(|e| cstring("process.env", e))
             .collect::<Result<Vec<_>, _>>()?;
+        let is_path = arg0.contains('/');
         let candidates = exec_candidates(arg0, &spec.env)?;
         let root = if root == Path::new("/") {
             None
@@ -236,6 +333,8 @@ impl Plan {
             _argv: argv,
             envp_ptrs: null_terminated(&envp),
             _envp: envp,
+            name: arg0.clone(),
+            is_path,
             candidates,
             root,
             cwd: cstring("process.cwd", cwd)?,
@@ -250,45 +349,64 @@ impl Plan {
     }
 }
 
-/// Forks and execs `plan` with `stdio`, registering `route` with the reaper.
-/// With `cgroup_procs` (an open, writable `cgroup.procs` of a cgroup v2
-/// group) the child joins that group first. Returns the child's pid once
-/// `execve` succeeded, or why it failed.
-pub fn spawn(
-    plan: &Plan,
-    stdio: &ChildStdio,
-    cgroup_procs: Option<RawFd>,
-    route: ExitRoute,
-) -> Result<i32, AgentError> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid 2-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(AgentError::last_os("pipe2"));
+/// A child that was spawned; see [`Spawned::release`].
+pub struct Spawned {
+    /// Its pid (in the agent's PID namespace).
+    pub pid: i32,
+    /// Write end of the pipe the child waits on before `execve` (only with
+    /// [`SpawnOptions::wait_for_start`]). Closing it unreleased makes the
+    /// child exit without running anything.
+    go: Option<OwnedFd>,
+    err_read: OwnedFd,
+    plan_name: String,
+}
+
+impl Spawned {
+    /// Lets a child that waits for `start` exec; returns once `execve`
+    /// succeeded, or why it failed (the child then exits with 127).
+    pub fn release(mut self) -> Result<i32, AgentError> {
+        let Some(go) = self.go.take() else {
+            return Ok(self.pid);
+        };
+        // SAFETY: writes one byte from a local to a descriptor we own.
+        if unsafe { libc::write(go.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+            return Err(AgentError::last_os("release the container's process"));
+        }
+        drop(go);
+        match read_report(&self.err_read) {
+            None => Ok(self.pid),
+            Some((stage, errno)) => Err(report_error(&self.plan_name, stage, errno)),
+        }
     }
-    // SAFETY: pipe2 just returned these two fresh descriptors.
-    let (err_read, err_write) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let pid = reaper::spawn_registered(
-        || {
-            // SAFETY: the child only runs `child_main`, which makes raw system
-            // calls on memory prepared before the fork and never returns.
-            match unsafe { libc::fork() } {
-                -1 => Err(std::io::Error::last_os_error()),
-                0 => child_main(plan, stdio, cgroup_procs, err_write.as_raw_fd()),
-                pid => Ok(pid),
-            }
-        },
-        route,
-    )
-    .map_err(|e| AgentError::from_io("fork", &e))?;
-    drop(err_write);
+}
+
+/// The agent's own PID namespace (`/proc/self/ns/pid`), to return to after
+/// a [`PidNamespace::Join`] spawn.
+fn own_pid_ns() -> Result<RawFd, AgentError> {
+    static OWN: OnceLock<Result<OwnedFd, i32>> = OnceLock::new();
+    match OWN.get_or_init(|| {
+        std::fs::File::open("/proc/self/ns/pid")
+            .map(OwnedFd::from)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }) {
+        Ok(fd) => Ok(fd.as_raw_fd()),
+        Err(errno) => Err(AgentError::Os {
+            what: "open /proc/self/ns/pid".into(),
+            errno: *errno,
+        }),
+    }
+}
+
+/// Reads one `(stage, errno)` record; `None` at EOF (the exec succeeded, or
+/// the child died without a word, which its exit status then tells).
+fn read_report(fd: &OwnedFd) -> Option<(u32, i32)> {
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
         // SAFETY: reading into the unfilled part of a local buffer.
         let n = unsafe {
             libc::read(
-                err_read.as_raw_fd(),
+                fd.as_raw_fd(),
                 buf[got..].as_mut_ptr().cast(),
                 buf.len() - got,
             )
@@ -304,29 +422,187 @@ pub fn spawn(
         }
         got += n as usize;
     }
-    if got == 0 {
-        return Ok(pid);
+    match got {
+        0 => None,
+        8 => Some((
+            u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+            i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]),
+        )),
+        _ => Some((0, libc::EIO)),
     }
-    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    Err(AgentError::ExecFailed {
-        stage: STAGES.get(stage).copied().unwrap_or("unknown"),
-        errno: if got == 8 { errno } else { libc::EIO },
-    })
+}
+
+fn report_error(name: &str, stage: u32, errno: i32) -> AgentError {
+    match stage {
+        STAGE_LOOKUP | STAGE_LOOKUP_STAT => AgentError::NotExecutable {
+            name: name.to_string(),
+            stat_failed: stage == STAGE_LOOKUP_STAT,
+            errno,
+        },
+        _ => AgentError::ExecFailed {
+            stage: STAGES.get(stage as usize).copied().unwrap_or("unknown"),
+            errno,
+        },
+    }
+}
+
+/// Creates a close-on-exec pipe.
+fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid 2-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(AgentError::last_os("pipe2"));
+    }
+    // SAFETY: pipe2 just returned these two fresh descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks `plan` with `stdio` and `options`, registering `route` with the
+/// reaper. Returns once the child exec'd, or — with
+/// [`SpawnOptions::wait_for_start`] — once it is set up and waits for
+/// [`Spawned::release`]; or why it failed before that (a missing command
+/// is [`AgentError::NotExecutable`]).
+pub fn spawn(
+    plan: &Plan,
+    stdio: &ChildStdio,
+    options: &SpawnOptions<'_>,
+    route: ExitRoute,
+) -> Result<Spawned, AgentError> {
+    let (err_read, err_write) = pipe()?;
+    let (go_read, go_write) = if options.wait_for_start {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let own_ns = match options.pid_ns {
+        PidNamespace::Join(_) => Some(own_pid_ns()?),
+        _ => None,
+    };
+    let child = ChildArgs {
+        plan,
+        stdio,
+        cgroup_procs: options.cgroup_procs,
+        mounts: options.mounts,
+        err_fd: err_write.as_raw_fd(),
+        go_fd: go_read.as_ref().map(|fd| fd.as_raw_fd()),
+    };
+    let pid = reaper::spawn_registered(|| fork_child(&child, options.pid_ns, own_ns), route)
+        .map_err(|e| match (options.pid_ns, e.raw_os_error()) {
+            // fork into a PID namespace whose init has exited.
+            (PidNamespace::Join(_), Some(libc::ENOMEM)) => {
+                AgentError::InvalidState("the container's process has exited".into())
+            }
+            _ => AgentError::from_io("fork", &e),
+        })?;
+    drop(err_write);
+    drop(go_read);
+    match read_report(&err_read) {
+        Some((READY, _)) if go_write.is_some() => Ok(Spawned {
+            pid,
+            go: go_write,
+            err_read,
+            plan_name: plan.name.clone(),
+        }),
+        None if go_write.is_none() => Ok(Spawned {
+            pid,
+            go: None,
+            err_read,
+            plan_name: plan.name.clone(),
+        }),
+        // The child died before reporting (it cannot, unless killed).
+        None => Err(AgentError::ExecFailed {
+            stage: "unknown",
+            errno: libc::EIO,
+        }),
+        Some((stage, errno)) => Err(report_error(&plan.name, stage, errno)),
+    }
+}
+
+/// Forks (or clones into a new PID namespace, or forks from inside the
+/// container's) the child that runs `child_main`; in the parent, the pid.
+/// `own_ns` is the agent's PID namespace to return this thread to after a
+/// [`PidNamespace::Join`].
+fn fork_child(
+    child: &ChildArgs<'_>,
+    pid_ns: PidNamespace,
+    own_ns: Option<RawFd>,
+) -> std::io::Result<libc::pid_t> {
+    if let PidNamespace::Join(fd) = pid_ns {
+        // SAFETY: setns on a descriptor the caller keeps open; it
+        // changes only this thread's namespace for new children.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWPID) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let pid = match pid_ns {
+        // SAFETY: clone without CLONE_VM and without a new stack is
+        // fork(2) with a flag; the child only runs `child_main`
+        // (raw system calls on memory prepared before, never
+        // returning), so glibc's fork bookkeeping is not needed.
+        PidNamespace::New => unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            ) as libc::pid_t
+        },
+        // SAFETY: as above, the child only runs `child_main`.
+        _ => unsafe { libc::fork() },
+    };
+    let fork_error = std::io::Error::last_os_error();
+    if let Some(own) = own_ns {
+        // Back to the agent's namespace for this thread's next
+        // children (allowed: it is the thread's active one).
+        // SAFETY: setns on the descriptor `own_pid_ns` keeps open.
+        if unsafe { libc::setns(own, libc::CLONE_NEWPID) } != 0 {
+            crate::agent_log!(
+                "cannot return to the agent's PID namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    match pid {
+        -1 => Err(fork_error),
+        0 => child_main(child),
+        pid => Ok(pid),
+    }
+}
+
+/// What the child reads: pointers into memory prepared before the fork.
+struct ChildArgs<'a> {
+    plan: &'a Plan,
+    stdio: &'a ChildStdio,
+    cgroup_procs: Option<RawFd>,
+    mounts: &'a [ChildMount],
+    err_fd: RawFd,
+    go_fd: Option<RawFd>,
+}
+
+/// Writes a `(stage, errno)` record; async-signal-safe.
+fn report(err_fd: RawFd, stage: u32, errno: i32) {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&stage.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write(2) of a local buffer.
+    unsafe { libc::write(err_fd, msg.as_ptr().cast(), msg.len()) };
 }
 
 /// Reports `(stage, errno)` and exits; async-signal-safe.
+fn fail_with(err_fd: RawFd, stage: u32, errno: i32) -> ! {
+    report(err_fd, stage, errno);
+    // SAFETY: _exit is async-signal-safe and does not return.
+    unsafe { libc::_exit(127) }
+}
+
+/// Reports `(stage, errno)` with the current errno and exits.
 fn fail(err_fd: RawFd, stage: u32) -> ! {
-    // SAFETY: errno location is thread-local and valid; write/_exit are
-    // async-signal-safe.
-    unsafe {
-        let errno = *libc::__errno_location();
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&stage.to_ne_bytes());
-        msg[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
-        libc::_exit(127)
-    }
+    // SAFETY: the errno location is thread-local and valid.
+    let errno = unsafe { *libc::__errno_location() };
+    fail_with(err_fd, stage, errno)
 }
 
 /// Makes `src` the child's `dst`, clearing close-on-exec when they are equal.
@@ -341,12 +617,45 @@ unsafe fn move_fd(src: RawFd, dst: RawFd) -> bool {
     }
 }
 
-fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_fd: RawFd) -> ! {
+/// Whether `path` is a file that may be executed: not a directory and with
+/// an execute bit (Go's `exec.LookPath`, which runc uses). `Err(errno)`
+/// when `stat` fails.
+///
+/// # Safety
+/// Only called in the forked child (async-signal-safe).
+unsafe fn executable(path: &CString) -> Result<bool, i32> {
+    let mut st: libc::stat = std::mem::zeroed();
+    if libc::stat(path.as_ptr(), &mut st) != 0 {
+        return Err(*libc::__errno_location());
+    }
+    Ok(st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_mode & 0o111 != 0)
+}
+
+/// The index of the candidate to exec, or the `(stage, errno)` to report.
+///
+/// # Safety
+/// Only called in the forked child (async-signal-safe).
+unsafe fn look_up(plan: &Plan) -> Result<usize, (u32, i32)> {
+    if plan.is_path {
+        return match executable(&plan.candidates[0]) {
+            Ok(true) => Ok(0),
+            Ok(false) => Err((STAGE_LOOKUP, libc::EACCES)),
+            Err(errno) => Err((STAGE_LOOKUP_STAT, errno)),
+        };
+    }
+    plan.candidates
+        .iter()
+        .position(|c| executable(c) == Ok(true))
+        .ok_or((STAGE_LOOKUP, libc::ENOENT))
+}
+
+fn child_main(args: &ChildArgs<'_>) -> ! {
+    let (plan, err_fd) = (args.plan, args.err_fd);
     // SAFETY: runs in the freshly forked child: only async-signal-safe raw
     // system calls on pointers into `plan`, which the fork copied; every
     // failure ends in `fail`, success in execve.
     unsafe {
-        if let Some(fd) = cgroup_procs {
+        if let Some(fd) = args.cgroup_procs {
             // "0" moves the writing process (cgroup-v2.rst, cgroup.procs).
             if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
                 fail(err_fd, 13);
@@ -361,7 +670,8 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
         if libc::setsid() < 0 {
             fail(err_fd, 2);
         }
-        child_stdio(stdio, err_fd);
+        child_stdio(args.stdio, err_fd);
+        child_mounts(args.mounts, err_fd);
         if let Some(root) = &plan.root {
             if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
                 fail(err_fd, 5);
@@ -373,15 +683,7 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
             }
         }
         if plan.set_ids {
-            if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
-                fail(err_fd, 7);
-            }
-            if libc::setgid(plan.gid) != 0 {
-                fail(err_fd, 8);
-            }
-            if libc::setuid(plan.uid) != 0 {
-                fail(err_fd, 9);
-            }
+            set_ids(plan, err_fd);
         }
         if let Some(mask) = plan.umask {
             libc::umask(mask);
@@ -392,7 +694,49 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(err_fd, 11);
         }
-        exec_first(plan, err_fd)
+        let exe = match look_up(plan) {
+            Ok(i) => &plan.candidates[i],
+            Err((stage, errno)) => fail_with(err_fd, stage, errno),
+        };
+        if let Some(go) = args.go_fd {
+            wait_for_start(go, err_fd);
+        }
+        libc::execve(
+            exe.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        );
+        fail(err_fd, 12)
+    }
+}
+
+/// In the child: groups, gid, uid, by raw system calls. glibc's
+/// `setgroups`/`setgid`/`setuid` change every thread of the process
+/// (`__nptl_setxid`: a signal to each thread it knows, then a wait); after
+/// a raw `clone` the child's glibc still knows the agent's threads, and in
+/// a new PID namespace the agent's main thread's tid (1 in the guest) is
+/// the child itself, so glibc signalled itself forever. The child has one
+/// thread: the raw calls are all it needs.
+///
+/// # Safety
+/// Only in the forked child (async-signal-safe calls only).
+unsafe fn set_ids(plan: &Plan, err_fd: RawFd) {
+    let calls: [(libc::c_long, libc::c_long, libc::c_long, u32); 3] = [
+        (
+            libc::SYS_setgroups,
+            plan.groups.len() as libc::c_long,
+            plan.groups.as_ptr() as libc::c_long,
+            7,
+        ),
+        (libc::SYS_setgid, libc::c_long::from(plan.gid), 0, 8),
+        (libc::SYS_setuid, libc::c_long::from(plan.uid), 0, 9),
+    ];
+    for (nr, a, b, stage) in calls {
+        // SAFETY: a raw system call; setgroups reads `plan.groups`, which
+        // lives as long as the child.
+        if unsafe { libc::syscall(nr, a, b) } != 0 {
+            fail(err_fd, stage);
+        }
     }
 }
 
@@ -429,32 +773,51 @@ unsafe fn child_stdio(stdio: &ChildStdio, err_fd: RawFd) {
     }
 }
 
-/// In the child: `execve` of each candidate path in turn, as execvp(3);
-/// returns only through `fail`.
+/// In the child: the mounts it makes itself (from inside its PID
+/// namespace), in order.
 ///
 /// # Safety
 /// Only in the forked child (async-signal-safe calls only).
-unsafe fn exec_first(plan: &Plan, err_fd: RawFd) -> ! {
-    let mut first_error = libc::ENOENT;
-    for candidate in &plan.candidates {
-        // SAFETY: NUL-terminated strings and null-terminated pointer
-        // arrays that `plan` owns; execve returns only on failure.
-        let errno = unsafe {
-            libc::execve(
-                candidate.as_ptr(),
-                plan.argv_ptrs.as_ptr(),
-                plan.envp_ptrs.as_ptr(),
-            );
-            *libc::__errno_location()
+unsafe fn child_mounts(mounts: &[ChildMount], err_fd: RawFd) {
+    for m in mounts {
+        let data = m.data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr());
+        // SAFETY: NUL-terminated strings that `mounts` owns.
+        let done = unsafe {
+            libc::mount(
+                m.source.as_ptr(),
+                m.target.as_ptr(),
+                m.fstype.as_ptr(),
+                m.flags,
+                data.cast(),
+            )
         };
-        // Like execvp: remember EACCES, keep looking past ENOENT/ENOTDIR.
-        if errno != libc::ENOENT && errno != libc::ENOTDIR && first_error == libc::ENOENT {
-            first_error = errno;
+        if done != 0 {
+            fail(err_fd, STAGE_MOUNT);
         }
     }
-    // SAFETY: errno is this thread's.
-    unsafe { *libc::__errno_location() = first_error };
-    fail(err_fd, 12)
+}
+
+/// In the child: reports [`READY`], then blocks until the agent writes the
+/// `start` byte on `go`; exits (running nothing) if the agent lets go
+/// without it.
+///
+/// # Safety
+/// Only in the forked child (async-signal-safe calls only).
+unsafe fn wait_for_start(go: RawFd, err_fd: RawFd) {
+    report(err_fd, READY, 0);
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: a one-byte read into a local.
+        match unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) } {
+            1 => return,
+            // The agent let go without `start` (shutdown): run nothing.
+            // SAFETY: _exit does not return.
+            0 => unsafe { libc::_exit(255) },
+            // SAFETY: errno is this thread's.
+            _ if unsafe { *libc::__errno_location() } == libc::EINTR => continue,
+            _ => fail(err_fd, STAGE_START),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,7 @@ pub fn create_params(args: &[&str]) -> CreateParams {
             options: vec![],
         }],
         stdin: true,
+        pid_namespace: false,
     }
 }
 

@@ -7,6 +7,7 @@ mod exec;
 mod internal;
 mod kill;
 mod list;
+mod log_format;
 mod pause;
 mod ps;
 mod run;
@@ -149,11 +150,14 @@ pub fn init_logging(args: &GlobalArgs) -> anyhow::Result<()> {
                 .with_writer(std::sync::Mutex::new(file))
                 .with_ansi(false);
             match format {
-                LogFormat::Json => b.json().try_init(),
+                LogFormat::Json => b.event_format(log_format::RuncJson).try_init(),
                 LogFormat::Text => b.try_init(),
             }
         }
-        (None, LogFormat::Json) => builder.with_writer(std::io::stderr).json().try_init(),
+        (None, LogFormat::Json) => builder
+            .with_writer(std::io::stderr)
+            .event_format(log_format::RuncJson)
+            .try_init(),
         // Colours only on a terminal: engines (conmon, the containerd shim)
         // capture the runtime's stderr and show it in their own errors.
         (None, LogFormat::Text) => builder

@@ -167,6 +167,7 @@ pub struct Jail {
     pid_file: PathBuf,
     uid: u32,
     binds: Vec<(PathBuf, PathBuf)>,
+    exit_markers: Vec<(String, PathBuf)>,
     file_size_limit: u64,
 }
 
@@ -202,6 +203,7 @@ impl Jail {
             root,
             uid,
             binds: Vec::new(),
+            exit_markers: Vec::new(),
             file_size_limit: 0,
         })
     }
@@ -235,6 +237,14 @@ impl Jail {
         let inside = Path::new("/").join(name);
         self.binds.push((host.to_owned(), inside.clone()));
         inside
+    }
+
+    /// Once the VMM has exited, the jailer creates the empty host file
+    /// `host` if the VMM left a regular file `name` in its root
+    /// (`capsa-jailer --exit-marker`): how a mark reaches a file outside
+    /// the jail, such as podman's `<bundle>/oom`.
+    pub fn relay_on_exit(&mut self, name: &str, host: &Path) {
+        self.exit_markers.push((name.to_owned(), host.to_owned()));
     }
 
     /// Gives `path` (in the root) to the VMM's uid/gid, for a file the
@@ -281,6 +291,13 @@ impl Jail {
             a.push("--bind".into());
             a.push(spec);
         }
+        for (name, host) in &self.exit_markers {
+            let mut spec = OsString::from(name);
+            spec.push(":");
+            spec.push(host);
+            a.push("--exit-marker".into());
+            a.push(spec);
+        }
         for fd in keep_fds {
             a.push("--keep-fd".into());
             a.push(fd.to_string().into());
@@ -292,6 +309,11 @@ impl Jail {
         a.push("--".into());
         a.extend(vmm_args.iter().cloned());
         a
+    }
+
+    /// The jailer's pid file of the VMM process (host path).
+    pub fn pid_file(&self) -> &Path {
+        &self.pid_file
     }
 
     /// The VMM process (host pid namespace), from the jailer's pid file
@@ -353,6 +375,7 @@ mod tests {
         let mut jail =
             Jail::plan_with("/usr/bin/true".into(), state.path(), uid_for("c1")).unwrap();
         jail.limit_file_size(1 << 28);
+        jail.relay_on_exit("oom", Path::new("/b/oom"));
         assert!(jail.root().is_dir());
         assert!(jail.root().starts_with(state.path()));
         assert_eq!(
@@ -368,6 +391,7 @@ mod tests {
         let args: Vec<String> = args.into_iter().map(|a| a.into_string().unwrap()).collect();
         let line = args.join(" ");
         assert!(line.contains("--bind /k:/vmlinux:ro"), "{line}");
+        assert!(line.contains("--exit-marker oom:/b/oom"), "{line}");
         assert!(
             line.contains("--no-fork --resource-limit fsize=268435456"),
             "{line}"

@@ -18,6 +18,8 @@
 //!   on) and its typed inputs and readiness report;
 //! - [`jail`]: the jail `capsa-jailer` starts that process in;
 //! - [`host_process`]: host processes known by pid and start time;
+//! - [`id_lock`]: `create` and `delete` of one id one at a time, and what
+//!   a `create` started, recorded before readiness;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
 //! - [`spawn`]: re-executing `capsa` as a helper that reports readiness;
@@ -31,6 +33,7 @@ pub mod bundle;
 pub mod console;
 pub mod container;
 pub mod host_process;
+pub mod id_lock;
 pub mod jail;
 pub mod rootfs;
 pub mod runc;

@@ -312,6 +312,9 @@ pub struct VmSpec {
     pub readonly_root: bool,
     /// The mounts, and the host files and directories they share.
     pub mounts: MountPlan,
+    /// Whether the container gets a PID namespace of its own
+    /// ([`wants_pid_namespace`]).
+    pub pid_namespace: bool,
 }
 
 /// What a disk is for in the guest.
@@ -438,6 +441,7 @@ impl VmSpec {
             rootfs_transport: bundle.rootfs_transport,
             readonly_root,
             mounts: mounts(spec, readonly_root),
+            pid_namespace: wants_pid_namespace(spec),
         })
     }
 
@@ -492,6 +496,7 @@ impl VmSpec {
                 .collect(),
             mounts: self.mounts.mounts,
             stdin: true,
+            pid_namespace: self.pid_namespace,
         };
         Ok(VmmInputs {
             vm,
@@ -499,6 +504,20 @@ impl VmSpec {
             console_fd: machine.console_fd,
         })
     }
+}
+
+/// Whether the spec asks for a PID namespace (`linux.namespaces` has type
+/// `pid`). A `path` (join an existing one) cannot be honoured across VMs:
+/// the container gets a new one, which is what it shares with every
+/// process of its VM.
+fn wants_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        })
 }
 
 #[cfg(test)]
@@ -572,6 +591,7 @@ mod tests {
             rootfs_transport: transport,
             readonly_root,
             mounts: plan,
+            pid_namespace: true,
         }
     }
 
@@ -596,6 +616,23 @@ mod tests {
             Some(std::path::Path::new("/console.log"))
         );
         assert_eq!(inputs.vm.host_quirks, HostQuirks::Off);
+    }
+
+    #[test]
+    fn pid_namespace_when_the_spec_asks() {
+        let spec = |ns: serde_json::Value| -> Spec {
+            serde_json::from_value(json!({"ociVersion": "1.0.2", "linux": {"namespaces": ns}}))
+                .unwrap()
+        };
+        assert!(wants_pid_namespace(&spec(
+            json!([{"type": "mount"}, {"type": "pid"}])
+        )));
+        assert!(wants_pid_namespace(&spec(
+            json!([{"type": "pid", "path": "/proc/1/ns/pid"}])
+        )));
+        assert!(!wants_pid_namespace(&spec(json!([{"type": "network"}]))));
+        let bare: Spec = serde_json::from_value(json!({"ociVersion": "1.0.2"})).unwrap();
+        assert!(!wants_pid_namespace(&bare));
     }
 
     #[test]

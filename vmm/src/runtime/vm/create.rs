@@ -35,11 +35,12 @@ use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
 use crate::runtime::bundle::RootfsTransport;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
+use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
 use crate::runtime::virtiofsd::{self, Share};
 use crate::runtime::vm_spec::{DiskRole, Machine, MachineDisk, VmSpec, ROOTFS_ENTRY};
-use crate::runtime::vmm_process::VmmReady;
+use crate::runtime::vmm_process::{VmmReady, OOM_MARK};
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
 /// `RLIMIT_FSIZE` of a jailed VMM: its largest legitimate file, so that
@@ -61,13 +62,20 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let spec = VmSpec::from_bundle(bundle)?;
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
+    placement.relay_oom_to(bundle);
     let resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
     let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib);
-    let (vmm, ready) = start_vmm(id, placement, &resources, file_size_limit, opts.foreground)?;
+    let (vmm, ready) = start_vmm(
+        id,
+        placement,
+        &resources,
+        (file_size_limit, dir),
+        opts.foreground,
+    )?;
     // The VMM process has its own copy of the pty slave now.
     drop(resources);
     record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
@@ -132,6 +140,18 @@ impl Placement {
             inside: dir.to_owned(),
             vsock,
         })
+    }
+
+    /// Has the jailer relay the VMM's [`OOM_MARK`] to `<bundle>/oom`,
+    /// where podman looks for it when the container has exited (runc's
+    /// conmon writes it there from the host cgroup's OOM events, which a
+    /// guest's OOM killer never raises). Unjailed, the mark stays in the
+    /// state directory.
+    fn relay_oom_to(&mut self, bundle: &Bundle) {
+        if let Some(j) = &mut self.jail {
+            let dir = std::path::absolute(&bundle.dir).unwrap_or_else(|_| bundle.dir.clone());
+            j.relay_on_exit(OOM_MARK, &dir.join("oom"));
+        }
     }
 
     /// A host file the VMM only reads: bind-mounted read-only into the
@@ -290,6 +310,17 @@ impl VmmGuard {
         HostProcess::of(self.child.as_ref()?.id() as i32)
     }
 
+    /// Records what was started in state directory `dir` before waiting
+    /// for readiness ([`LaunchRecord`]): a `create` killed from here on
+    /// leaves its processes findable by `delete --force`.
+    pub fn record_launch(&self, dir: &Path) -> Result<()> {
+        LaunchRecord {
+            launcher: self.launcher(),
+            jail_pid_file: self.jail.as_ref().map(|j| j.pid_file().to_owned()),
+        }
+        .write(dir)
+    }
+
     /// The jailed VMM process, from the jailer's pid file (waiting up to
     /// `timeout` for it), with its jail's root; `None` when unjailed.
     pub fn jailed(&self, timeout: Duration) -> Option<Result<JailRecord>> {
@@ -338,12 +369,13 @@ impl Drop for VmmGuard {
 }
 
 /// Starts the VMM process of container `id` (through its jailer) with the
-/// inputs in its directory, and waits for its readiness report.
+/// inputs in its directory, records it in state directory `dir`
+/// ([`VmmGuard::record_launch`]) and waits for its readiness report.
 fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
-    file_size_limit: u64,
+    (file_size_limit, dir): (u64, &Path),
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
@@ -383,6 +415,7 @@ fn start_vmm(
     };
     let (spawn::Helper { child, report }, jail) = pending;
     let mut guard = VmmGuard::new(child, jail);
+    guard.record_launch(dir)?;
     let ready = guard.wait_ready(report)?;
     Ok((guard, ready))
 }

@@ -88,6 +88,7 @@ mod tests {
                 shares: Vec::new(),
                 mounts: Vec::new(),
                 stdin: true,
+                pid_namespace: true,
             },
             console_fd: Some(5),
         };

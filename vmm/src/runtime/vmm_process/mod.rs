@@ -5,8 +5,9 @@
 //! agent create the container, attaches the container's stdio (its own
 //! inherited fds 0/1/2, or the pty slave whose master `create` sent to
 //! `--console-socket`), reports [`VmmReady`], and then waits: when the
-//! container's process exits it writes `exit`, has the VM end, and exits
-//! with the process's status (128+N for signal N).
+//! container's process exits it writes `exit` (and [`OOM_MARK`] when the
+//! guest's OOM killer struck), has the VM end, and exits with the
+//! process's status (128+N for signal N: 137 for an OOM kill).
 //!
 //! Threads: the main thread runs the VM's event loop ([`Vmm::run`]); a
 //! controller thread talks to the agent.
@@ -33,6 +34,11 @@ use crate::vstate::vcpu::VmExit;
 
 /// Status of the VMM process when the VM ended without a container exit.
 pub const EXIT_VM_FAILED: u8 = 255;
+
+/// The empty file the VMM process leaves in its directory when the guest's
+/// OOM killer struck the container (the agent's `oomKilled`); `create`
+/// has the jailer relay it to the engine's `<bundle>/oom`.
+pub const OOM_MARK: &str = "oom";
 
 /// What the controller thread works with.
 struct Controller {
@@ -208,6 +214,10 @@ impl Controller {
             }
         };
         relays.wait_outputs(Duration::from_secs(5));
+        if exit.as_ref().is_some_and(|e| e.oom_killed) {
+            // Before `exit`: whoever reads `exit` finds the mark too.
+            let _ = std::fs::write(self.dir.join(OOM_MARK), b"");
+        }
         let _ = std::fs::write(self.dir.join("exit"), code.to_string());
         if let Ok(mut s) = self.status.lock() {
             *s = Some(code);
