@@ -92,7 +92,9 @@ fn leftovers(root: &Path) -> Vec<String> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(p.clone());
-                if d == root {
+                // `.locks` (create/delete of one id one at a time) stays.
+                let hidden = e.file_name().to_string_lossy().starts_with('.');
+                if d == root && !hidden {
                     found.push(format!("state directory {}", p.display()));
                 }
             } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
