@@ -41,4 +41,7 @@ fi
 "$top/scripts/engines.sh" setup
 
 log "guest kernel: $("$top/kernel-config/build.sh")"
+# virtiofsd serves VM containers' rootfs and volumes (not packaged in
+# Debian 12: built with cargo, cached by version outside the checkout).
+log "virtiofsd: $("$top/scripts/virtiofsd.sh")"
 log "guest agent: $("$top/guest-agent/build.sh")"

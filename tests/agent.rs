@@ -51,6 +51,7 @@ fn agent_runs_container_processes_in_the_real_guest() {
             },
             process: process(&["sh", "-c", "echo out; echo err >&2; exit 7"]),
             hostname: Some("e2e-host".into()),
+            shares: Vec::new(),
             mounts: vec![
                 MountSpec {
                     destination: "/proc".into(),

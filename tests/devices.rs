@@ -336,3 +336,115 @@ fn vsock_carries_1mib_intact_both_ways() {
     );
     assert_eq!(exit.field("ECHO STATUS").as_deref(), Some("0"));
 }
+
+const FS_HELLO: &str = "hello from the host, through virtio-fs\n";
+
+/// One guest with a virtio-fs share served by the real virtiofsd
+/// (`capsa vmm --fs`): the guest reads a host file, writes one that the
+/// host sees while the guest still runs, sees a file the host writes
+/// after it mounted, creates a file as uid 1234 that the host sees owned
+/// by 1234:5678, and chowns one. Then virtiofsd is killed while the guest
+/// keeps using the share: the VMM ends the VM itself, exits non-zero and
+/// names the lost backend on stderr (the guest's requests would otherwise
+/// hang forever).
+#[test]
+fn virtio_fs_share_is_live_both_ways_and_a_lost_virtiofsd_ends_the_vm() {
+    require_kvm();
+    let kernel = guest_kernel();
+    let virtiofsd = capsa_vmm::runtime::virtiofsd::locate()
+        .expect("virtiofsd (scripts/virtiofsd.sh, run by scripts/setup.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), FS_HELLO).unwrap();
+    // Writable by the guest's uid 1234 (permissions are the host's).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = dir.path().join("virtiofsd.sock");
+    let log = std::fs::File::create(dir.path().join("virtiofsd.log")).unwrap();
+    let mut backend = std::process::Command::new(&virtiofsd)
+        .arg("--shared-dir")
+        .arg(&share)
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--sandbox=namespace", "--log-level=warn"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let init = "B=/bin/busybox\n\
+        $B mount -t devtmpfs dev /dev\n\
+        $B mount -t proc proc /proc\n\
+        $B mkdir -p /mnt\n\
+        if $B mount -t virtiofs share /mnt; then echo 'FS MOUNT ok'; else echo 'FS MOUNT failed'; fi\n\
+        echo \"FS READ $($B cat /mnt/hello.txt)\"\n\
+        echo 'written by the guest' > /mnt/from-guest.txt\n\
+        echo \"FS SU $($B su -s /bin/sh u -c '/bin/busybox touch /mnt/by-1234' 2>&1; echo $?)\"\n\
+        $B touch /mnt/chowned && $B chown 4321:8765 /mnt/chowned\n\
+        echo 'FS WROTE'\n\
+        i=0; while [ ! -e /mnt/from-host.txt ] && [ $i -lt 300 ]; do $B sleep 1; i=$((i+1)); done\n\
+        echo \"FS HOST $($B cat /mnt/from-host.txt)\"\n\
+        echo 'FS KEEP USING'\n\
+        while true; do $B cat /mnt/hello.txt > /dev/null; echo 'FS STILL'; $B sleep 1; done\n";
+    let passwd = b"root:x:0:0::/:/bin/sh\nu:x:1234:5678::/:/bin/sh\n";
+    let group = b"root:x:0:\ng:x:5678:\n";
+    let initrd = busybox_initramfs_with(
+        dir.path(),
+        init,
+        &[("etc/passwd", 0o644, passwd), ("etc/group", 0o644, group)],
+    );
+    let fs_arg = format!("tag=share,socket={}", socket.display());
+    let vm = Vm::spawn(&vmm_args(kernel, &initrd, &["--fs", &fs_arg]), &[]);
+    let wrote = vm.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("FS WROTE"));
+    assert!(
+        wrote.is_some(),
+        "console:\n{}\nstderr:\n{}",
+        vm.console(),
+        vm.stderr()
+    );
+    // The guest's writes are on the host at once, with its owners.
+    assert_eq!(
+        std::fs::read_to_string(share.join("from-guest.txt")).unwrap(),
+        "written by the guest\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(share.join("by-1234"))
+        .unwrap_or_else(|e| panic!("by-1234: {e}; console:\n{}", vm.console()));
+    assert_eq!((md.uid(), md.gid()), (1234, 5678), "creator's ids");
+    let md = std::fs::metadata(share.join("chowned")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4321, 8765));
+    // A host write after the guest mounted is seen.
+    std::fs::write(share.join("from-host.txt"), "written by the host\n").unwrap();
+    assert!(vm
+        .wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("FS STILL"))
+        .is_some());
+
+    // virtiofsd dies: the VMM ends the VM with the reason.
+    let killed = Instant::now();
+    backend.kill().unwrap();
+    let _ = backend.wait();
+    let exit = vm.wait(BOOT_TIMEOUT);
+    println!("console:\n{}\nstderr:\n{}", exit.stdout, exit.stderr);
+    assert_eq!(exit.field("FS MOUNT").as_deref(), Some("ok"));
+    assert_eq!(exit.field("FS READ").as_deref(), Some(FS_HELLO.trim_end()));
+    assert_eq!(
+        exit.field("FS HOST").as_deref(),
+        Some("written by the host")
+    );
+    let status = exit.status.expect("the VMM ended by itself");
+    assert_ne!(status.code(), Some(0), "a lost backend is a failure");
+    assert!(
+        exit.stderr.contains("virtio-fs share \"share\"") && exit.stderr.contains("disconnected"),
+        "stderr:\n{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+    println!(
+        "VMM ended {:.1} s after virtiofsd was killed",
+        killed.elapsed().as_secs_f64()
+    );
+}

@@ -51,6 +51,53 @@ fn run_prints_and_exits_with_the_status() {
     assert!(host_processes_with("vmm-process run1").is_empty());
 }
 
+/// Issue 14 item 8 with the real binary and a real VMM: while `create`
+/// waits for its guest, `delete` refuses and `delete --force` kills what
+/// the `create` started (recorded in `launch.json` before readiness), the
+/// `create` fails, and nothing is left: no state directory, no VMM. Before,
+/// `delete --force` removed the directory from under the `create`. The
+/// guest never finishes booting, so this costs seconds, not a boot.
+#[test]
+fn delete_during_create_stops_it_and_leaves_nothing() {
+    require_kvm();
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let id = "race1";
+    let b = bundle(dir.path(), "b", &vm_config(&["sleep", "1000"]));
+    let err_file = dir.path().join("create.err");
+    let mut create = capsa_cmd(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let launch = root.join(id).join("launch.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !launch.exists() {
+        if let Some(status) = create.try_wait().unwrap() {
+            panic!(
+                "create ended ({status}) before starting its VMM: {}",
+                std::fs::read_to_string(&err_file).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "no launch.json within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = capsa_in(&root, &["delete", id]);
+    assert_fails(&out, "is being created", "delete while create runs");
+    let out = capsa_in(&root, &["delete", "--force", id]);
+    assert_ok(&out, "delete --force while create runs");
+    let status = create.wait().unwrap();
+    assert!(!status.success(), "the stopped create fails");
+    assert!(!root.join(id).exists(), "no state directory left");
+    assert!(
+        host_processes_with(&format!("vmm-process {id}")).is_empty(),
+        "no VMM left"
+    );
+}
+
 #[test]
 fn lifecycle_exec_stdin_kill_delete() {
     require_kvm();

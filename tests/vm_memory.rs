@@ -163,9 +163,11 @@ fn guest_memory_over_a_file_size_limit_is_an_error_naming_the_size() {
 
 /// The default guest RAM (no `--memory`) has room for what Debian's
 /// `apt-get update` writes (163 MiB of lists and caches, docs/runtime.md
-/// "Memory") in the container's writable root, which in a VM is a tmpfs
-/// in guest RAM that may hold half of it: `df /` shows at least 170 MiB
-/// free, as under runc (the host's disk). (Free space rather than a real
+/// "Memory") in the container's writable root, which with the `block`
+/// rootfs (`io.capsa.rootfs=block`; the default `virtiofs` root writes to
+/// the host's disk, as runc does) is a tmpfs in guest RAM that may hold
+/// half of it: `df /` shows at least 170 MiB free, as under runc (the
+/// host's disk). (Free space rather than a real
 /// 170 MiB write: copying that much runs in the guest kernel, which PVM
 /// hosts emulate, for minutes.)
 #[test]
@@ -177,6 +179,7 @@ fn podman_default_memory_has_room_for_apt_sized_writes() {
         let mut cmd = podman_for_ram(rt, 512);
         cmd.args(["run", "--rm", "--name", &name, "--cidfile"])
             .arg(guard.cidfile())
+            .args(["--annotation", "io.capsa.rootfs=block"])
             .args([BUSYBOX, "df", "-k", "/"]);
         let out = run(&mut cmd, None);
         assert!(out.status.success(), "{rt:?}: {}", describe(&cmd, &out));

@@ -1,6 +1,7 @@
 //! What every launch needs: the `capsa` binary, the guest agent, the guest
-//! kernel, the busybox initramfs of the boot comparison and the container
-//! rootfs image. Built (or found) once per run.
+//! kernel, the busybox initramfs of the boot comparison, the container
+//! rootfs (a tree, and an ext4 image of it) and virtiofsd. Built (or
+//! found) once per run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,13 @@ pub const INIT_LINE: &str = "capsa-bench: init reached";
 
 /// What the container process prints (its first output is timed).
 pub const CONTAINER_OUTPUT: &str = "capsa-bench: container output";
+
+/// Small files in the rootfs's `/files` that the small-file job reads.
+pub const SMALL_FILES: usize = 2000;
+/// Bytes of each small file.
+pub const SMALL_FILE_BYTES: usize = 100;
+/// Files the small-file job writes to `/tmp`.
+pub const WRITTEN_FILES: usize = 200;
 
 /// `/init` of the boot-comparison initramfs, the same for every VMM: mount
 /// devtmpfs, write the boot-timer mark (capsa sees it; elsewhere the write
@@ -48,9 +56,16 @@ pub struct Fixtures {
     pub kernel: PathBuf,
     /// Uncompressed busybox initramfs with [`boot_init_script`] as /init.
     pub boot_initramfs: PathBuf,
-    /// ext4 image holding busybox: the container's rootfs (copied per launch:
-    /// the agent mounts it read-write).
+    /// ext4 image of [`Fixtures::rootfs_tree`]: the container's rootfs
+    /// with the `block` transport (read-only under a RAM overlay, as
+    /// `io.capsa.rootfs=block` gives it).
     pub rootfs: PathBuf,
+    /// The rootfs directory: busybox, and [`SMALL_FILES`] files in
+    /// `/files`; shared by virtiofsd with the `virtiofs` transport.
+    pub rootfs_tree: PathBuf,
+    /// virtiofsd (found as the runtime finds it), if installed: launches
+    /// with the `virtiofs` transport need it.
+    pub virtiofsd: Option<PathBuf>,
 }
 
 fn run_stdout(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
@@ -153,11 +168,12 @@ fn write_boot_initramfs(path: &Path, busybox: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An ext4 image (no journal: less guest work to mount it) with busybox as
-/// `/bin/busybox` and `/bin/sh`, made with `mke2fs -d`.
-fn write_rootfs(dir: &Path, busybox: &Path) -> anyhow::Result<PathBuf> {
+/// The rootfs tree (busybox as `/bin/busybox` and `/bin/sh`,
+/// [`SMALL_FILES`] files in `/files`) and an ext4 image of it (no journal:
+/// less guest work to mount it) made with `mke2fs -d`.
+fn write_rootfs(dir: &Path, busybox: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let tree = dir.join("rootfs-tree");
-    for d in ["bin", "dev", "proc", "sys", "tmp", "etc"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "files", "run"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
     std::fs::copy(busybox, tree.join("bin/busybox"))?;
@@ -165,17 +181,31 @@ fn write_rootfs(dir: &Path, busybox: &Path) -> anyhow::Result<PathBuf> {
     if !sh.exists() {
         std::os::unix::fs::symlink("busybox", &sh)?;
     }
+    let content = vec![b'x'; SMALL_FILE_BYTES];
+    for i in 0..SMALL_FILES {
+        std::fs::write(tree.join(format!("files/f{i}")), &content)?;
+    }
     let image = dir.join("rootfs.ext4");
     let _ = std::fs::remove_file(&image);
     run_stdout(
         Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-d"])
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-O",
+                "^has_journal",
+                "-N",
+                "4096",
+                "-d",
+            ])
             .arg(&tree)
             .arg(&image)
-            .arg("16M"),
+            .arg("32M"),
         "mke2fs (e2fsprogs) for the container rootfs",
     )?;
-    Ok(image)
+    Ok((tree, image))
 }
 
 impl Fixtures {
@@ -192,13 +222,15 @@ impl Fixtures {
         let busybox = busybox()?;
         let boot_initramfs = work.join("boot-initramfs.cpio");
         write_boot_initramfs(&boot_initramfs, &std::fs::read(&busybox)?)?;
-        let rootfs = write_rootfs(work, &busybox)?;
+        let (rootfs_tree, rootfs) = write_rootfs(work, &busybox)?;
         Ok(Fixtures {
             capsa,
             agent,
             kernel,
             boot_initramfs,
             rootfs,
+            rootfs_tree,
+            virtiofsd: capsa_vmm::runtime::virtiofsd::locate().ok(),
         })
     }
 }

@@ -16,7 +16,7 @@ mod report;
 mod stats;
 mod vmms;
 
-use vmms::{LaunchRecord, Vmm};
+use vmms::{Job, LaunchRecord, LaunchSpec, Transport, Vmm};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,6 +63,11 @@ struct BootArgs {
     /// Timeout of one launch, s.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
+    /// Rootfs transports of the container launches: `both` (the echo and
+    /// the small-file job, each on `block` and on `virtiofs`; needs
+    /// virtiofsd) or `block` (the echo on a block rootfs only).
+    #[arg(long, default_value = "both", value_parser = ["both", "block"])]
+    rootfs_transports: String,
 }
 
 /// The peers asked for; those asked for by name but absent are an error,
@@ -207,7 +212,24 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         vmms_in_comparison.push(Vmm::Capsa);
         vmms_in_comparison.extend(peers.iter().cloned());
     }
-    let per_iter = 1 + vmms_in_comparison.len();
+    // The container launches: the echo on a block rootfs always; with
+    // virtiofsd installed, the rootfs transports side by side for the echo
+    // and the small-file job.
+    anyhow::ensure!(
+        args.rootfs_transports == "block" || fx.virtiofsd.is_some(),
+        "--rootfs-transports both: virtiofsd is not installed (scripts/virtiofsd.sh)"
+    );
+    let launch_kinds: Vec<(Job, Transport)> = if args.rootfs_transports == "both" {
+        vec![
+            (Job::Echo, Transport::Block),
+            (Job::Echo, Transport::Virtiofs),
+            (Job::SmallFiles, Transport::Block),
+            (Job::SmallFiles, Transport::Virtiofs),
+        ]
+    } else {
+        vec![(Job::Echo, Transport::Block)]
+    };
+    let per_iter = launch_kinds.len() + vmms_in_comparison.len();
     let parallel_rounds = usize::from(args.parallel > 0);
     let total = (args.iterations * per_iter + parallel_rounds) as u64;
     let pb = ProgressBar::new(total);
@@ -221,12 +243,23 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
 
     let mut launches = Vec::new();
     for i in 0..args.iterations {
-        pb.set_message(format!("capsa container launch #{i}"));
-        let mut rec = vmms::capsa_launch(&fx, work.path(), &format!("l{i}"), mem, timeout);
-        rec.iteration = i;
-        say(&pb, describe(&rec));
-        launches.push(rec);
-        pb.inc(1);
+        for &(job, transport) in &launch_kinds {
+            let name = vmms::launch_workload(job, transport);
+            pb.set_message(format!("capsa {name} #{i}"));
+            let spec = LaunchSpec {
+                work: work.path(),
+                tag: &format!("l{i}"),
+                memory_mib: mem,
+                timeout,
+                job,
+                transport,
+            };
+            let mut rec = vmms::capsa_launch(&fx, spec);
+            rec.iteration = i;
+            say(&pb, describe(&rec));
+            launches.push(rec);
+            pb.inc(1);
+        }
         // The boot comparison, A B A B: capsa then each peer, every iteration.
         for vmm in &vmms_in_comparison {
             pb.set_message(format!("{} boot #{i}", vmm.name()));
@@ -280,6 +313,7 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         "machine": machine,
         "config": {
             "iterations": args.iterations,
+            "rootfs_transports": args.rootfs_transports,
             "parallel": args.parallel,
             "memory_mib": mem,
             "timeout_s": args.timeout_s,
@@ -318,7 +352,8 @@ fn render(
     iterations: usize,
 ) -> anyhow::Result<(Vec<report::RowSummary>, Vec<report::Ratio>)> {
     let rows = report::summarize_rows(launches);
-    let ratios = report::ratios(launches, peer_names);
+    let mut ratios = report::ratios(launches, peer_names);
+    ratios.extend(report::transport_ratios(launches));
     let table = report::markdown(&rows, &ratios, parallel, &machine_line(machine));
     let png = out.join("boot.png");
     let title = format!(

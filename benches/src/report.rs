@@ -139,6 +139,76 @@ pub struct Ratio {
 }
 
 /// Ratios peer / capsa of the boot comparison, per pair (same iteration).
+/// The `peer` of the rootfs transport ratios ([`transport_ratios`]).
+pub const TRANSPORT_RATIO: &str = "rootfs virtiofs / block";
+
+/// The rootfs transports against each other, launch pair by launch pair
+/// (the same iteration): virtiofs / block for the time to container output
+/// of the echo, the small-file job's time (from `start` to its output),
+/// and the host CPU per launch of each.
+pub fn transport_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
+    type Metric = fn(&LaunchRecord) -> Option<f64>;
+    let output: Metric = |l| l.marks_ms.get("first_output").copied();
+    let job: Metric = |l| Some(l.marks_ms.get("first_output")? - l.extra_ms.get("start")?);
+    let cpu: Metric = |l| Some(l.cpu_user_ms + l.cpu_sys_ms);
+    let cases: [(&str, &str, &str, Metric); 4] = [
+        (
+            "launch-virtiofs",
+            "launch",
+            "echo: exec → container output",
+            output,
+        ),
+        (
+            "launch-virtiofs",
+            "launch",
+            "echo: host CPU per launch",
+            cpu,
+        ),
+        (
+            "smallfiles-virtiofs",
+            "smallfiles-block",
+            "small files: start → output",
+            job,
+        ),
+        (
+            "smallfiles-virtiofs",
+            "smallfiles-block",
+            "small files: host CPU per launch",
+            cpu,
+        ),
+    ];
+    let ok = |w: &str| -> BTreeMap<usize, &LaunchRecord> {
+        launches
+            .iter()
+            .filter(|l| l.vmm == "capsa" && l.workload == w && l.error.is_none())
+            .map(|l| (l.iteration, l))
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (fs, block, what, metric) in cases {
+        let block = ok(block);
+        let r: Vec<f64> = ok(fs)
+            .iter()
+            .filter_map(|(i, l)| {
+                let b = metric(block.get(i)?)?;
+                (b > 0.0).then_some(metric(l)? / b)
+            })
+            .collect();
+        if let Some(s) = summarize(&r) {
+            out.push(Ratio {
+                peer: TRANSPORT_RATIO.into(),
+                what: what.into(),
+                median_ratio: s.median,
+                min_ratio: s.min,
+                max_ratio: s.max,
+                pairs: s.n,
+            });
+        }
+    }
+    out
+}
+
+/// Peers against capsa on the boot comparison, pair by pair.
 pub fn ratios(launches: &[LaunchRecord], peers: &[String]) -> Vec<Ratio> {
     let capsa: BTreeMap<usize, &LaunchRecord> = launches
         .iter()
@@ -193,6 +263,9 @@ fn s(ms: f64) -> String {
 fn workload_name(w: &str) -> &str {
     match w {
         "launch" => "container launch",
+        "launch-virtiofs" => "container launch, virtiofs rootfs",
+        "smallfiles-block" => "small files, block rootfs",
+        "smallfiles-virtiofs" => "small files, virtiofs rootfs",
         "boot" => "boot comparison",
         other => other,
     }
@@ -266,14 +339,31 @@ pub fn markdown(
             rss
         );
     }
-    if !ratios.is_empty() {
+    let (transport, peers): (Vec<&Ratio>, Vec<&Ratio>) =
+        ratios.iter().partition(|r| r.peer == TRANSPORT_RATIO);
+    if !transport.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRootfs transports, virtiofs / block, per pair of launches (median, [min, max]):\n"
+        );
+        let _ = writeln!(md, "| measure | virtiofs / block | pairs |");
+        let _ = writeln!(md, "|---|---:|---:|");
+        for r in transport {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} [{:.2}, {:.2}] | {} |",
+                r.what, r.median_ratio, r.min_ratio, r.max_ratio, r.pairs
+            );
+        }
+    }
+    if !peers.is_empty() {
         let _ = writeln!(
             md,
             "\nBoot comparison, peer / capsa, per pair (median, [min, max] over the pairs):\n"
         );
         let _ = writeln!(md, "| peer | measure | ratio to capsa | pairs |");
         let _ = writeln!(md, "|---|---|---:|---:|");
-        for r in ratios {
+        for r in peers {
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.2} [{:.2}, {:.2}] | {} |",

@@ -1,6 +1,7 @@
 //! The launches that are timed: capsa's full container launch (agent,
-//! vsock, virtio-blk rootfs, one container process), and the boot
-//! comparison that every VMM runs with the same kernel and initramfs.
+//! vsock, the rootfs over virtio-blk or virtio-fs, one container process
+//! that echoes a line or works on small files), and the boot comparison
+//! that every VMM runs with the same kernel and initramfs.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,7 +16,7 @@ use capsa_agent::protocol::{method, CreateParams, Empty, ProcessSpec, RootfsSpec
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::fixtures::{Fixtures, CONTAINER_OUTPUT, INIT_LINE};
+use crate::fixtures::{Fixtures, CONTAINER_OUTPUT, INIT_LINE, WRITTEN_FILES};
 use crate::launch::{Event, Pipe, Watched};
 
 /// The phases, in order; each is timed as the host time from spawn to the
@@ -185,65 +186,201 @@ fn finish_record(w: &mut Watched, rec: &mut LaunchRecord, deadline: Instant) -> 
     w.check_end(&end, killed)
 }
 
+/// How a launch's rootfs reaches the guest (the runtime's
+/// `io.capsa.rootfs`, docs/runtime.md § Rootfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The ext4 image on a read-only virtio-blk disk under a RAM overlay.
+    Block,
+    /// The rootfs directory, shared by virtiofsd (started as the runtime
+    /// starts it), written through.
+    Virtiofs,
+}
+
+/// What the container process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Echoes one line (time to container output).
+    Echo,
+    /// Reads the rootfs's small files, writes [`WRITTEN_FILES`] small
+    /// files to `/tmp`, then echoes the line.
+    SmallFiles,
+}
+
+/// The `workload` name of a launch: `launch` (the echo on a block rootfs,
+/// as in earlier runs), `launch-virtiofs`, `smallfiles-block`,
+/// `smallfiles-virtiofs`.
+pub fn launch_workload(job: Job, transport: Transport) -> &'static str {
+    match (job, transport) {
+        (Job::Echo, Transport::Block) => "launch",
+        (Job::Echo, Transport::Virtiofs) => "launch-virtiofs",
+        (Job::SmallFiles, Transport::Block) => "smallfiles-block",
+        (Job::SmallFiles, Transport::Virtiofs) => "smallfiles-virtiofs",
+    }
+}
+
+/// One launch's setup.
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchSpec<'a> {
+    pub work: &'a Path,
+    pub tag: &'a str,
+    pub memory_mib: u32,
+    pub timeout: Duration,
+    pub job: Job,
+    pub transport: Transport,
+}
+
 /// capsa's full launch: `capsa vmm --agent` with a vsock socket and the
-/// rootfs disk; the host connects, `hello`, `create` + `start` a process
-/// that echoes one line, reads its first stdout byte, `wait`s for it and
-/// asks the agent to `shutdown`; the VMM then exits.
-pub fn capsa_launch(
-    fx: &Fixtures,
-    work: &Path,
-    tag: &str,
-    memory_mib: u32,
-    timeout: Duration,
-) -> LaunchRecord {
+/// rootfs (a disk, or a virtio-fs share served by virtiofsd); the host
+/// connects, `hello`, `create` + `start` a process that does its job and
+/// echoes one line, reads its first stdout byte, `wait`s for it and asks
+/// the agent to `shutdown`; the VMM then exits.
+pub fn capsa_launch(fx: &Fixtures, spec: LaunchSpec) -> LaunchRecord {
     let mut rec = LaunchRecord {
         vmm: "capsa".into(),
-        workload: "launch".into(),
+        workload: launch_workload(spec.job, spec.transport).into(),
         ..Default::default()
     };
-    if let Err(e) = capsa_launch_inner(fx, work, tag, memory_mib, timeout, &mut rec) {
+    if let Err(e) = capsa_launch_inner(fx, spec, &mut rec) {
         rec.error = Some(format!("{e:#}"));
     }
     rec
 }
 
+/// virtiofsd sharing the rootfs tree on `socket` (killed on drop), with
+/// the runtime's options.
+struct Virtiofsd(std::process::Child);
+
+impl Virtiofsd {
+    fn start(fx: &Fixtures, socket: &Path) -> anyhow::Result<Virtiofsd> {
+        let bin = fx
+            .virtiofsd
+            .as_ref()
+            .ok_or_else(|| anyhow!("virtiofsd is not installed (scripts/virtiofsd.sh)"))?;
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new(bin)
+            .arg("--shared-dir")
+            .arg(&fx.rootfs_tree)
+            .arg("--socket-path")
+            .arg(socket)
+            .args(capsa_vmm::runtime::virtiofsd::SERVER_ARGS)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let d = Virtiofsd(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            anyhow::ensure!(Instant::now() < deadline, "virtiofsd made no socket");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn capsa_launch_inner(
     fx: &Fixtures,
-    work: &Path,
-    tag: &str,
-    memory_mib: u32,
-    timeout: Duration,
+    spec: LaunchSpec,
     rec: &mut LaunchRecord,
 ) -> anyhow::Result<()> {
+    let (work, tag) = (spec.work, spec.tag);
     let uds = work.join(format!("vsock-{tag}.sock"));
     let _ = std::fs::remove_file(&uds);
-    let disk = work.join(format!("rootfs-{tag}.ext4"));
-    std::fs::copy(&fx.rootfs, &disk).context("copy the rootfs image")?;
     let mut cmd = capsa_command(fx);
     cmd.arg("--agent")
         .arg("--vsock-uds")
         .arg(&uds)
-        .arg("--disk")
-        .arg(&disk)
         .arg("--boot-timer")
-        .args(["--memory-mib", &memory_mib.to_string()]);
-    let mut w = Watched::spawn(cmd, memory_mib)?;
-    let deadline = w.t0 + timeout;
-    let result = drive_agent(&mut w, &uds, deadline, rec);
+        .args(["--memory-mib", &spec.memory_mib.to_string()]);
+    let socket = work.join(format!("virtiofsd-{tag}.sock"));
+    // Started before the clock: the runtime starts it before the VMM too.
+    let _virtiofsd = match spec.transport {
+        Transport::Block => {
+            cmd.arg("--disk").arg(format!("{},ro", fx.rootfs.display()));
+            None
+        }
+        Transport::Virtiofs => {
+            let d = Virtiofsd::start(fx, &socket)?;
+            cmd.arg("--fs")
+                .arg(format!("tag={FS_TAG},socket={}", socket.display()));
+            Some(d)
+        }
+    };
+    let mut w = Watched::spawn(cmd, spec.memory_mib)?;
+    let deadline = w.t0 + spec.timeout;
+    let result = drive_agent(&mut w, &uds, deadline, spec, rec);
     if result.is_err() {
         w.kill();
     }
     let finished = finish_record(&mut w, rec, deadline + Duration::from_secs(30));
     collect_capsa_marks(&w, rec, true);
     let _ = std::fs::remove_file(&uds);
-    let _ = std::fs::remove_file(&disk);
+    let _ = std::fs::remove_file(&socket);
+    // What the job wrote through to the shared tree goes, so that each
+    // launch creates its files anew.
+    for i in 0..WRITTEN_FILES {
+        let _ = std::fs::remove_file(fx.rootfs_tree.join(format!("tmp/w{i}")));
+    }
     result.and(finished)
+}
+
+/// The virtio-fs tag of the rootfs share in the launches.
+const FS_TAG: &str = "rootfs";
+
+/// The agent's `create` for a launch.
+fn create_params(spec: LaunchSpec) -> CreateParams {
+    let script = match spec.job {
+        Job::Echo => format!("echo '{CONTAINER_OUTPUT}'"),
+        Job::SmallFiles => format!(
+            "/bin/busybox cat /files/* > /dev/null && i=0 && \
+             while [ $i -lt {WRITTEN_FILES} ]; do echo x > /tmp/w$i; i=$((i+1)); done && \
+             echo '{CONTAINER_OUTPUT}'"
+        ),
+    };
+    let rootfs = match spec.transport {
+        // As the runtime mounts `io.capsa.rootfs=block`: read-only image,
+        // RAM overlay.
+        Transport::Block => RootfsSpec {
+            source: Some("/dev/vda".into()),
+            fstype: RootfsType::Ext4,
+            readonly: true,
+            tag: None,
+        },
+        Transport::Virtiofs => RootfsSpec {
+            source: None,
+            fstype: RootfsType::Virtiofs,
+            readonly: false,
+            tag: Some(FS_TAG.into()),
+        },
+    };
+    CreateParams {
+        container_id: "capsa-bench".into(),
+        rootfs,
+        process: ProcessSpec {
+            args: vec!["/bin/busybox".into(), "sh".into(), "-c".into(), script],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            ..Default::default()
+        },
+        hostname: None,
+        shares: Vec::new(),
+        mounts: Vec::new(),
+        stdin: false,
+        pid_namespace: false,
+    }
 }
 
 fn drive_agent(
     w: &mut Watched,
     uds: &Path,
     deadline: Instant,
+    spec: LaunchSpec,
     rec: &mut LaunchRecord,
 ) -> anyhow::Result<()> {
     let connector = HybridVsockConnector::new(uds);
@@ -273,29 +410,7 @@ fn drive_agent(
     rec.marks_ms
         .insert("agent_ready".into(), w.ms(Instant::now()));
     let rpc_timeout = Some(deadline.saturating_duration_since(Instant::now()));
-    let params = CreateParams {
-        container_id: "capsa-bench".into(),
-        rootfs: RootfsSpec {
-            source: Some("/dev/vda".into()),
-            fstype: RootfsType::Ext4,
-            readonly: false,
-            tag: None,
-        },
-        process: ProcessSpec {
-            args: vec![
-                "/bin/busybox".into(),
-                "echo".into(),
-                CONTAINER_OUTPUT.into(),
-            ],
-            env: vec!["PATH=/bin".into()],
-            cwd: "/".into(),
-            ..Default::default()
-        },
-        hostname: None,
-        mounts: Vec::new(),
-        stdin: false,
-        pid_namespace: false,
-    };
+    let params = create_params(spec);
     let created = client
         .call::<method::Create>(&params, rpc_timeout)
         .context("create")?;
@@ -322,6 +437,7 @@ fn drive_agent(
         }
         let _ = tx.send((first, out));
     });
+    rec.extra_ms.insert("start".into(), w.ms(Instant::now()));
     client
         .call::<method::Start>(&Empty {}, rpc_timeout)
         .context("start")?;

@@ -1,5 +1,5 @@
-//! Smoke test of the benchmark: one capsa launch, no peers, no parallel
-//! round. It checks that the bench runs and writes well-formed results and
+//! Smoke test of the benchmark: one capsa launch (block rootfs), no peers,
+//! no parallel round. It checks that the bench runs and writes well-formed results and
 //! a chart; it never asserts a timing (the figures are measured, not
 //! tested). It boots one real guest, so it needs /dev/kvm.
 
@@ -18,6 +18,8 @@ fn one_iteration_writes_json_and_chart() {
             "none",
             "--parallel",
             "0",
+            "--rootfs-transports",
+            "block",
             "--timeout-s",
             "240",
             "--out",

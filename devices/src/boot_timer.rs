@@ -6,6 +6,10 @@
 //! `/dev/mem` and writes one byte: [`MAGIC_INIT_REACHED`] when init starts;
 //! other values are recorded as later milestones (the agent writes
 //! [`MAGIC_AGENT_READY`] once it listens on vsock).
+//!
+//! Only the first write of each value counts (issue 14 item 2): a guest
+//! that writes in a loop queues at most 256 marks and logs at most 256
+//! lines, whether or not anyone reads them.
 
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -32,13 +36,27 @@ pub struct BootMark {
 pub struct BootTimer {
     start: Instant,
     marks: Sender<BootMark>,
+    /// The values already reported, one bit each.
+    seen: [u64; 4],
 }
 
 impl BootTimer {
-    /// A boot timer measuring from `start`, reporting each guest write on
-    /// `marks`.
+    /// A boot timer measuring from `start`, reporting the first guest
+    /// write of each value on `marks`.
     pub fn new(start: Instant, marks: Sender<BootMark>) -> Self {
-        Self { start, marks }
+        Self {
+            start,
+            marks,
+            seen: [0; 4],
+        }
+    }
+
+    /// Marks `value` as seen; false when it was already.
+    fn first_time(&mut self, value: u8) -> bool {
+        let (word, bit) = (usize::from(value / 64), value % 64);
+        let new = self.seen[word] & (1 << bit) == 0;
+        self.seen[word] |= 1 << bit;
+        new
     }
 }
 
@@ -50,7 +68,7 @@ impl BusDevice for BootTimer {
     fn write(&mut self, offset: u64, data: &[u8]) {
         // Only a one-byte write at offset 0 is a mark; anything else the
         // guest writes here is ignored.
-        if offset != 0 || data.len() != 1 {
+        if offset != 0 || data.len() != 1 || !self.first_time(data[0]) {
             return;
         }
         let mark = BootMark {
@@ -85,5 +103,25 @@ mod tests {
         let mark = rx.try_recv().unwrap();
         assert_eq!(mark.value, MAGIC_INIT_REACHED);
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Issue 14 item 2: a guest writing the register in a loop used to
+    /// queue one message per write on a channel nobody reads (VMM memory
+    /// without bound). Only the first write of each value is a mark.
+    #[test]
+    fn boot_timer_write_loop_queues_one_mark_per_value() {
+        let (tx, rx) = channel();
+        let mut t = BootTimer::new(Instant::now(), tx);
+        for i in 0..100_000u32 {
+            t.write(0, &[MAGIC_INIT_REACHED]);
+            t.write(0, &[i as u8]);
+        }
+        let marks: Vec<BootMark> = rx.try_iter().collect();
+        assert_eq!(marks.len(), 256);
+        assert_eq!(marks[0].value, MAGIC_INIT_REACHED);
+        let mut values: Vec<u8> = marks.iter().map(|m| m.value).collect();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), 256);
     }
 }

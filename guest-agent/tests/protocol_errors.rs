@@ -133,7 +133,25 @@ fn invalid_state_and_no_such_process() {
         Some(ErrorCode::InvalidParams)
     );
 
-    let created = fx.create(&c, &["true"]);
+    for tag in ["", "..", "a/b", &"x".repeat(37)] {
+        let mut bad = create_params(&["true"]);
+        bad.shares = vec![ShareSpec { tag: tag.into() }];
+        let e = c.create(&bad).unwrap_err();
+        assert_eq!(e.rpc_code(), Some(ErrorCode::InvalidParams), "{tag:?}");
+    }
+    assert!(fx.platform.shares.lock().unwrap().is_empty());
+
+    let mut params = create_params(&["true"]);
+    params.shares = vec![ShareSpec {
+        tag: "capsa".into(),
+    }];
+    let created = c.create(&params).unwrap();
+    assert_eq!(
+        *fx.platform.shares.lock().unwrap(),
+        [ShareSpec {
+            tag: "capsa".into()
+        }]
+    );
     assert_eq!(
         c.create(&create_params(&["true"])).unwrap_err().rpc_code(),
         Some(ErrorCode::InvalidState)

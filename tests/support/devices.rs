@@ -98,12 +98,12 @@ pub type InitramfsFile<'a> = (&'a str, u32, &'a [u8]);
 
 /// Like [`crate::busybox_initramfs`], plus `files` (their parent
 /// directories must be in the list of directories made here: `bin`,
-/// `dev`, `proc`, `sys`, `tmp`, `mnt`, `data`).
+/// `dev`, `proc`, `sys`, `tmp`, `mnt`, `data`, `etc`).
 pub fn busybox_initramfs_with(dir: &Path, init: &str, files: &[InitramfsFile<'_>]) -> PathBuf {
     let path = dir.join("initramfs.cpio");
     let file = std::fs::File::create(&path).expect("create initramfs");
     let mut w = CpioWriter::new(std::io::BufWriter::new(file));
-    for d in ["bin", "dev", "proc", "sys", "tmp", "mnt", "data"] {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "mnt", "data", "etc"] {
         w.dir(d, 0o755).unwrap();
     }
     w.char_dev("dev/console", 0o600, 5, 1).unwrap();

@@ -1,17 +1,19 @@
 //! Building a micro-VM from a [`VmConfig`]: a short recipe of small steps,
 //! each of which fails with an error that says what could not be done.
 
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
 use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
 use capsa_devices::virtio::block::{Block, BlockConfig};
+use capsa_devices::virtio::fs::{Fs, DEFAULT_BACKEND_TIMEOUT};
 use capsa_devices::virtio::rng::Rng;
 use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::BOOT_TIMER_START;
@@ -23,7 +25,7 @@ use crate::logger::{CappedWriter, CONSOLE_LOG_LIMITS};
 use crate::pvm;
 use crate::vmm::{EventLoop, ExitEvents, Vmm};
 use crate::vstate::memory::{self, MemoryError};
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared};
+use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared, VmExit};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Errors building a VM; each names what failed.
@@ -79,6 +81,17 @@ pub enum BuildError {
     /// The rng device cannot be created.
     #[error("rng: {0}")]
     Rng(std::io::Error),
+    /// A virtio-fs device cannot be created (its backend is missing or
+    /// broken, or guest memory cannot be shared).
+    #[error("fs[{index}] (tag {tag:?}): {message}")]
+    Fs {
+        /// Position in the configuration's `fs`.
+        index: usize,
+        /// The share's tag.
+        tag: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
@@ -119,8 +132,17 @@ pub fn build_microvm(
         BOOT_TIMER_LEN,
     )?;
 
+    // Terminal exits: reported by vCPU threads and by devices that fail
+    // for good, read by the event loop.
+    let (exits_tx, exits_rx) = channel();
+    let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let fatal = FatalExit {
+        exits: exits_tx.clone(),
+        exit_evt: exit_evt.try_clone().map_err(BuildError::EventFd)?,
+    };
+
     let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config)?;
+    attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config, &fatal)?;
 
     let (quirk_params, quirk_clear) = pvm::kernel_params();
     let params: &[&str] = if quirks { quirk_params } else { &[] };
@@ -141,8 +163,6 @@ pub fn build_microvm(
         .map(|i| Vcpu::new(&vm.kvm, &vm.fd, &mem, i, config.vcpus, &kernel, quirks))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let (exits_tx, exits_rx) = channel();
-    let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     let shared = Arc::new(VcpuShared {
         pio: devices.pio.clone(),
         mmio: devices.mmio.clone(),
@@ -162,14 +182,37 @@ pub fn build_microvm(
     Ok((vmm, marks_rx))
 }
 
-/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device and
-/// the rng.
+/// How a device ends the VM when it fails for good: a
+/// [`VmExit::DeviceFailed`] on the exits channel, and the eventfd that
+/// wakes the event loop to read it.
+struct FatalExit {
+    exits: Sender<VmExit>,
+    exit_evt: EventFd,
+}
+
+impl FatalExit {
+    /// A handler reporting `what` failed, with the device's error.
+    fn handler(&self, what: String) -> Result<impl FnMut(String) + Send, BuildError> {
+        let exits = self.exits.clone();
+        let evt = self.exit_evt.try_clone().map_err(BuildError::EventFd)?;
+        Ok(move |why: String| {
+            let message = format!("{what}: {why}");
+            tracing::error!("{message}; ending the VM");
+            let _ = exits.send(VmExit::DeviceFailed { message });
+            let _ = evt.write(1);
+        })
+    }
+}
+
+/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device, the
+/// rng and the virtio-fs shares.
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     devices: &mut DeviceManager,
     event_loop: &mut EventLoop,
     config: &VmConfig,
+    fatal: &FatalExit,
 ) -> Result<(), BuildError> {
     for (index, disk) in config.disks.iter().enumerate() {
         let block = Block::new(&BlockConfig {
@@ -195,7 +238,62 @@ fn attach_virtio_devices(
         let rng = Rng::new().map_err(BuildError::Rng)?;
         devices.attach_virtio(&vm.fd, mem, event_loop, rng)?;
     }
+    for (index, share) in config.fs.iter().enumerate() {
+        let fs_err = |message: String| BuildError::Fs {
+            index,
+            tag: share.tag.clone(),
+            message,
+        };
+        // vhost-user maps guest memory from its file descriptor.
+        if mem.iter().any(|r| r.file_offset().is_none()) {
+            return Err(fs_err("guest memory is not file-backed".into()));
+        }
+        let (backend, stream) = match (&share.socket, share.socket_fd) {
+            (Some(path), _) => (
+                path.display().to_string(),
+                UnixStream::connect(path)
+                    .map_err(|e| fs_err(format!("cannot connect to {}: {e}", path.display())))?,
+            ),
+            (None, Some(fd)) => (
+                format!("descriptor {fd}"),
+                inherited_socket(fd).map_err(fs_err)?,
+            ),
+            (None, None) => return Err(fs_err("no socket".into())),
+        };
+        let mut lost = fatal.handler(format!(
+            "virtio-fs share {:?} (virtiofsd at {backend})",
+            share.tag
+        ))?;
+        let fs = Fs::with_stream(
+            &share.tag,
+            stream,
+            DEFAULT_BACKEND_TIMEOUT,
+            Box::new(move |e| lost(e.to_string())),
+        )
+        .map_err(|e| fs_err(e.to_string()))?;
+        devices.attach_virtio(&vm.fd, mem, event_loop, fs)?;
+    }
     Ok(())
+}
+
+/// Takes the inherited descriptor `fd`, which must be a socket (the
+/// connection to a virtio-fs backend that `capsa create` made).
+fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
+    use std::os::fd::{BorrowedFd, FromRawFd};
+    if fd < 3 {
+        return Err(format!("descriptor {fd} is not an inherited socket"));
+    }
+    // SAFETY: only inspects the descriptor (fstat); a closed one fails.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st =
+        nix::sys::stat::fstat(borrowed).map_err(|e| format!("descriptor {fd} is not open: {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("descriptor {fd} is not a socket"));
+    }
+    // SAFETY: the configuration names this descriptor as the backend's
+    // connection, inherited for that use only: nothing else in this
+    // process owns it, and the configuration is built once.
+    Ok(unsafe { UnixStream::from_raw_fd(fd) })
 }
 
 /// The i8042 (for guest resets) and, when asked for, the serial console.

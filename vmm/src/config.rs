@@ -95,6 +95,58 @@ pub struct VmConfig {
     /// Offer a virtio-rng device fed from the host's getrandom.
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// virtio-fs shares served by vhost-user backends (virtiofsd).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+}
+
+/// A virtio-fs device served by a vhost-user backend (virtiofsd); the
+/// guest mounts it with `mount -t virtiofs TAG DIR`. The backend is
+/// reached through exactly one of `socket` and `socket_fd`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The tag: 1 to 36 bytes, no NUL, unique among the VM's shares.
+    pub tag: String,
+    /// The backend's listening Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// An inherited descriptor (3 or more) of a Unix socket already
+    /// connected to the backend (how `capsa create` hands the jailed VMM
+    /// its virtiofsd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_fd: Option<i32>,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+
+    /// Parses `tag=TAG,socket=PATH` (or `tag=TAG,fd=N`) as `--fs` takes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut fs = FsConfig {
+            tag: String::new(),
+            socket: None,
+            socket_fd: None,
+        };
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tag", v)) => fs.tag = v.to_owned(),
+                Some(("socket", v)) => fs.socket = Some(PathBuf::from(v)),
+                Some(("fd", v)) => {
+                    fs.socket_fd = Some(v.parse().map_err(|_| format!("--fs: bad fd `{v}`"))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown --fs part `{part}` (expected tag=TAG,socket=PATH)"
+                    ))
+                }
+            }
+        }
+        if fs.tag.is_empty() || fs.socket.is_none() == fs.socket_fd.is_none() {
+            return Err("--fs needs tag=TAG and one of socket=PATH, fd=N".into());
+        }
+        Ok(fs)
+    }
 }
 
 /// A virtio-blk disk backed by a host file.
@@ -237,6 +289,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             rng: true,
+            fs: Vec::new(),
         }
     }
 
@@ -264,6 +317,40 @@ impl VmConfig {
             path: path.to_owned(),
             message,
         })
+    }
+
+    /// Checks the virtio-fs shares: tags that fit the configuration space
+    /// and are unique, and exactly one way to reach each backend.
+    fn validate_fs(&self) -> Result<(), ConfigError> {
+        let mut tags = std::collections::HashSet::new();
+        for fs in &self.fs {
+            if let Err(e) = capsa_devices::virtio::fs::encode_tag(&fs.tag) {
+                return Err(ConfigError::new("fs.tag", e.to_string()));
+            }
+            if !tags.insert(fs.tag.as_str()) {
+                return Err(ConfigError::new(
+                    "fs.tag",
+                    format!("{:?} is used by two shares", fs.tag),
+                ));
+            }
+            match (&fs.socket, fs.socket_fd) {
+                (Some(p), None) if !p.as_os_str().is_empty() => {}
+                (None, Some(fd)) if fd >= 3 => {}
+                (None, Some(fd)) => {
+                    return Err(ConfigError::new(
+                        "fs.socket_fd",
+                        format!("{fd} is not an inherited descriptor (3 or more)"),
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        "fs.socket",
+                        "exactly one of socket and socket_fd is required",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks every value that does not need the files opened: counts and
@@ -325,6 +412,7 @@ impl VmConfig {
                 ));
             }
         }
+        self.validate_fs()?;
         if let Some(cmdline) = &self.cmdline {
             if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
                 return Err(ConfigError::new(
@@ -443,6 +531,46 @@ mod tests {
         let j = VmConfig::from_json(r#"{"kernel":"/k","vsock":{"uds_path":"/v","cid":3}}"#)
             .unwrap_err();
         assert!(j.starts_with("vsock"), "{j}");
+    }
+
+    #[test]
+    fn fs_shares() {
+        let f: FsConfig = "tag=capsa,socket=/run/v.sock".parse().unwrap();
+        assert_eq!(f.tag, "capsa");
+        assert_eq!(f.socket.as_deref(), Some(Path::new("/run/v.sock")));
+        let g: FsConfig = "tag=x,fd=7".parse().unwrap();
+        assert_eq!((g.socket.as_ref(), g.socket_fd), (None, Some(7)));
+        for bad in [
+            "tag=capsa",
+            "tag=a,socket=/s,ro",
+            "tag=a,socket=/s,fd=4",
+            "socket=/s",
+        ] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad}");
+        }
+        let mut c = VmConfig::new("/k");
+        c.fs.push(f.clone());
+        assert_eq!(c.validate(1024), Ok(()));
+        c.fs.push(f);
+        let e = c.validate(1024).unwrap_err();
+        assert_eq!(e.field, "fs.tag");
+        assert!(e.message.contains("two shares"), "{e}");
+        c.fs = vec![FsConfig {
+            tag: "x".repeat(37),
+            socket: Some("/s".into()),
+            socket_fd: None,
+        }];
+        assert_eq!(c.validate(1024).unwrap_err().field, "fs.tag");
+        c.fs[0].tag = "t".into();
+        c.fs[0].socket = None;
+        assert_eq!(c.validate(1024).unwrap_err().field, "fs.socket");
+        c.fs[0].socket_fd = Some(2);
+        assert_eq!(c.validate(1024).unwrap_err().field, "fs.socket_fd");
+        c.fs[0].socket_fd = Some(3);
+        assert_eq!(c.validate(1024), Ok(()));
+        let j = VmConfig::from_json(r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s","x":1}]}"#)
+            .unwrap_err();
+        assert!(j.starts_with("fs"), "{j}");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`common`]: what every device shares ([`common::VirtioCommon`]:
 //!   features, queues, eventfds, activation) and the loop that serves a
 //!   queue with a budget per event.
+//! - [`fs`]: virtio-fs (§5.11), a vhost-user frontend whose backend
+//!   (`virtiofsd`) serves the queues.
 //!
 //! # Threads
 //!
@@ -46,6 +48,7 @@
 pub mod activation;
 pub mod block;
 pub mod common;
+pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;
@@ -108,6 +111,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// virtio-vsock.
     pub const VSOCK: u32 = 19;
+    /// virtio-fs.
+    pub const FS: u32 = 26;
 }
 
 /// InterruptStatus bit: the device used a buffer (§4.2.2,
@@ -221,6 +226,9 @@ pub enum ActivateError {
     /// Writing the activate eventfd failed.
     #[error("cannot signal activation: {0}")]
     EventFd(std::io::Error),
+    /// The device's backend is unusable.
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// What the transport hands to a device when the driver writes

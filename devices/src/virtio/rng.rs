@@ -13,7 +13,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Writer;
 
 use super::activation::ACTIVATE_TOKEN;
-use super::common::{serve_fn, VirtioCommon};
+use super::common::{ServeChain, VirtioCommon};
 use super::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Maximum size of the request queue.
@@ -48,36 +48,60 @@ impl Rng {
         self.bad_chains
     }
 
-    /// Serves the queue; called on the event loop.
+    /// Serves the queue, at most
+    /// [`MAX_BYTES_PER_EVENT`](super::common::MAX_BYTES_PER_EVENT) bytes
+    /// per call; called on the event loop.
     pub fn process_queue(&mut self) {
-        let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
-        let (bytes_served, bad_chains) = (&mut self.bytes_served, &mut self.bad_chains);
-        self.common.drain_queue(
-            0,
-            &mut serve_fn(|chain, mem| {
-                let len = match Writer::new(mem, chain) {
-                    Ok(mut w) => {
-                        let n = w.available_bytes().min(MAX_BYTES_PER_REQUEST);
-                        match fill_random(&mut buf[..n]).and_then(|()| w.write_all(&buf[..n])) {
-                            Ok(()) => n,
-                            Err(e) => {
-                                tracing::error!("virtio-rng: {e}");
-                                0
-                            }
-                        }
-                    }
+        let mut fill = Fill {
+            buf: vec![0u8; MAX_BYTES_PER_REQUEST],
+            moved: 0,
+            bad_chains: 0,
+        };
+        self.common.drain_queue(0, &mut fill);
+        self.bytes_served += fill.moved;
+        self.bad_chains += fill.bad_chains;
+    }
+}
+
+/// The request queue's chains, filled with random bytes.
+struct Fill {
+    buf: Vec<u8>,
+    moved: u64,
+    bad_chains: u64,
+}
+
+impl ServeChain for Fill {
+    fn serve<'m>(
+        &mut self,
+        chain: super::queue::Chain<'m>,
+        mem: &'m super::GuestMemory,
+    ) -> Option<u32> {
+        let buf = &mut self.buf;
+        let len = match Writer::new(mem, chain) {
+            Ok(mut w) => {
+                let n = w.available_bytes().min(MAX_BYTES_PER_REQUEST);
+                match fill_random(&mut buf[..n]).and_then(|()| w.write_all(&buf[..n])) {
+                    Ok(()) => n,
                     Err(e) => {
-                        tracing::debug!("virtio-rng: bad chain: {e}");
+                        tracing::error!("virtio-rng: {e}");
                         0
                     }
-                };
-                if len == 0 {
-                    *bad_chains += 1;
                 }
-                *bytes_served += len as u64;
-                Some(len as u32)
-            }),
-        );
+            }
+            Err(e) => {
+                tracing::debug!("virtio-rng: bad chain: {e}");
+                0
+            }
+        };
+        if len == 0 {
+            self.bad_chains += 1;
+        }
+        self.moved += len as u64;
+        Some(len as u32)
+    }
+
+    fn bytes_moved(&self) -> u64 {
+        self.moved
     }
 }
 
@@ -198,6 +222,31 @@ mod tests {
         evts[0].write(1).unwrap();
         run_until_idle(&mut em, 0);
         assert_eq!(q.pop_used(), Some((0, MAX_BYTES_PER_REQUEST as u32)));
+    }
+
+    /// Issue 14 item 6: a queue full of 64 KiB entropy requests (16 MiB
+    /// of getrandom) used to be served in one event; now one event moves
+    /// at most MAX_BYTES_PER_EVENT and re-signals the queue for the rest.
+    #[test]
+    fn rng_bytes_per_event_are_bounded() {
+        use crate::virtio::common::MAX_BYTES_PER_EVENT;
+        let mem = guest_memory();
+        let mut q = GuestQueue::new(&mem, 0x10000, 256);
+        let rng = Arc::new(Mutex::new(Rng::new().unwrap()));
+        let (params, _evts) = activate_params(&mem, &[&q]);
+        rng.lock().unwrap().activate(params).unwrap();
+        for _ in 0..256 {
+            q.add_chain(&[(0x100000, MAX_BYTES_PER_REQUEST as u32, true)]);
+        }
+        rng.lock().unwrap().process_queue();
+        let per_event = MAX_BYTES_PER_EVENT / MAX_BYTES_PER_REQUEST as u64;
+        assert_eq!(u64::from(q.used_pending()), per_event);
+        assert_eq!(rng.lock().unwrap().bytes_served(), MAX_BYTES_PER_EVENT);
+        // The rest is served over the next events.
+        for _ in 0..(256 / per_event) {
+            rng.lock().unwrap().process_queue();
+        }
+        assert_eq!(q.used_pending(), 256);
     }
 
     #[test]

@@ -20,6 +20,22 @@ pub fn guest_memory() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
+/// [`MEM_SIZE`] of guest memory at 0 backed by a memfd and mapped shared,
+/// as the VMM makes it (what a vhost-user backend needs).
+pub fn memfd_guest_memory() -> GuestMemory {
+    let fd =
+        nix::sys::memfd::memfd_create(c"capsa-test-memory", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(MEM_SIZE).unwrap();
+    GuestMemory::from_ranges_with_files([(
+        GuestAddress(0),
+        MEM_SIZE as usize,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .unwrap()
+}
+
 /// A device that records what the transport does to it.
 pub struct DummyDevice {
     max_sizes: Vec<u16>,
@@ -237,4 +253,29 @@ pub fn run_until_idle(em: &mut TestEventManager, ms: i32) {
         }
     }
     panic!("event loop never went idle (busy loop?)");
+}
+
+/// Ends the whole test process if it is still alive after `limit`: a
+/// test of a busy loop that regresses fails with a message instead of
+/// hanging the run. Disarmed when dropped.
+pub struct Watchdog(Option<std::sync::mpsc::Sender<()>>);
+
+/// Arms a [`Watchdog`] for test `name`.
+pub fn watchdog(name: &'static str, limit: std::time::Duration) -> Watchdog {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("{name}: still running after {limit:?} (busy loop?); aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }

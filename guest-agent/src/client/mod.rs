@@ -7,8 +7,15 @@
 //! another). Everything the guest sends is untrusted: malformed lines are
 //! counted and skipped, an over-long line or a read error closes the
 //! connection, and no guest input can panic the client or grow its memory
-//! without bound (the notification queue holds at most
-//! [`MAX_QUEUED_NOTIFICATIONS`]; more are dropped and counted).
+//! without bound (issue 14 item 3): only what a caller can ask for is kept
+//! — the reply to a call in flight, `exit` notifications as a typed
+//! [`ProcessExit`] — and the notification queue holds at most
+//! [`MAX_QUEUED_NOTIFICATION_BYTES`]; anything else (replies to no call,
+//! notifications of other methods, more than the queue holds) is dropped
+//! and counted without being parsed into a `serde_json::Value`. Every call
+//! has a timeout ([`DEFAULT_CALL_TIMEOUT`] unless set), and so does writing
+//! a request (an agent that stops reading cannot block the host); `wait`
+//! alone waits as long as the process runs, until the connection closes.
 //!
 //! Streams are attached with [`attach_stream`].
 
@@ -28,13 +35,23 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::*;
 
-/// Most notifications kept while nobody reads them.
-pub const MAX_QUEUED_NOTIFICATIONS: usize = 4096;
+/// Most bytes of notifications kept while nobody reads them.
+pub const MAX_QUEUED_NOTIFICATION_BYTES: usize = 64 << 10;
+
+/// Most notifications kept while nobody reads them: as many as
+/// [`MAX_QUEUED_NOTIFICATION_BYTES`] holds.
+pub const MAX_QUEUED_NOTIFICATIONS: usize =
+    MAX_QUEUED_NOTIFICATION_BYTES / std::mem::size_of::<Notification>();
+
+/// Timeout of every call but `wait` until [`Client::set_timeout`] says
+/// otherwise, and of writing any request.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default timeout of [`Client::hello`].
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,18 +136,13 @@ impl ClientError {
     }
 }
 
-/// A message pushed by the agent.
+/// A message pushed by the agent that the client keeps (others are
+/// dropped and counted: [`Client::dropped_notifications`]).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Notification {
     /// A process exited.
     Exit(ProcessExit),
-    /// A notification this client does not know (newer agent).
-    Other {
-        /// Its method.
-        method: String,
-        /// Its params.
-        params: Value,
-    },
 }
 
 type Reply = Result<Value, RpcError>;
@@ -213,19 +225,20 @@ impl Client {
             shared,
             next_id: AtomicU64::new(1),
             notifications: Mutex::new(rx),
-            default_timeout: Mutex::new(None),
+            default_timeout: Mutex::new(Some(DEFAULT_CALL_TIMEOUT)),
         })
     }
 
-    /// Sets the timeout of every call except `wait` (None: wait forever, the
-    /// default).
+    /// Sets the timeout of every call except `wait` (default
+    /// [`DEFAULT_CALL_TIMEOUT`]; `None`: wait forever).
     pub fn set_timeout(&self, timeout: Option<Duration>) {
         if let Ok(mut t) = self.default_timeout.lock() {
             *t = timeout;
         }
     }
 
-    fn timeout(&self) -> Option<Duration> {
+    /// The timeout of calls other than `wait`.
+    pub fn timeout(&self) -> Option<Duration> {
         self.default_timeout.lock().map(|t| *t).unwrap_or(None)
     }
 
@@ -268,11 +281,7 @@ impl Client {
             params: Some(params),
         };
         let line = to_line(&request);
-        let written = match self.writer.lock() {
-            Ok(mut w) => w.write_all(&line).and_then(|_| w.flush()),
-            Err(_) => Err(io::Error::other("writer lock poisoned")),
-        };
-        if let Err(e) = written {
+        if let Err(e) = self.write_request(&line, timeout.unwrap_or(DEFAULT_CALL_TIMEOUT)) {
             self.forget(id);
             return Err(e.into());
         }
@@ -291,6 +300,28 @@ impl Client {
             None => rx.recv().map_err(|_| ClientError::Closed)?,
         };
         reply.map_err(ClientError::Rpc)
+    }
+
+    /// Writes one request line within `timeout`. A line cut short breaks
+    /// the framing: the connection is then closed.
+    fn write_request(&self, line: &[u8], timeout: Duration) -> io::Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| io::Error::other("writer lock poisoned"))?;
+        w.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let written = w.write_all(line).and_then(|_| w.flush());
+        if written.is_err() {
+            self.shared.closed.store(true, Ordering::SeqCst);
+            let _ = w.shutdown(Shutdown::Both);
+        }
+        written.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the agent took no request within {timeout:?}"),
+            ),
+            _ => e,
+        })
     }
 
     fn pending_map(
@@ -428,7 +459,8 @@ impl Client {
         self.shared.bad_messages.load(Ordering::Relaxed)
     }
 
-    /// Notifications dropped because the queue was full.
+    /// Notifications dropped: of a method the client does not keep, or
+    /// because the queue was full.
     pub fn dropped_notifications(&self) -> u64 {
         self.shared.dropped_notifications.load(Ordering::Relaxed)
     }
@@ -490,29 +522,52 @@ fn read_loop(stream: UnixStream, shared: Arc<Shared>, notify: SyncSender<Notific
     }
 }
 
+/// What a line of the agent is, read without keeping its contents.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    method: Option<String>,
+}
+
+/// The params of an `exit` notification, typed.
+#[derive(Deserialize)]
+struct ExitNotification {
+    params: ProcessExit,
+}
+
 fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) {
     let bad = || {
         shared.bad_messages.fetch_add(1, Ordering::Relaxed);
     };
-    let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
+    let dropped = || {
+        shared.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+    };
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(line) else {
         return bad();
     };
-    if let Some(Value::String(method)) = msg.get("method").cloned() {
-        let params = msg.remove("params").unwrap_or(Value::Null);
-        let notification = if method == Exit::NAME {
-            match serde_json::from_value::<ProcessExit>(params) {
-                Ok(exit) => Notification::Exit(exit),
-                Err(_) => return bad(),
-            }
-        } else {
-            Notification::Other { method, params }
+    if let Some(method) = envelope.method {
+        if method != Exit::NAME {
+            return dropped();
+        }
+        let Ok(exit) = serde_json::from_slice::<ExitNotification>(line) else {
+            return bad();
         };
-        if notify.try_send(notification).is_err() {
-            shared.dropped_notifications.fetch_add(1, Ordering::Relaxed);
+        if notify.try_send(Notification::Exit(exit.params)).is_err() {
+            dropped();
         }
         return;
     }
-    let Some(id) = msg.get("id").and_then(Value::as_i64) else {
+    let Some(id) = envelope.id else {
+        return bad();
+    };
+    let asked = shared.pending.lock().is_ok_and(|p| p.contains_key(&id));
+    if !asked {
+        // A reply to no call in flight (a late one, or made up).
+        return bad();
+    }
+    let Ok(Value::Object(mut msg)) = serde_json::from_slice::<Value>(line) else {
         return bad();
     };
     let reply = match (msg.remove("result"), msg.remove("error")) {
@@ -643,6 +698,101 @@ mod tests {
         assert!(matches!(&e, ClientError::Io(io) if io.kind() == io::ErrorKind::NotFound));
         assert!(started.elapsed() < Duration::from_secs(2));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Waits until `done` holds (the reader thread has caught up).
+    fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Issue 14 item 3: a hostile agent floods the client with
+    /// notifications of a method nobody reads, replies to calls never made
+    /// and more `exit`s than anyone reads, lines of up to 512 KiB. The
+    /// client keeps only `exit`s, typed, within its byte bound; the rest is
+    /// dropped and counted (it used to queue up to 4096 notifications of
+    /// any method as `serde_json::Value`, ~16 times their line size).
+    #[test]
+    fn client_keeps_only_exit_notifications_within_a_byte_bound() {
+        let (ours, mut agent) = UnixStream::pair().unwrap();
+        let client = Client::new(ours).unwrap();
+        let big = "x".repeat(512 << 10);
+        let writer = std::thread::spawn(move || {
+            for _ in 0..20 {
+                let line = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"method\":\"bogus\",\"params\":{{\"x\":\"{big}\"}}}}\n"
+                );
+                agent.write_all(line.as_bytes()).unwrap();
+            }
+            for id in 1000..1050 {
+                let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":\"{big}\"}}\n");
+                agent.write_all(line.as_bytes()).unwrap();
+            }
+            for pid in 0..MAX_QUEUED_NOTIFICATIONS + 100 {
+                let line = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"method\":\"exit\",\"params\":{{\"processId\":{pid},\"pid\":{pid},\"exitCode\":0}}}}\n"
+                );
+                agent.write_all(line.as_bytes()).unwrap();
+            }
+            agent
+        });
+        let _agent = writer.join().unwrap();
+        eventually("the client read every line", || {
+            client.dropped_notifications() == 120 && client.bad_messages() == 50
+        });
+        assert!(
+            MAX_QUEUED_NOTIFICATIONS * std::mem::size_of::<Notification>()
+                <= MAX_QUEUED_NOTIFICATION_BYTES
+        );
+        let mut kept = 0;
+        while let Some(n) = client.next_notification(Duration::ZERO) {
+            let Notification::Exit(e) = n;
+            assert_eq!(e.process_id, kept as u64);
+            kept += 1;
+        }
+        assert_eq!(kept, MAX_QUEUED_NOTIFICATIONS);
+        assert!(!client.is_closed());
+    }
+
+    /// Issue 14 item 3: every call has a timeout, also when the caller set
+    /// none (it used to wait forever for an agent that never answers).
+    #[test]
+    fn client_calls_time_out_by_default() {
+        let (ours, _agent) = UnixStream::pair().unwrap();
+        let client = Client::new(ours).unwrap();
+        assert_eq!(client.timeout(), Some(DEFAULT_CALL_TIMEOUT));
+        client.set_timeout(Some(Duration::from_millis(100)));
+        let e = client.ps().unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+    }
+
+    /// Issue 14 item 3: an agent that stops reading its control connection
+    /// cannot block a host call in `write` (it used to block forever once
+    /// the socket buffer was full); the connection is closed, since a line
+    /// cut short breaks the framing.
+    #[test]
+    fn client_request_to_an_agent_that_never_reads_times_out() {
+        let (ours, _agent) = UnixStream::pair().unwrap();
+        let client = Arc::new(Client::new(ours).unwrap());
+        client.set_timeout(Some(Duration::from_millis(200)));
+        let (tx, rx) = mpsc::channel();
+        let c = client.clone();
+        std::thread::spawn(move || {
+            let r = c.call_value("exec", Value::String("a".repeat(4 << 20)), c.timeout());
+            let _ = tx.send(r.map(|_| ()));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the call returns");
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Io(io) if io.kind() == io::ErrorKind::TimedOut),
+            "{e:?}"
+        );
+        assert!(client.is_closed());
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

@@ -1,20 +1,25 @@
-//! The guest's [`Platform`]: the rootfs handlers (one per [`RootfsType`]),
-//! OCI mounts, hostname and reboot.
+//! The guest's [`Platform`]: the virtio-fs shares, the rootfs handlers
+//! (one per [`RootfsType`]), OCI mounts, hostname and reboot.
 //!
-//! Layout under [`RUN_DIR`]: the device or share is mounted at `lower/`; when
-//! it is read-only (erofs, `readonly`) or shared (virtio-fs), a tmpfs at
-//! `rw/` holds the upper and work dirs of an overlay mounted at `rootfs/`,
-//! so the container can write (writes live in guest RAM and are lost at
-//! shutdown). A writable ext4 is mounted at `rootfs/` directly. cgroup2 is
-//! mounted at `cgroup/` (outside the container's root), with the group
-//! `cgroup/container` that holds the container's processes.
+//! Layout under [`RUN_DIR`]: virtio-fs shares are mounted at
+//! `fs/<tag>` ([`SHARES_DIR`](crate::protocol::SHARES_DIR)), outside the container's root. A block
+//! device is mounted at `lower/`; when it is read-only (erofs,
+//! `readonly`), a tmpfs at `rw/` holds the upper and work dirs of an
+//! overlay mounted at `rootfs/`, so the container can write (writes live
+//! in guest RAM and are lost at shutdown). A writable ext4 is mounted at
+//! `rootfs/` directly. A virtiofs rootfs is a bind of its directory in the
+//! share at `rootfs/`: writes go to the host directory at once; with
+//! `readonly` (the host shares it read-only) it is bound read-only at
+//! `lower/` under the same RAM overlay, so that mount points can be made. cgroup2 is mounted at `cgroup/` (outside the
+//! container's root), with the group `cgroup/container` that holds the
+//! container's processes.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{mount, mounts};
 use crate::agent_log;
-use crate::protocol::{MountSpec, RootfsSpec, RootfsType};
+use crate::protocol::{MountSpec, RootfsSpec, RootfsType, ShareSpec};
 use crate::server::cgroup::Cgroup;
 use crate::server::spawn::ChildMount;
 use crate::server::{AgentError, Platform};
@@ -28,31 +33,57 @@ pub struct GuestPlatform {
     mounted: Mutex<Vec<PathBuf>>,
 }
 
-/// How one rootfs type is mounted: `(source, fstype, needs overlay)`.
-type RootfsHandler = fn(&RootfsSpec) -> Result<(String, &'static str, bool), AgentError>;
+/// How one rootfs type is mounted.
+enum RootfsMount {
+    /// A block device: `(source, fstype, needs overlay)`.
+    Block(String, &'static str, bool),
+    /// A directory of a virtio-fs share.
+    Share {
+        /// The share's tag.
+        tag: String,
+        /// The directory below the share's mount point.
+        dir: PathBuf,
+    },
+}
+
+/// How one rootfs type is mounted, from its spec.
+type RootfsHandler = fn(&RootfsSpec) -> Result<RootfsMount, AgentError>;
 
 fn block(
     spec: &RootfsSpec,
     fstype: &'static str,
     always_ro: bool,
-) -> Result<(String, &'static str, bool), AgentError> {
+) -> Result<RootfsMount, AgentError> {
     let source = spec
         .source
         .clone()
         .ok_or_else(|| AgentError::InvalidParams("rootfs.source is required".into()))?;
-    Ok((source, fstype, always_ro || spec.readonly))
+    Ok(RootfsMount::Block(
+        source,
+        fstype,
+        always_ro || spec.readonly,
+    ))
+}
+
+fn share(spec: &RootfsSpec) -> Result<RootfsMount, AgentError> {
+    let tag = spec
+        .tag
+        .clone()
+        .ok_or_else(|| AgentError::InvalidParams("rootfs.tag is required for virtiofs".into()))?;
+    let dir = PathBuf::from(spec.source.as_deref().unwrap_or(""));
+    if !dir.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(AgentError::InvalidParams(format!(
+            "rootfs.source {dir:?}: a virtiofs root must be a relative path without `..`"
+        )));
+    }
+    Ok(RootfsMount::Share { tag, dir })
 }
 
 /// The handler table: one entry per rootfs type.
 const HANDLERS: &[(RootfsType, RootfsHandler)] = &[
     (RootfsType::Ext4, |s| block(s, "ext4", false)),
     (RootfsType::Erofs, |s| block(s, "erofs", true)),
-    (RootfsType::Virtiofs, |s| {
-        let tag = s.tag.clone().ok_or_else(|| {
-            AgentError::InvalidParams("rootfs.tag is required for virtiofs".into())
-        })?;
-        Ok((tag, "virtiofs", true))
-    }),
+    (RootfsType::Virtiofs, share),
 ];
 
 fn mkdir(path: &Path) -> Result<(), AgentError> {
@@ -99,27 +130,79 @@ fn container_oom_kills() -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+impl GuestPlatform {
+    /// Mounts share `tag` at its mount point unless it is mounted already;
+    /// returns the mount point.
+    fn mount_share(&self, tag: &str) -> Result<PathBuf, AgentError> {
+        let target = ShareSpec::mount_point(tag)
+            .map(PathBuf::from)
+            .ok_or_else(|| AgentError::InvalidParams(format!("bad virtio-fs tag {tag:?}")))?;
+        let known = self
+            .mounted
+            .lock()
+            .map(|m| m.contains(&target))
+            .unwrap_or(false);
+        if !known {
+            // No nosuid/nodev: the container's root may be in the share
+            // (binds inherit the flags of their source); bind mounts of
+            // volumes get their own flags.
+            self.mount_tracked(tag, &target, "virtiofs", 0, "")?;
+        }
+        Ok(target)
+    }
+}
+
 impl Platform for GuestPlatform {
+    fn mount_shares(&self, shares: &[ShareSpec]) -> Result<(), AgentError> {
+        for s in shares {
+            self.mount_share(&s.tag)?;
+        }
+        Ok(())
+    }
+
     fn mount_rootfs(&self, spec: &RootfsSpec) -> Result<PathBuf, AgentError> {
         let handler = HANDLERS
             .iter()
             .find(|(t, _)| *t == spec.fstype)
             .map(|(_, h)| *h)
             .ok_or_else(|| AgentError::InvalidParams("unsupported rootfs type".into()))?;
-        let (source, fstype, overlay) = handler(spec)?;
         let run = Path::new(RUN_DIR);
         let root = run.join("rootfs");
-        if !overlay {
-            self.mount_tracked(&source, &root, fstype, 0, "")?;
-            return Ok(root);
-        }
         let lower = run.join("lower");
-        let ro = if spec.readonly || fstype == "erofs" {
-            libc::MS_RDONLY
-        } else {
-            0
-        };
-        self.mount_tracked(&source, &lower, fstype, ro, "")?;
+        match handler(spec)? {
+            RootfsMount::Block(source, fstype, overlay) => {
+                if !overlay {
+                    self.mount_tracked(&source, &root, fstype, 0, "")?;
+                    return Ok(root);
+                }
+                let ro = if spec.readonly || fstype == "erofs" {
+                    libc::MS_RDONLY
+                } else {
+                    0
+                };
+                self.mount_tracked(&source, &lower, fstype, ro, "")?;
+            }
+            RootfsMount::Share { tag, dir } => {
+                let source = self.mount_share(&tag)?.join(dir);
+                let source = source.to_string_lossy();
+                if !spec.readonly {
+                    // Write-through: the container's writes reach the host.
+                    self.mount_tracked(&source, &root, "", libc::MS_BIND, "")?;
+                    return Ok(root);
+                }
+                // Read-only (the host shares it read-only too): the lower
+                // layer of an overlay, so that mount points can still be
+                // made (in RAM); the caller makes `/` read-only last.
+                self.mount_tracked(&source, &lower, "", libc::MS_BIND, "")?;
+                mount(
+                    "",
+                    &lower,
+                    "",
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    "",
+                )?;
+            }
+        }
         let rw = run.join("rw");
         self.mount_tracked("tmpfs", &rw, "tmpfs", 0, "mode=0755")?;
         mkdir(&rw.join("upper"))?;

@@ -64,20 +64,52 @@ pub enum RootfsType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RootfsSpec {
-    /// Guest device path for block types, e.g. `"/dev/vda"`. Ignored for
-    /// `virtiofs`.
+    /// Block types: the guest device, e.g. `"/dev/vda"` (required).
+    /// `virtiofs`: the directory inside the share that is the root,
+    /// relative (e.g. `"root"`); absent: the share's top.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// Filesystem type.
     pub fstype: RootfsType,
-    /// Mount the device read-only. A read-only or shared (virtiofs) rootfs
-    /// gets an overlay with a tmpfs upper layer, so the container can still
-    /// write (writes are lost at shutdown).
+    /// Mount the root read-only, under an overlay with a tmpfs upper layer
+    /// (writes live in guest RAM and are lost at shutdown; erofs always
+    /// gets one). Without it, `virtiofs` is shared write-through: writes
+    /// reach the host directory at once.
     #[serde(default)]
     pub readonly: bool,
-    /// virtio-fs tag, required for `virtiofs`.
+    /// virtio-fs tag, required for `virtiofs`: one of `shares`, or
+    /// another share, which the agent then mounts first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+}
+
+/// Where the agent mounts virtio-fs shares: `<SHARES_DIR>/<tag>`, outside
+/// the container's root. Bind mounts of shared host files and directories
+/// have their source there (e.g. `/run/capsa/fs/capsa/m0`).
+pub const SHARES_DIR: &str = "/run/capsa/fs";
+
+/// A virtio-fs share the agent mounts at `<SHARES_DIR>/<tag>` before the
+/// rootfs and the mounts (which may refer to paths inside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShareSpec {
+    /// The virtio-fs tag: 1 to 36 bytes of `[A-Za-z0-9._-]`.
+    pub tag: String,
+}
+
+impl ShareSpec {
+    /// Where the agent mounts this share, if the tag is acceptable (no
+    /// path separators, no `.`/`..`, at most 36 bytes).
+    pub fn mount_point(tag: &str) -> Option<String> {
+        let ok = !tag.is_empty()
+            && tag.len() <= 36
+            && tag != "."
+            && tag != ".."
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        ok.then(|| format!("{SHARES_DIR}/{tag}"))
+    }
 }
 
 /// A mount inside the container (OCI runtime spec, `config.md` § "Mounts").
@@ -200,6 +232,9 @@ pub struct CreateParams {
     /// Hostname to set, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// virtio-fs shares, mounted first (see [`ShareSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<ShareSpec>,
     /// Mounts, applied in order after the rootfs.
     #[serde(default)]
     pub mounts: Vec<MountSpec>,
@@ -442,6 +477,18 @@ pub struct StreamAck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_mount_points_stay_in_the_shares_dir() {
+        assert_eq!(
+            ShareSpec::mount_point("capsa").as_deref(),
+            Some("/run/capsa/fs/capsa")
+        );
+        assert!(ShareSpec::mount_point("a.b_c-9").is_some());
+        for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(37)] {
+            assert_eq!(ShareSpec::mount_point(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn params_reject_unknown_fields() {

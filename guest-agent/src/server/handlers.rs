@@ -63,23 +63,20 @@ impl Service for Agent {
             Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
             _ => return Err(AgentError::InvalidState("container already created".into())),
         }
-        match p.rootfs.fstype {
-            RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
-                return Err(AgentError::InvalidParams(
-                    "rootfs.tag is required for virtiofs".into(),
-                ))
-            }
-            RootfsType::Ext4 | RootfsType::Erofs if p.rootfs.source.is_none() => {
-                return Err(AgentError::InvalidParams(
-                    "rootfs.source is required".into(),
-                ))
-            }
-            _ => {}
-        }
+        validate_create(&p)?;
         // Validate the process before touching anything.
         Plan::new(&p.process, Path::new("/"))?;
         let platform = &self.container.platform;
-        let root = platform.mount_rootfs(&p.rootfs)?;
+        let root = match platform
+            .mount_shares(&p.shares)
+            .and_then(|_| platform.mount_rootfs(&p.rootfs))
+        {
+            Ok(root) => root,
+            Err(e) => {
+                platform.unmount_all();
+                return Err(e);
+            }
+        };
         let prepared = platform
             .apply_mounts(&root, &p.mounts, p.pid_namespace)
             .and_then(|deferred| match &p.hostname {
@@ -403,4 +400,32 @@ impl Agent {
         self.container.platform.unmount_all();
         self.container.platform.power_off();
     }
+}
+
+/// Checks `create`'s rootfs and shares before anything is touched.
+fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
+    match p.rootfs.fstype {
+        RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
+            return Err(AgentError::InvalidParams(
+                "rootfs.tag is required for virtiofs".into(),
+            ))
+        }
+        RootfsType::Ext4 | RootfsType::Erofs if p.rootfs.source.is_none() => {
+            return Err(AgentError::InvalidParams(
+                "rootfs.source is required".into(),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(bad) = p
+        .shares
+        .iter()
+        .find(|s| ShareSpec::mount_point(&s.tag).is_none())
+    {
+        return Err(AgentError::InvalidParams(format!(
+            "shares: bad tag {:?} (1 to 36 bytes of letters, digits, '.', '_', '-')",
+            bad.tag
+        )));
+    }
+    Ok(())
 }

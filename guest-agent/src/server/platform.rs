@@ -15,10 +15,13 @@ use std::sync::Mutex;
 use super::cgroup::Cgroup;
 use super::error::AgentError;
 use super::spawn::ChildMount;
-use crate::protocol::{MountSpec, RootfsSpec};
+use crate::protocol::{MountSpec, RootfsSpec, ShareSpec};
 
 /// The machine-specific steps of the agent.
 pub trait Platform: Send + Sync + 'static {
+    /// Mounts the virtio-fs shares at their mount points
+    /// ([`ShareSpec::mount_point`]), before the rootfs.
+    fn mount_shares(&self, shares: &[ShareSpec]) -> Result<(), AgentError>;
     /// Mounts the container's rootfs and returns the directory its processes
     /// are chrooted into (`/` means no chroot).
     fn mount_rootfs(&self, rootfs: &RootfsSpec) -> Result<PathBuf, AgentError>;
@@ -61,6 +64,8 @@ pub struct DirectoryPlatform {
     pub cgroup: Option<PathBuf>,
     /// Mounts received by `create`.
     pub mounts: Mutex<Vec<MountSpec>>,
+    /// Shares received by `create`.
+    pub shares: Mutex<Vec<ShareSpec>>,
     /// Hostname received by `create`.
     pub hostname: Mutex<Option<String>>,
     /// Whether `power_off` was called.
@@ -70,6 +75,13 @@ pub struct DirectoryPlatform {
 }
 
 impl Platform for DirectoryPlatform {
+    fn mount_shares(&self, shares: &[ShareSpec]) -> Result<(), AgentError> {
+        if let Ok(mut s) = self.shares.lock() {
+            s.extend_from_slice(shares);
+        }
+        Ok(())
+    }
+
     fn mount_rootfs(&self, rootfs: &RootfsSpec) -> Result<PathBuf, AgentError> {
         let source = rootfs
             .source

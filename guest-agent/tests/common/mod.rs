@@ -93,6 +93,7 @@ pub fn create_params(args: &[&str]) -> CreateParams {
         },
         process: process(args),
         hostname: Some("box".into()),
+        shares: Vec::new(),
         mounts: vec![MountSpec {
             destination: "/proc".into(),
             kind: Some("proc".into()),

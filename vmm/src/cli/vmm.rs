@@ -7,7 +7,7 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BootProtocol, DiskConfig, FsConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
 };
 
 use super::EXIT_GUEST_FAILURE;
@@ -57,6 +57,10 @@ pub struct VmmArgs {
     /// Guest CID of the vsock device.
     #[arg(long, value_name = "CID", requires = "vsock_uds")]
     vsock_cid: Option<u32>,
+    /// Add a virtio-fs share whose vhost-user backend (virtiofsd) listens
+    /// on PATH; the guest mounts it by TAG. Repeatable.
+    #[arg(long = "fs", value_name = "tag=TAG,socket=PATH")]
+    fs: Vec<FsConfig>,
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     no_rng: bool,
@@ -103,6 +107,7 @@ impl VmmArgs {
             config.memory_mib = m;
         }
         config.disks.extend(self.disks);
+        config.fs.extend(self.fs);
         if let Some(uds_path) = self.vsock_uds {
             config.vsock = Some(VsockConfig {
                 guest_cid: self.vsock_cid.unwrap_or(DEFAULT_GUEST_CID),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use super::state::RuntimeType;
-use super::{Result, RuntimeError, RUNTIME_ANNOTATION};
+use super::{Result, RuntimeError, ROOTFS_ANNOTATION, RUNTIME_ANNOTATION};
 
 /// A bundle whose `config.json` parsed and validated.
 #[derive(Debug, Clone)]
@@ -21,6 +21,41 @@ pub struct Bundle {
     pub rootfs: PathBuf,
     /// The runtime type from the annotation `io.capsa.runtime`.
     pub runtime: RuntimeType,
+    /// How a VM container's rootfs reaches the guest, from the annotation
+    /// `io.capsa.rootfs`.
+    pub rootfs_transport: RootfsTransport,
+}
+
+/// How the rootfs directory reaches the guest (annotation
+/// `io.capsa.rootfs`; docs/runtime.md § Rootfs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RootfsTransport {
+    /// `virtiofs` (default): the directory itself, shared by virtiofsd;
+    /// the container's writes reach it at once (as with runc).
+    #[default]
+    Virtiofs,
+    /// `block`: a cached ext4 image of the directory on a read-only
+    /// virtio-blk disk under a RAM overlay; faster to boot, writes lost.
+    Block,
+}
+
+/// Reads the rootfs transport of a bundle.
+pub fn rootfs_transport(spec: &Spec, dir: &Path) -> Result<RootfsTransport> {
+    let value = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(ROOTFS_ANNOTATION));
+    match value.map(String::as_str) {
+        None | Some("virtiofs") => Ok(RootfsTransport::Virtiofs),
+        Some("block") => Ok(RootfsTransport::Block),
+        Some(other) => Err(err(
+            dir,
+            format!(
+                "annotations.\"{ROOTFS_ANNOTATION}\": unknown rootfs transport {other:?} \
+                 (expected \"virtiofs\" or \"block\")"
+            ),
+        )),
+    }
 }
 
 fn err(dir: &Path, message: impl Into<String>) -> RuntimeError {
@@ -82,6 +117,10 @@ impl Bundle {
         }
         let spec = load_spec(&dir)?;
         let runtime = runtime_type(&spec, &dir)?;
+        let rootfs_transport = match runtime {
+            RuntimeType::Vm => rootfs_transport(&spec, &dir)?,
+            RuntimeType::Process => RootfsTransport::default(),
+        };
         let root = spec
             .root()
             .as_ref()
@@ -122,6 +161,7 @@ impl Bundle {
             spec,
             rootfs,
             runtime,
+            rootfs_transport,
         };
         bundle.resolve_user()?;
         Ok(bundle)
@@ -138,9 +178,16 @@ impl Bundle {
         let Some(name) = user.username().as_deref().filter(|n| !n.is_empty()) else {
             return Ok((user.uid(), user.gid()));
         };
-        let passwd = self.rootfs.join("etc/passwd");
-        let text = std::fs::read_to_string(&passwd).unwrap_or_default();
-        lookup_passwd(&text, name).ok_or_else(|| {
+        let text = read_rootfs_passwd(&self.rootfs).map_err(|e| {
+            err(
+                &self.dir,
+                format!(
+                    "config.json: process.user.username: cannot read the rootfs's \
+                     /etc/passwd: {e}"
+                ),
+            )
+        })?;
+        lookup_passwd(&text.unwrap_or_default(), name).ok_or_else(|| {
             err(
                 &self.dir,
                 format!(
@@ -150,6 +197,52 @@ impl Bundle {
             )
         })
     }
+}
+
+/// Most bytes of the rootfs's `/etc/passwd` that capsa reads.
+pub const MAX_PASSWD_BYTES: u64 = 4 << 20;
+
+/// The rootfs's `/etc/passwd` as the container would see it, read on the
+/// host without trusting the rootfs (issue 14 item 7): resolved with
+/// `openat2(2)` `RESOLVE_IN_ROOT`, so that a symlink (`../../etc/shadow`,
+/// `/etc/passwd` of the host) resolves inside the rootfs as it would in
+/// the guest, never to a host file; no magic links (`/proc/self/…`);
+/// opened non-blocking and read only if it is a regular file (not a FIFO
+/// or a device such as `/dev/zero`) of at most [`MAX_PASSWD_BYTES`].
+/// `Ok(None)`: there is none.
+pub fn read_rootfs_passwd(rootfs: &Path) -> std::io::Result<Option<String>> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(rootfs)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(&root, "etc/passwd", how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let file = std::fs::File::from(fd);
+    let md = file.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PASSWD_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PASSWD_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_PASSWD_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// `(uid, gid)` of `name` in the text of an `/etc/passwd`.
@@ -192,6 +285,27 @@ mod tests {
         let b = b.unwrap();
         assert_eq!(b.rootfs, d.path().join("rootfs"));
         assert_eq!(b.runtime, RuntimeType::Vm);
+        assert_eq!(b.rootfs_transport, RootfsTransport::Virtiofs);
+    }
+
+    #[test]
+    fn rootfs_transport_annotation() {
+        let with = |v: &str| {
+            OK.replace(
+                r#""ociVersion""#,
+                &format!(r#""annotations":{{"io.capsa.rootfs":"{v}"}},"ociVersion""#),
+            )
+        };
+        let (_d, b) = bundle_with(&with("block"));
+        assert_eq!(b.unwrap().rootfs_transport, RootfsTransport::Block);
+        let (_d, b) = bundle_with(&with("virtiofs"));
+        assert_eq!(b.unwrap().rootfs_transport, RootfsTransport::Virtiofs);
+        let (_d, b) = bundle_with(&with("nfs"));
+        let e = b.unwrap_err().to_string();
+        assert!(
+            e.contains("annotations.\"io.capsa.rootfs\"") && e.contains("\"nfs\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -216,6 +330,68 @@ mod tests {
             r#""annotations":{"io.capsa.runtime":"xen"},"ociVersion""#,
         ));
         assert!(b.unwrap_err().to_string().contains("io.capsa.runtime"));
+    }
+
+    const BOB: &str = r#""gid":0,"username":"bob""#;
+
+    /// Issue 14 item 7: `/etc/passwd` of the rootfs is a symlink out of
+    /// it (relative or absolute). It resolves inside the rootfs, as in the
+    /// guest, and the host file is never read (it used to be).
+    #[test]
+    fn passwd_symlink_out_of_the_rootfs_is_resolved_inside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host-passwd");
+        std::fs::write(&host, "bob:x:4242:4242::/:/bin/sh\n").unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/etc")).unwrap();
+        let link = d.path().join("rootfs/etc/passwd");
+        std::fs::write(d.path().join("config.json"), OK.replace(r#""gid":0"#, BOB)).unwrap();
+        for target in [Path::new("../../host-passwd"), host.as_path()] {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let e = Bundle::load(d.path()).unwrap_err().to_string();
+            assert!(e.contains("unknown user \"bob\""), "{target:?}: {e}");
+        }
+        // A link that stays inside resolves as the guest would resolve it.
+        std::fs::create_dir_all(d.path().join("rootfs/usr/lib")).unwrap();
+        std::fs::write(
+            d.path().join("rootfs/usr/lib/passwd"),
+            "bob:x:1000:100::/:/bin/sh\n",
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/usr/lib/passwd", &link).unwrap();
+        assert_eq!(
+            Bundle::load(d.path()).unwrap().resolve_user().unwrap(),
+            (1000, 100)
+        );
+    }
+
+    /// Issue 14 item 7: a FIFO (which used to hang `create` in `read`) or
+    /// a file over the size bound is refused with an error naming the
+    /// field.
+    #[test]
+    fn passwd_fifo_or_huge_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/etc")).unwrap();
+        std::fs::write(d.path().join("config.json"), OK.replace(r#""gid":0"#, BOB)).unwrap();
+        let passwd = d.path().join("rootfs/etc/passwd");
+        nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = d.path().to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(Bundle::load(&dir).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a FIFO does not hang create")
+            .unwrap_err();
+        assert!(e.contains("process.user.username"), "{e}");
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::remove_file(&passwd).unwrap();
+        let f = std::fs::File::create(&passwd).unwrap();
+        f.set_len(MAX_PASSWD_BYTES + 1).unwrap();
+        let e = Bundle::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::backend::{Backend, CreateOptions, Created, ExecOptions, PsFormat};
 use super::bundle::Bundle;
+use super::id_lock::{IdLock, LaunchRecord, Wait};
 use super::jail;
 use super::runc::Runc;
 use super::spawn::Ready;
@@ -59,6 +60,9 @@ pub struct OciState {
 /// Removes what a container left: its state directory, its uid lease and
 /// a vsock socket kept outside it.
 fn remove_container_files(dir: &Path, vsock: &Path) {
+    // The VMM is gone (or never started): its virtiofsd ends with its
+    // connection; make sure, by the recorded pid, before the files go.
+    super::virtiofsd::stop(dir, std::time::Duration::from_secs(5));
     jail::release_uid(Path::new(jail::UID_LEASES), dir);
     if !vsock.starts_with(dir) {
         let _ = std::fs::remove_file(vsock);
@@ -95,9 +99,11 @@ impl Runtime {
 
     /// `create`: validates the bundle and creates the container with the
     /// backend of its runtime type; returns once the container is created,
-    /// or fails having removed everything it made.
+    /// or fails having removed everything it made. Holds the id's
+    /// [`IdLock`] throughout.
     pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<Created> {
         state::validate_id(id)?;
+        let lock = IdLock::acquire(&self.root, id, Wait::Block)?;
         if self.root.dir(id).exists() {
             return Err(RuntimeError::Exists(id.to_string()));
         }
@@ -106,8 +112,36 @@ impl Runtime {
         let result = self.backend(bundle.runtime).create(id, &bundle, &dir, opts);
         if result.is_err() {
             remove_container_files(&dir, &state::vsock_path(&dir));
+            if let Some(lock) = lock {
+                lock.remove();
+            }
         }
         result
+    }
+
+    /// The id's [`IdLock`] for `delete`: while a `create` of the id runs,
+    /// an error, or with `force` its processes are killed and the lock
+    /// waited for (the `create` then fails and cleans up). Also returns
+    /// whether a `create` was stopped so.
+    fn lock_for_delete(&self, id: &str, force: bool) -> Result<(Option<IdLock>, bool)> {
+        state::validate_id(id)?;
+        if let Some(lock) = IdLock::acquire(&self.root, id, Wait::Try)? {
+            return Ok((Some(lock), false));
+        }
+        if !force {
+            return Err(RuntimeError::Failed(format!(
+                "container {id} is being created (delete --force stops it)"
+            )));
+        }
+        // The `create` may not have started its VMM yet (it builds the
+        // rootfs image first): kill it as soon as it is recorded.
+        loop {
+            LaunchRecord::kill_recorded(&self.root.dir(id));
+            if let Some(lock) = IdLock::acquire(&self.root, id, Wait::Try)? {
+                return Ok((Some(lock), true));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// `start`: runs the container's process.
@@ -132,25 +166,43 @@ impl Runtime {
     /// `delete`: removes a stopped (or created) container; `force` kills
     /// a running one first.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let (lock, stopped_create) = self.lock_for_delete(id, force)?;
         let (c, backend) = match self.load(id) {
             Err(RuntimeError::NotFound(_)) if force => {
-                // A `create` that was killed before it finished (its helper
-                // gives up on its own), or none at all: as runc, `--force`
-                // removes what is there and succeeds (podman deletes after a
-                // failed `create`, which left nothing).
+                // A `create` that was killed before it recorded the
+                // container (what it started may still run), or none at
+                // all: as runc, `--force` removes what is there and
+                // succeeds (podman deletes after a failed `create`).
                 let dir = self.root.dir(id);
                 if dir.is_dir() {
+                    LaunchRecord::kill_recorded(&dir);
                     remove_container_files(&dir, &state::vsock_path(&dir));
+                }
+                if let Some(lock) = lock {
+                    lock.remove();
                 }
                 return Ok(());
             }
-            loaded => loaded?,
+            Err(e) => {
+                if let Some(lock) = lock {
+                    lock.remove();
+                }
+                // The `create` this `delete --force` stopped removed it all.
+                return match e {
+                    RuntimeError::NotFound(_) if stopped_create => Ok(()),
+                    e => Err(e),
+                };
+            }
+            Ok(loaded) => loaded,
         };
         backend.delete(&c, force)?;
         let vsock = c
             .vm()
             .map_or_else(|| state::vsock_path(&c.dir), |vm| vm.vsock.clone());
         remove_container_files(&c.dir, &vsock);
+        if let Some(lock) = lock {
+            lock.remove();
+        }
         Ok(())
     }
 
@@ -235,5 +287,101 @@ fn oci_state(c: Container, backend: &dyn Backend, owner: &str) -> OciState {
         owner: owner.to_string(),
         annotations,
         runtime: runtime.kind(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::runtime::host_process::HostProcess;
+
+    fn runtime(root: &Path) -> Runtime {
+        let root = Root::new(root);
+        let runc = Runc {
+            root: root.runc_root(),
+            log: None,
+            log_format: None,
+        };
+        Runtime::new(root, runc)
+    }
+
+    /// A stand-in for a VMM process `create` started.
+    fn fake_vmm() -> (Child, HostProcess) {
+        let child = Command::new("sleep").arg("600").spawn().unwrap();
+        let p = HostProcess::of(child.id() as i32).unwrap();
+        (child, p)
+    }
+
+    fn record_launch(dir: &Path, vmm: HostProcess) {
+        std::fs::create_dir_all(dir).unwrap();
+        LaunchRecord {
+            launcher: Some(vmm),
+            jail_pid_file: None,
+        }
+        .write(dir)
+        .unwrap();
+    }
+
+    /// Issue 14 item 8: a `create` killed after it started the VMM but
+    /// before it wrote `state.json`. `delete --force` used to remove the
+    /// state directory and leave the VMM running with no record; the
+    /// launch record, written before readiness, lets it kill the VMM.
+    #[test]
+    fn delete_force_kills_the_vmm_of_a_create_killed_before_its_record() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = runtime(root.path());
+        let (mut child, vmm) = fake_vmm();
+        record_launch(&rt.root.dir("c1"), vmm);
+        rt.delete("c1", true).unwrap();
+        assert!(!vmm.alive(), "the VMM was killed");
+        assert!(!rt.root.dir("c1").exists());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Issue 14 item 8: `delete` while a `create` of the id runs. Without
+    /// `--force` it refuses (it used to say "not found" and, with
+    /// `--force`, remove the directory from under the `create`, which then
+    /// recorded a VM into nothing); with `--force` it kills what the
+    /// `create` started and waits for the `create` to clean up.
+    #[test]
+    fn delete_during_create_refuses_or_stops_it() {
+        let root = tempfile::tempdir().unwrap();
+        let rt = runtime(root.path());
+        let (mut child, vmm) = fake_vmm();
+        let dir = rt.root.dir("c1");
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let creator = {
+            let root = rt.root.clone();
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                // `create`: lock, state directory, VMM started and
+                // recorded, waiting for readiness that never comes.
+                let lock = IdLock::acquire(&root, "c1", Wait::Block).unwrap().unwrap();
+                record_launch(&dir, vmm);
+                locked_tx.send(()).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while vmm.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // Its VMM died: `create` fails and removes what it made.
+                std::thread::sleep(Duration::from_millis(200));
+                remove_container_files(&dir, &state::vsock_path(&dir));
+                lock.remove();
+            })
+        };
+        locked_rx.recv().unwrap();
+        let e = rt.delete("c1", false).unwrap_err().to_string();
+        assert!(e.contains("is being created"), "{e}");
+        assert!(vmm.alive());
+        rt.delete("c1", true).unwrap();
+        assert!(!vmm.alive());
+        assert!(!dir.exists());
+        creator.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -311,6 +311,11 @@ impl Jail {
         a
     }
 
+    /// The jailer's pid file of the VMM process (host path).
+    pub fn pid_file(&self) -> &Path {
+        &self.pid_file
+    }
+
     /// The VMM process (host pid namespace), from the jailer's pid file
     /// (outside the VMM's reach); waits up to `timeout` for the file,
     /// which the jailer writes just after the VMM's exec.

@@ -18,9 +18,13 @@
 //!   on) and its typed inputs and readiness report;
 //! - [`jail`]: the jail `capsa-jailer` starts that process in;
 //! - [`host_process`]: host processes known by pid and start time;
+//! - [`id_lock`]: `create` and `delete` of one id one at a time, and what
+//!   a `create` started, recorded before readiness;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
 //! - [`spawn`]: re-executing `capsa` as a helper that reports readiness;
+//! - [`virtiofsd`]: the virtio-fs backend serving a container's rootfs and
+//!   bind mounts;
 //! - [`runc`]: the `process` runtime type, handed to runc;
 //! - [`signal`]: signal names and numbers.
 
@@ -29,6 +33,7 @@ pub mod bundle;
 pub mod console;
 pub mod container;
 pub mod host_process;
+pub mod id_lock;
 pub mod jail;
 pub mod rootfs;
 pub mod runc;
@@ -36,6 +41,7 @@ pub mod signal;
 pub mod spawn;
 pub mod state;
 pub mod stdio;
+pub mod virtiofsd;
 pub mod vm;
 pub mod vm_spec;
 pub mod vmm_process;
@@ -44,6 +50,10 @@ use std::path::PathBuf;
 
 /// Annotation that picks the runtime type of a container.
 pub const RUNTIME_ANNOTATION: &str = "io.capsa.runtime";
+
+/// Annotation that picks how a VM container's rootfs reaches the guest
+/// (`virtiofs`, the default, or `block`; see [`bundle::RootfsTransport`]).
+pub const ROOTFS_ANNOTATION: &str = "io.capsa.rootfs";
 
 /// Default state root (as runc's `/run/runc`).
 pub const DEFAULT_ROOT: &str = "/run/capsa";

@@ -1,25 +1,27 @@
 //! The runtime spec turned into a machine and a container, in two steps:
 //! [`VmSpec::from_bundle`] reads what the bundle asks for (vCPUs and memory
-//! from `linux.resources`, the process, hostname and mounts), and
-//! [`VmSpec::vmm_inputs`] combines it with the [`Machine`] `create`
-//! prepared (kernel, initramfs, disks, vsock, as the VMM sees them) into
-//! the [`VmmInputs`]: the finished [`VmConfig`], validated, and the agent's
-//! `create` parameters. See docs/runtime.md for what each field of
-//! `config.json` does in a VM.
+//! from `linux.resources`, the process, hostname, the rootfs and mounts),
+//! and [`VmSpec::vmm_inputs`] combines it with the [`Machine`] `create`
+//! prepared (kernel, initramfs, disks, vsock, the virtio-fs connection, as
+//! the VMM sees them) into the [`VmmInputs`]: the finished [`VmConfig`],
+//! validated, and the agent's `create` parameters. See docs/runtime.md for
+//! what each field of `config.json` does in a VM.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use capsa_agent::protocol::{
-    ConsoleSize, CreateParams, MountSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType, User,
+    ConsoleSize, CreateParams, MountSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType, ShareSpec,
+    User, SHARES_DIR,
 };
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
-use super::bundle::Bundle;
+use super::bundle::{Bundle, RootfsTransport};
+use super::virtiofsd::Share;
 use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{
-    guest_disk_device, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    guest_disk_device, DiskConfig, FsConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
     DEFAULT_VCPUS,
 };
 
@@ -39,9 +41,12 @@ pub const DEFAULT_CONTAINER_MEMORY_MIB: u32 = 512;
 /// and the agent, MiB.
 pub const MEMORY_OVERHEAD_MIB: u32 = 32;
 
-/// Where the guest mounts the disk of bind-mounted host files, inside the
-/// container's root (visible to the container; see docs/runtime.md).
-pub const BINDS_DESTINATION: &str = "/.capsa-binds";
+/// The virtio-fs tag of a container's share: one virtiofsd serves the
+/// rootfs and every shared bind mount, as entries of one tree
+/// (see [`super::virtiofsd`]).
+pub const SHARE_TAG: &str = "capsa";
+/// The rootfs's entry in the share tree.
+pub const ROOTFS_ENTRY: &str = "root";
 /// The agent's mount point of the container root in the guest (the
 /// agent's `RUN_DIR/rootfs`, guest-agent/src/guest/storage.rs).
 pub const GUEST_ROOTFS: &str = "/run/capsa/rootfs";
@@ -176,38 +181,27 @@ pub fn process_spec(p: &Process, user: (u32, u32)) -> ProcessSpec {
     }
 }
 
-/// Mounts for the agent, and the host files that bind mounts need copied
-/// into the binds disk (`(host source, name in the disk)`).
+/// Mounts for the agent, and the host files and directories that bind
+/// mounts share with the guest.
 #[derive(Debug, Default, Clone)]
 pub struct MountPlan {
-    /// In order, for the agent, without the mount of the binds disk
-    /// itself (see [`MountPlan::into_mounts`]).
+    /// In order, for the agent.
     pub mounts: Vec<MountSpec>,
-    /// Host paths to copy into the binds disk, with their names there.
-    pub binds: Vec<(PathBuf, String)>,
+    /// The host files and directories of the bind mounts, as entries
+    /// `m0`, `m1`, … of the share tree; the mounts name them at
+    /// [`share_path`].
+    pub shares: Vec<Share>,
 }
 
-impl MountPlan {
-    /// The agent's mounts, given the guest device of the binds disk
-    /// (`None` without binds): that disk is mounted first, at
-    /// [`BINDS_DESTINATION`], as the bind mounts after it take their
-    /// sources from it.
-    pub fn into_mounts(self, binds_device: Option<String>) -> Vec<MountSpec> {
-        let Some(device) = binds_device else {
-            return self.mounts;
-        };
-        let mut mounts = vec![MountSpec {
-            destination: BINDS_DESTINATION.into(),
-            kind: Some("ext4".into()),
-            source: Some(device),
-            options: vec!["nosuid".into(), "nodev".into()],
-        }];
-        mounts.extend(self.mounts);
-        mounts
-    }
+/// Where the guest sees entry `entry` of the container's share.
+pub fn share_path(entry: &str) -> String {
+    format!("{SHARES_DIR}/{SHARE_TAG}/{entry}")
 }
 
-/// Translates the spec's mounts (see docs/runtime.md § Mounts).
+/// Translates the spec's mounts (see docs/runtime.md § Mounts): bind
+/// mounts of host files and directories become entries of the share tree
+/// (live, through virtio-fs), `/dev/shm` a guest tmpfs, the rest the
+/// agent mounts itself.
 pub fn mounts(spec: &Spec, readonly_root: bool) -> MountPlan {
     let mut plan = MountPlan::default();
     let mut rest = Vec::new();
@@ -246,21 +240,29 @@ pub fn mounts(spec: &Spec, readonly_root: bool) -> MountPlan {
             tracing::warn!(%destination, "bind mount without a source skipped");
             continue;
         };
-        let copyable = std::fs::metadata(&source)
-            .map(|md| md.is_file() || md.is_dir())
-            .unwrap_or(false);
-        if !copyable {
+        let name = format!("m{}", plan.shares.len());
+        let Some(mut share) = Share::of(name.as_str(), &source) else {
             tracing::warn!(
                 %destination, source = %source.display(),
                 "bind mount of something that is not a file or directory skipped"
             );
             continue;
+        };
+        // The last of `ro`/`rw` wins, as in mount(8).
+        for o in &options {
+            match o.as_str() {
+                "ro" => share.readonly = true,
+                "rw" => share.readonly = false,
+                "nosuid" => share.nosuid = true,
+                "nodev" => share.nodev = true,
+                "noexec" => share.noexec = true,
+                _ => {}
+            }
         }
-        let name = format!("b{}", plan.binds.len());
         rest.push(MountSpec {
             destination,
             kind: Some("bind".into()),
-            source: Some(format!("{GUEST_ROOTFS}{BINDS_DESTINATION}/{name}")),
+            source: Some(share_path(&name)),
             options: options
                 .into_iter()
                 .filter(|o| {
@@ -271,13 +273,15 @@ pub fn mounts(spec: &Spec, readonly_root: bool) -> MountPlan {
                 })
                 .collect(),
         });
-        plan.binds.push((source, name));
+        plan.shares.push(share);
     }
     plan.mounts = rest;
     if readonly_root {
-        // The agent always gives a read-only disk a writable overlay; a
-        // recursive read-only bind of the root on itself, last, makes the
-        // container's root read-only and keeps the mounts below writable.
+        // The agent gives a read-only root (a read-only disk, or a
+        // read-only share) a writable RAM overlay, where mount points can
+        // be made; a recursive read-only bind of the root on itself, last,
+        // makes the container's root read-only and keeps the mounts below
+        // writable.
         plan.mounts.push(MountSpec {
             destination: "/".into(),
             kind: Some("bind".into()),
@@ -302,7 +306,11 @@ pub struct VmSpec {
     pub process: ProcessSpec,
     /// `hostname`.
     pub hostname: Option<String>,
-    /// The mounts, and the host files bind mounts need in the binds disk.
+    /// How the rootfs reaches the guest (annotation `io.capsa.rootfs`).
+    pub rootfs_transport: RootfsTransport,
+    /// `root.readonly`.
+    pub readonly_root: bool,
+    /// The mounts, and the host files and directories they share.
     pub mounts: MountPlan,
     /// Whether the container gets a PID namespace of its own
     /// ([`wants_pid_namespace`]).
@@ -312,10 +320,9 @@ pub struct VmSpec {
 /// What a disk is for in the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskRole {
-    /// The container's root filesystem (an ext4 image, read-only).
+    /// The container's root filesystem (an ext4 image, read-only), with
+    /// the `block` rootfs transport.
     Rootfs,
-    /// The copies of bind-mounted host files ([`binds_image`]).
-    Binds,
 }
 
 /// A virtio-blk disk of the machine.
@@ -351,6 +358,9 @@ pub struct Machine {
     pub host_quirks: HostQuirks,
     /// The pty slave the VMM process inherits for the container's terminal.
     pub console_fd: Option<i32>,
+    /// The connection to the container's virtiofsd that the VMM process
+    /// inherits, when anything is shared (the rootfs, bind mounts).
+    pub fs_socket_fd: Option<i32>,
 }
 
 impl Machine {
@@ -381,6 +391,15 @@ impl Machine {
         });
         config.host_quirks = self.host_quirks;
         config.serial_log = Some(self.console_log.clone());
+        config.fs = self
+            .fs_socket_fd
+            .map(|fd| FsConfig {
+                tag: SHARE_TAG.into(),
+                socket: None,
+                socket_fd: Some(fd),
+            })
+            .into_iter()
+            .collect();
         config
     }
 }
@@ -419,6 +438,8 @@ impl VmSpec {
             })?,
             process: process_spec(process, bundle.resolve_user()?),
             hostname: spec.hostname().clone(),
+            rootfs_transport: bundle.rootfs_transport,
+            readonly_root,
             mounts: mounts(spec, readonly_root),
             pid_namespace: wants_pid_namespace(spec),
         })
@@ -437,20 +458,43 @@ impl VmSpec {
             .map_err(|e| RuntimeError::io("cannot read the host's memory size", e))?;
         vm.validate(host_mib)
             .map_err(|e| bundle_error(format!("VM configuration: {e}")))?;
-        let rootfs = machine
-            .device_of(DiskRole::Rootfs)
-            .ok_or_else(|| RuntimeError::Failed("the machine has no rootfs disk".into()))?;
-        let container = CreateParams {
-            container_id: id.to_string(),
-            rootfs: RootfsSpec {
-                source: Some(rootfs),
+        let shared = machine.fs_socket_fd.is_some();
+        if !shared
+            && (self.rootfs_transport == RootfsTransport::Virtiofs
+                || !self.mounts.shares.is_empty())
+        {
+            return Err(RuntimeError::Failed(
+                "the machine has no virtio-fs share for the rootfs or bind mounts".into(),
+            ));
+        }
+        let rootfs = match self.rootfs_transport {
+            RootfsTransport::Virtiofs => RootfsSpec {
+                source: Some(ROOTFS_ENTRY.into()),
+                fstype: RootfsType::Virtiofs,
+                readonly: self.readonly_root,
+                tag: Some(SHARE_TAG.into()),
+            },
+            RootfsTransport::Block => RootfsSpec {
+                source: Some(machine.device_of(DiskRole::Rootfs).ok_or_else(|| {
+                    RuntimeError::Failed("the machine has no rootfs disk".into())
+                })?),
                 fstype: RootfsType::Ext4,
                 readonly: true,
                 tag: None,
             },
+        };
+        let container = CreateParams {
+            container_id: id.to_string(),
+            rootfs,
             process: self.process,
             hostname: self.hostname,
-            mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
+            shares: shared
+                .then(|| ShareSpec {
+                    tag: SHARE_TAG.into(),
+                })
+                .into_iter()
+                .collect(),
+            mounts: self.mounts.mounts,
             stdin: true,
             pid_namespace: self.pid_namespace,
         };
@@ -476,26 +520,10 @@ fn wants_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
         })
 }
 
-/// Builds the binds disk for `plan` in `state_dir`; `None` without binds.
-pub fn binds_image(plan: &MountPlan, state_dir: &Path) -> Result<Option<PathBuf>> {
-    if plan.binds.is_empty() {
-        return Ok(None);
-    }
-    let dir = state_dir.join("binds");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| RuntimeError::io(format!("mkdir {}", dir.display()), e))?;
-    for (source, name) in &plan.binds {
-        super::rootfs::copy_into(source, &dir.join(name))?;
-    }
-    let image = state_dir.join("binds.ext4");
-    super::rootfs::build_ext4(&dir, &image)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Some(image))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::virtiofsd::ShareKind;
     use serde_json::json;
 
     fn resources(v: serde_json::Value) -> LinuxResources {
@@ -540,49 +568,52 @@ mod tests {
         assert_eq!((spec.rlimits[0].hard, spec.rlimits[0].soft), (1024, 512));
     }
 
-    #[test]
-    fn disks_are_named_in_their_order() {
-        let disk = |role, name: &str| MachineDisk {
-            role,
-            path: name.into(),
-            read_only: role == DiskRole::Rootfs,
-        };
-        let spec = VmSpec {
+    fn machine(disks: Vec<MachineDisk>, fs_socket_fd: Option<i32>) -> Machine {
+        Machine {
+            kernel: "/vmlinux".into(),
+            initramfs: "/initramfs.cpio".into(),
+            disks,
+            vsock: "/vsock".into(),
+            console_log: "/console.log".into(),
+            host_quirks: HostQuirks::Off,
+            console_fd: None,
+            fs_socket_fd,
+        }
+    }
+
+    fn vm_spec(transport: RootfsTransport, readonly_root: bool, plan: MountPlan) -> VmSpec {
+        VmSpec {
             bundle: "/b".into(),
             vcpus: 1,
             memory_mib: 64,
             process: ProcessSpec::default(),
             hostname: None,
-            mounts: MountPlan {
-                mounts: Vec::new(),
-                binds: vec![("/etc/hosts".into(), "b0".into())],
-            },
+            rootfs_transport: transport,
+            readonly_root,
+            mounts: plan,
             pid_namespace: true,
+        }
+    }
+
+    #[test]
+    fn block_rootfs_is_the_first_disk() {
+        let spec = vm_spec(RootfsTransport::Block, false, MountPlan::default());
+        let disk = MachineDisk {
+            role: DiskRole::Rootfs,
+            path: "/rootfs.ext4".into(),
+            read_only: true,
         };
-        let machine = Machine {
-            kernel: "/vmlinux".into(),
-            initramfs: "/initramfs.cpio".into(),
-            disks: vec![
-                disk(DiskRole::Rootfs, "/rootfs.ext4"),
-                disk(DiskRole::Binds, "/binds.ext4"),
-            ],
-            vsock: "/vsock".into(),
-            console_log: "/console.log".into(),
-            host_quirks: HostQuirks::Off,
-            console_fd: None,
-        };
-        let inputs = spec.vmm_inputs("c", &machine).unwrap();
-        assert_eq!(inputs.container.rootfs.source.as_deref(), Some("/dev/vda"));
-        assert_eq!(inputs.container.mounts[0].destination, BINDS_DESTINATION);
-        assert_eq!(
-            inputs.container.mounts[0].source.as_deref(),
-            Some("/dev/vdb")
-        );
-        assert_eq!(inputs.vm.disks.len(), 2);
-        assert!(inputs.vm.disks[0].read_only && !inputs.vm.disks[1].read_only);
+        let inputs = spec.vmm_inputs("c", &machine(vec![disk], None)).unwrap();
+        let rootfs = &inputs.container.rootfs;
+        assert_eq!(rootfs.source.as_deref(), Some("/dev/vda"));
+        assert_eq!(rootfs.fstype, RootfsType::Ext4);
+        assert!(inputs.container.shares.is_empty());
+        assert!(inputs.vm.fs.is_empty());
+        assert_eq!(inputs.vm.disks.len(), 1);
+        assert!(inputs.vm.disks[0].read_only);
         assert_eq!(
             inputs.vm.serial_log.as_deref(),
-            Some(Path::new("/console.log"))
+            Some(std::path::Path::new("/console.log"))
         );
         assert_eq!(inputs.vm.host_quirks, HostQuirks::Off);
     }
@@ -605,29 +636,82 @@ mod tests {
     }
 
     #[test]
+    fn virtiofs_rootfs_is_the_share_root_entry() {
+        let spec = vm_spec(RootfsTransport::Virtiofs, true, MountPlan::default());
+        let inputs = spec.vmm_inputs("c", &machine(Vec::new(), Some(7))).unwrap();
+        let rootfs = &inputs.container.rootfs;
+        assert_eq!(rootfs.fstype, RootfsType::Virtiofs);
+        assert_eq!(rootfs.tag.as_deref(), Some(SHARE_TAG));
+        assert_eq!(rootfs.source.as_deref(), Some(ROOTFS_ENTRY));
+        assert!(rootfs.readonly);
+        assert_eq!(
+            inputs.container.shares,
+            [ShareSpec {
+                tag: SHARE_TAG.into()
+            }]
+        );
+        assert!(inputs.vm.disks.is_empty());
+        assert_eq!(
+            inputs.vm.fs,
+            [FsConfig {
+                tag: SHARE_TAG.into(),
+                socket: None,
+                socket_fd: Some(7),
+            }]
+        );
+        // Without the share, nothing works: an error, not a guest that
+        // cannot mount its root.
+        let spec = vm_spec(RootfsTransport::Virtiofs, false, MountPlan::default());
+        assert!(spec.vmm_inputs("c", &machine(Vec::new(), None)).is_err());
+    }
+
+    #[test]
     fn mount_translation() {
         let d = tempfile::tempdir().unwrap();
         let hosts = d.path().join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir(&data).unwrap();
         let spec: Spec = serde_json::from_value(json!({
             "ociVersion": "1.0.2",
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
                 {"destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind","rprivate","ro"]},
                 {"destination": "/dev/shm", "type": "bind", "source": "/nonexistent", "options": ["bind"]},
-                {"destination": "/x", "type": "bind", "source": "/nonexistent"}
+                {"destination": "/x", "type": "bind", "source": "/nonexistent"},
+                {"destination": "/data", "type": "none", "source": data, "options": ["rbind","ro","rw","nosuid","nodev","noexec"]}
             ]
         }))
         .unwrap();
         let plan = mounts(&spec, true);
-        assert_eq!(plan.binds, vec![(hosts, "b0".to_string())]);
-        let mounts = plan.into_mounts(Some("/dev/vdb".into()));
-        let dests: Vec<&str> = mounts.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(plan.shares.len(), 2);
+        let (h, v) = (&plan.shares[0], &plan.shares[1]);
         assert_eq!(
-            dests,
-            [BINDS_DESTINATION, "/proc", "/etc/hosts", "/dev/shm", "/"]
+            (h.name.as_str(), &h.source, h.kind),
+            ("m0", &hosts, ShareKind::File)
         );
-        assert_eq!(mounts[2].options, ["rbind", "ro"]);
-        assert_eq!(mounts[3].kind.as_deref(), Some("tmpfs"));
+        assert!(h.readonly && !h.nosuid);
+        assert_eq!(
+            (v.name.as_str(), &v.source, v.kind),
+            ("m1", &data, ShareKind::Dir)
+        );
+        assert!(
+            !v.readonly && v.nosuid && v.nodev && v.noexec,
+            "the last of ro/rw wins"
+        );
+        let dests: Vec<&str> = plan.mounts.iter().map(|m| m.destination.as_str()).collect();
+        assert_eq!(dests, ["/proc", "/etc/hosts", "/dev/shm", "/data", "/"]);
+        assert_eq!(
+            plan.mounts[1].source.as_deref(),
+            Some("/run/capsa/fs/capsa/m0")
+        );
+        assert_eq!(plan.mounts[1].options, ["rbind", "ro"]);
+        assert_eq!(plan.mounts[2].kind.as_deref(), Some("tmpfs"));
+        assert_eq!(
+            plan.mounts[3].source.as_deref(),
+            Some("/run/capsa/fs/capsa/m1")
+        );
+        assert_eq!(plan.mounts[4].options, ["rbind", "ro"]);
+        assert_eq!(mounts(&spec, false).mounts.len(), 4);
     }
 }

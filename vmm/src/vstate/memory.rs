@@ -110,4 +110,42 @@ mod tests {
             0xdead_beef
         );
     }
+
+    /// What a vhost-user backend (virtiofsd) relies on: every region is a
+    /// shared mapping of the memfd at the offset announced in the memory
+    /// table, so reading the fd (as the backend's own mapping would) shows
+    /// what the guest wrote, in both regions around the MMIO gap.
+    #[test]
+    fn every_region_is_a_shared_mapping_of_the_memfd() {
+        use std::os::unix::fs::FileExt;
+        use vm_memory::GuestMemoryRegion;
+
+        use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
+        let mem = create(MMIO_GAP_START + (64 << 20)).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        let mut next_offset = 0;
+        for (i, region) in mem.iter().enumerate() {
+            assert_eq!(region.flags() & libc::MAP_SHARED, libc::MAP_SHARED);
+            assert_eq!(region.flags() & libc::MAP_PRIVATE, 0);
+            let fo = region.file_offset().expect("file-backed");
+            assert_eq!(
+                fo.start(),
+                next_offset,
+                "regions are consecutive in the memfd"
+            );
+            next_offset += region.len();
+            let gpa = region.start_addr().unchecked_add(0x2000);
+            let value = 0x1234_5678_u32 + i as u32;
+            mem.write_obj(value, gpa).unwrap();
+            let mut b = [0u8; 4];
+            fo.file()
+                .read_exact_at(&mut b, fo.start() + 0x2000)
+                .unwrap();
+            assert_eq!(u32::from_le_bytes(b), value);
+        }
+        assert_eq!(
+            mem.iter().nth(1).unwrap().start_addr(),
+            GuestAddress(MMIO_GAP_END)
+        );
+    }
 }

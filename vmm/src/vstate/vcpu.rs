@@ -96,6 +96,13 @@ pub enum VmExit {
         /// What happened.
         message: String,
     },
+    /// A device that the guest cannot do without failed for good (e.g. the
+    /// virtio-fs backend went away: the guest's file system requests would
+    /// never be answered).
+    DeviceFailed {
+        /// What failed and why.
+        message: String,
+    },
 }
 
 impl VmExit {
@@ -147,6 +154,7 @@ impl std::fmt::Display for VmExit {
                 )
             }
             VmExit::Error { cpu, message } => write!(f, "vCPU {cpu}: {message}"),
+            VmExit::DeviceFailed { message } => write!(f, "{message}"),
         }
     }
 }

@@ -7,7 +7,10 @@
 //!   ([`request::RequestError::status`]).
 //!
 //! Offered features: `VIRTIO_F_VERSION_1`, `VIRTIO_BLK_F_SEG_MAX`,
-//! `VIRTIO_BLK_F_FLUSH`, and `VIRTIO_BLK_F_RO` for a read-only disk.
+//! `VIRTIO_BLK_F_SIZE_MAX`, `VIRTIO_BLK_F_FLUSH`, and `VIRTIO_BLK_F_RO`
+//! for a read-only disk. `seg_max` × `size_max` bounds a request's data
+//! ([`request::MAX_REQUEST_BYTES`], 15.9 MiB): a driver that honours them
+//! never sends more, and a larger request is answered `IOERR` unread.
 //! A write to a read-only disk is answered `VIRTIO_BLK_S_IOERR` (§5.2.6.2
 //! allows IOERR or UNSUPP; IOERR makes Linux report EIO, which is what a
 //! caller expects from a read-only medium).

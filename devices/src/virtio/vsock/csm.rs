@@ -378,18 +378,23 @@ impl VsockConnection {
         (!set.is_empty()).then_some(set)
     }
 
-    /// Whether a packet is owed to the guest.
+    /// Whether [`VsockConnection::next_rx_packet`] would give a packet for
+    /// a buffer with room for data: exactly its conditions, so that a
+    /// connection that cannot send (host data but no guest credit, a
+    /// SHUTDOWN held back behind that data) is not scheduled again and
+    /// again (issue 14 item 1); it waits for the guest's credit.
     pub fn has_pending_rx(&self) -> bool {
         match self.state {
             ConnState::Dead => false,
             ConnState::Killing => true,
             ConnState::LocalInit => self.need_request,
             ConnState::Established => {
+                let data = !self.rx_buf.is_empty() && !self.peer_shut_rcv;
                 self.need_response
                     || self.need_credit_update
                     || self.need_credit_request
-                    || self.shutdown_owed != 0
-                    || (!self.rx_buf.is_empty() && !self.peer_shut_rcv && self.peer_credit() > 0)
+                    || (self.shutdown_owed != 0 && !data)
+                    || (data && self.peer_credit() > 0)
             }
         }
     }

@@ -1029,6 +1029,85 @@ mod tests {
         assert!(received == data);
     }
 
+    /// The guest offers one RX buffer with room for the header only.
+    fn provide_header_only_rx(f: &mut Fixture) {
+        let addr = RX_BUF + u64::from(f.rxq.next_head()) * u64::from(RX_BUF_LEN);
+        f.rxq.add_chain(&[(addr, HDR_LEN as u32, true)]);
+        f.rx_outstanding += 1;
+        f.evts[RXQ].write(1).unwrap();
+        f.run();
+    }
+
+    /// Issue 14 item 1: RX buffers of exactly the 44-byte header while the
+    /// host has data for the guest. The device used to pop and re-queue
+    /// the same connection forever with its mutex held (the whole VM
+    /// stopped); now the connection waits for a buffer with room, and
+    /// packets that fit (another connection's REQUEST) still go out.
+    #[test]
+    fn vsock_header_only_rx_buffers_with_host_data_pending_do_not_spin() {
+        let _dog = watchdog("header-only RX buffers", std::time::Duration::from_secs(20));
+        let mut f = fixture(true);
+        f.provide_rx(1);
+        let (mut s, _local) = established_host_conn(&mut f, 1024);
+        s.write_all(b"ping").unwrap();
+        f.run();
+        provide_header_only_rx(&mut f);
+        assert!(
+            f.recv().is_none(),
+            "no data packet fits a header-only buffer"
+        );
+        // Progress for what fits: another host CONNECT's REQUEST.
+        let _other = f.host_connect(1025);
+        f.expect_request(1025);
+        // The data goes out once the guest gives room.
+        f.provide_rx(1);
+        let pkts = f.recv_all();
+        assert!(
+            pkts.iter().any(|(h, p)| h.op == op::RW && p == b"ping"),
+            "{pkts:?}"
+        );
+    }
+
+    /// Issue 14 item 1, second way in: the host hangs up with data still
+    /// buffered for the guest, and the guest's CREDIT_UPDATE says
+    /// `buf_alloc = 0`. The SHUTDOWN waits behind the data, the data waits
+    /// for credit: the connection waits, nothing spins, and it all goes out
+    /// in order once credit comes.
+    #[test]
+    fn vsock_host_hang_up_with_buffered_data_and_zero_credit_does_not_spin() {
+        let _dog = watchdog(
+            "hang-up with zero credit",
+            std::time::Duration::from_secs(20),
+        );
+        let mut f = fixture(true);
+        f.provide_rx(1);
+        let (mut s, local) = established_host_conn(&mut f, 1024);
+        s.write_all(b"last words").unwrap();
+        drop(s);
+        f.run();
+        let mut upd = hdr(op::CREDIT_UPDATE, 1024, local);
+        upd.buf_alloc = 0;
+        f.send(upd, &[]);
+        f.provide_rx(4);
+        let pkts = f.recv_all();
+        assert!(
+            pkts.iter()
+                .all(|(h, _)| h.op != op::RW && h.op != op::SHUTDOWN),
+            "nothing is sent without credit: {pkts:?}"
+        );
+        f.send(hdr(op::CREDIT_UPDATE, 1024, local), &[]);
+        let ops: Vec<u16> = f.recv_all().iter().map(|(h, _)| h.op).collect();
+        let rw = ops
+            .iter()
+            .position(|&o| o == op::RW)
+            .expect("data delivered");
+        let sd = ops
+            .iter()
+            .position(|&o| o == op::SHUTDOWN)
+            .expect("then SHUTDOWN");
+        assert!(rw < sd, "{ops:?}");
+    }
+
     const SHORT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(50);
 
     /// Lets the short answer timeout pass, then runs the event loop.

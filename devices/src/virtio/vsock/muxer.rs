@@ -356,12 +356,17 @@ impl Muxer {
     }
 
     /// The next packet for the guest, with at most `max_payload` bytes of
-    /// payload.
+    /// payload. Each connection waiting to send is asked once per call:
+    /// one that has nothing that fits (only data, and `max_payload` is 0)
+    /// goes back to the end of the line, and `None` means that nothing
+    /// fits this buffer (issue 14 item 1: never a loop over the same
+    /// connection).
     pub fn recv_pkt(&mut self, max_payload: usize) -> Option<(VsockHeader, Vec<u8>)> {
         if let Some(h) = self.rst_queue.pop_front() {
             return Some((h, Vec::new()));
         }
-        while let Some(key) = self.rx_ready.pop_front() {
+        for _ in 0..self.rx_ready.len() {
+            let key = self.rx_ready.pop_front()?;
             self.in_rx_ready.remove(&key);
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;

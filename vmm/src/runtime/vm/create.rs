@@ -6,7 +6,9 @@
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
-//!    rootfs image and the binds disk, the pty of `--console-socket`;
+//!    rootfs image (`block` transport), the container's virtiofsd serving
+//!    the rootfs directory and the bind-mounted files and directories, the
+//!    pty of `--console-socket`;
 //! 5. [`plan_machine`], then [`VmSpec::vmm_inputs`]: the machine as the
 //!    VMM will see it, and the VM configuration (finished, then validated)
 //!    with the agent's `create` parameters;
@@ -17,8 +19,10 @@
 //!
 //! A failure at any step leaves nothing behind: the caller
 //! ([`Runtime::create`](crate::runtime::container::Runtime::create))
-//! removes the state directory, and the [`VmmGuard`] kills the VMM process
-//! and its jailer unless the state was recorded.
+//! removes the state directory and stops the recorded virtiofsd (which
+//! also ends by itself once its connection, held by [`HostResources`] and
+//! then the VMM process, is closed), and the [`VmmGuard`] kills the VMM
+//! process and its jailer unless the state was recorded.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -29,23 +33,24 @@ use std::time::Duration;
 use crate::config::HostQuirks;
 use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
+use crate::runtime::bundle::RootfsTransport;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
+use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
-use crate::runtime::vm_spec::{binds_image, DiskRole, Machine, MachineDisk, VmSpec};
+use crate::runtime::virtiofsd::{self, Share};
+use crate::runtime::vm_spec::{DiskRole, Machine, MachineDisk, VmSpec, ROOTFS_ENTRY};
 use crate::runtime::vmm_process::{VmmReady, OOM_MARK};
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
 /// `RLIMIT_FSIZE` of a jailed VMM: its largest legitimate file, so that
 /// the limit never bites what the VMM must make — the guest-RAM memfd
-/// (whose size counts as a file size), the binds disk the guest writes
-/// within its size, the capped logs (`crate::logger`) — and stays a
+/// (whose size counts as a file size), the capped logs (`crate::logger`) — and stays a
 /// backstop for anything else. The logs' own caps are what bound a
 /// guest's writes to the host (docs/runtime.md).
-fn vmm_file_size_limit(memory_mib: u32, writable_bytes: u64) -> u64 {
+fn vmm_file_size_limit(memory_mib: u32) -> u64 {
     use crate::logger::{CONSOLE_LOG_LIMITS, PROCESS_LOG_LIMITS};
     (u64::from(memory_mib) << 20)
-        .max(writable_bytes)
         .max(CONSOLE_LOG_LIMITS.max_bytes)
         .max(PROCESS_LOG_LIMITS.max_bytes)
 }
@@ -58,13 +63,19 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
     placement.relay_oom_to(bundle);
-    let resources = HostResources::prepare(bundle, &spec, &mut placement, opts)?;
+    let resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
-    let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib, resources.writable_bytes);
-    let (vmm, ready) = start_vmm(id, placement, &resources, file_size_limit, opts.foreground)?;
+    let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib);
+    let (vmm, ready) = start_vmm(
+        id,
+        placement,
+        &resources,
+        (file_size_limit, dir),
+        opts.foreground,
+    )?;
     // The VMM process has its own copy of the pty slave now.
     drop(resources);
     record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
@@ -152,19 +163,6 @@ impl Placement {
         }
     }
 
-    /// A file in [`Placement::dir`] that the VMM writes: given to the
-    /// VMM's uid. Returns the path the VMM sees.
-    fn writable(&self, host: &Path) -> Result<PathBuf> {
-        let Some(j) = &self.jail else {
-            return Ok(host.to_owned());
-        };
-        j.give(host)?;
-        let name = host
-            .strip_prefix(&self.dir)
-            .map_err(|_| RuntimeError::Failed(format!("{} is outside the jail", host.display())))?;
-        Ok(self.inside.join(name))
-    }
-
     /// The VMM's own file `name` (its log, the console log, the vsock
     /// socket), as the VMM sees it.
     fn inside(&self, name: &str) -> PathBuf {
@@ -172,43 +170,61 @@ impl Placement {
     }
 }
 
-/// What `create` prepared on the host for the VM (later also virtiofsd
-/// and a TAP device).
+/// What `create` prepared on the host for the VM (later also a TAP
+/// device).
 struct HostResources {
     /// The disks, in guest order, as the VMM sees them.
     disks: Vec<MachineDisk>,
-    /// Size of the largest disk the VMM writes (bounds its
-    /// `RLIMIT_FSIZE`).
-    writable_bytes: u64,
     /// With `--console-socket` and a terminal: the pty slave the VMM
     /// process inherits (its master went to the socket).
     console: Option<OwnedFd>,
+    /// The container's virtiofsd, when anything is shared: the VMM process
+    /// inherits its connection.
+    virtiofsd: Option<virtiofsd::Started>,
 }
 
 impl HostResources {
-    /// Builds the disks (the rootfs image, cached by content; the binds
-    /// disk, in the VMM's directory) and opens the console's pty.
+    /// Builds the rootfs image (`block` transport; cached by content),
+    /// starts virtiofsd on the shares (the rootfs directory with the
+    /// `virtiofs` transport, the bind mounts' files and directories; its
+    /// share tree and record in the state directory `dir`), and opens the
+    /// console's pty.
     fn prepare(
         bundle: &Bundle,
         spec: &VmSpec,
+        dir: &Path,
         placement: &mut Placement,
         opts: &CreateOptions,
     ) -> Result<HostResources> {
-        let image = rootfs::rootfs_image(&bundle.rootfs, &crate::guest_agent::cache_dir())?;
-        let mut disks = vec![MachineDisk {
-            role: DiskRole::Rootfs,
-            path: placement.read_only(&image, "rootfs.ext4"),
-            read_only: true,
-        }];
-        let mut writable_bytes = 0;
-        if let Some(binds) = binds_image(&spec.mounts, &placement.dir)? {
-            writable_bytes = std::fs::metadata(&binds).map_or(0, |m| m.len());
-            disks.push(MachineDisk {
-                role: DiskRole::Binds,
-                path: placement.writable(&binds)?,
-                read_only: false,
-            });
+        let mut disks = Vec::new();
+        let mut shares: Vec<Share> = Vec::new();
+        match spec.rootfs_transport {
+            RootfsTransport::Block => {
+                let image = rootfs::rootfs_image(&bundle.rootfs, &crate::guest_agent::cache_dir())?;
+                disks.push(MachineDisk {
+                    role: DiskRole::Rootfs,
+                    path: placement.read_only(&image, "rootfs.ext4"),
+                    read_only: true,
+                });
+            }
+            RootfsTransport::Virtiofs => {
+                let mut root = Share::of(ROOTFS_ENTRY, &bundle.rootfs).ok_or_else(|| {
+                    RuntimeError::Failed(format!(
+                        "root.path {} is not a directory",
+                        bundle.rootfs.display()
+                    ))
+                })?;
+                root.readonly = spec.readonly_root;
+                shares.push(root);
+            }
         }
+        shares.extend(spec.mounts.shares.iter().cloned());
+        let virtiofsd = if shares.is_empty() {
+            None
+        } else {
+            let binary = virtiofsd::locate()?;
+            Some(virtiofsd::start(&binary, &shares, dir)?)
+        };
         // The pty is made here, as the jailed VMM can reach neither
         // /dev/pts nor the socket.
         let console = match &opts.console_socket {
@@ -222,14 +238,18 @@ impl HostResources {
         };
         Ok(HostResources {
             disks,
-            writable_bytes,
             console,
+            virtiofsd,
         })
     }
 
     /// The descriptors the VMM process inherits, with their numbers.
     fn inherited_fds(&self) -> Vec<RawFd> {
-        self.console.iter().map(AsRawFd::as_raw_fd).collect()
+        self.console
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(self.virtiofsd.iter().map(|v| v.conn.as_raw_fd()))
+            .collect()
     }
 }
 
@@ -256,6 +276,7 @@ fn plan_machine(
             HostQuirks::Off
         },
         console_fd: resources.console.as_ref().map(AsRawFd::as_raw_fd),
+        fs_socket_fd: resources.virtiofsd.as_ref().map(|v| v.conn.as_raw_fd()),
     }
 }
 
@@ -287,6 +308,17 @@ impl VmmGuard {
     /// The process `create` started, as recorded.
     pub fn launcher(&self) -> Option<HostProcess> {
         HostProcess::of(self.child.as_ref()?.id() as i32)
+    }
+
+    /// Records what was started in state directory `dir` before waiting
+    /// for readiness ([`LaunchRecord`]): a `create` killed from here on
+    /// leaves its processes findable by `delete --force`.
+    pub fn record_launch(&self, dir: &Path) -> Result<()> {
+        LaunchRecord {
+            launcher: self.launcher(),
+            jail_pid_file: self.jail.as_ref().map(|j| j.pid_file().to_owned()),
+        }
+        .write(dir)
     }
 
     /// The jailed VMM process, from the jailer's pid file (waiting up to
@@ -337,12 +369,13 @@ impl Drop for VmmGuard {
 }
 
 /// Starts the VMM process of container `id` (through its jailer) with the
-/// inputs in its directory, and waits for its readiness report.
+/// inputs in its directory, records it in state directory `dir`
+/// ([`VmmGuard::record_launch`]) and waits for its readiness report.
 fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
-    file_size_limit: u64,
+    (file_size_limit, dir): (u64, &Path),
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
@@ -382,6 +415,7 @@ fn start_vmm(
     };
     let (spawn::Helper { child, report }, jail) = pending;
     let mut guard = VmmGuard::new(child, jail);
+    guard.record_launch(dir)?;
     let ready = guard.wait_ready(report)?;
     Ok((guard, ready))
 }

@@ -85,6 +85,7 @@ mod tests {
                     ..Default::default()
                 },
                 hostname: None,
+                shares: Vec::new(),
                 mounts: Vec::new(),
                 stdin: true,
                 pid_namespace: true,

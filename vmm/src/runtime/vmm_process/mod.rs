@@ -114,6 +114,11 @@ pub fn run(dir: &Path, start: Instant) -> u8 {
     if !exit.is_clean() {
         tracing::error!("the VM ended: {exit}");
     }
+    if let VmExit::DeviceFailed { .. } = exit {
+        // On the VMM process's stderr, which is the container's stderr in
+        // the engine's output: the container did not just exit.
+        eprintln!("capsa: the container ended: {exit}");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !thread.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
