@@ -117,14 +117,20 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
         let name = container_name("oom", rt);
         let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
         let mut cmd = podman(rt);
-        // One 90 MiB buffer filled by a single read: more than the limit
-        // (and than the 97 MiB guest), touched in few system calls, which
+        // conmon may leave runc's `oom` in its working directory (below).
+        let cwd = tempfile::tempdir().expect("a temporary directory");
+        cmd.current_dir(cwd.path());
+        // One 72 MiB buffer filled by a single read: more than the limit,
+        // less than the guest's MemTotal (~80 MiB of its 97: the guest
+        // kernel refuses a larger malloc outright, "dd: out of memory",
+        // exit 1), more than the guest has free; touched in few system
+        // calls, which
         // an emulated guest kernel makes slowly (`tail /dev/zero` took
         // minutes to grow 30 MiB there).
         cmd.args(["run", "--name", &name, "--cidfile"])
             .arg(guard.cidfile())
             .args(["--memory", "64m", "--memory-swap", "64m", BUSYBOX])
-            .args(["dd", "if=/dev/zero", "of=/dev/null", "bs=90M", "count=1"]);
+            .args(["dd", "if=/dev/zero", "of=/dev/null", "bs=72M", "count=1"]);
         let out = run(&mut cmd, None);
         assert_eq!(
             out.status.code(),
@@ -138,10 +144,10 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
             "{{.State.ExitCode}} {{.State.OOMKilled}}",
             &name,
         ]));
-        // runc's OOMKilled comes from conmon watching the host cgroup's
-        // OOM events, which it misses on these hosts (hybrid cgroups,
-        // cgroupfs manager: "137 false"); on cgroup v2 hosts it is true.
-        // capsa's comes from the guest, so it holds everywhere.
+        // runc's OOMKilled comes from conmon, which sees the host cgroup's
+        // OOM event but (2.1.6 here) creates `oom` in its working
+        // directory instead of the bundle: podman shows "137 false".
+        // capsa's mark goes to the bundle.
         if rt == Runtime::Capsa {
             assert_eq!(inspect.trim(), "137 true", "{rt:?}");
         } else {
