@@ -120,17 +120,25 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
         // conmon may leave runc's `oom` in its working directory (below).
         let cwd = tempfile::tempdir().expect("a temporary directory");
         cmd.current_dir(cwd.path());
-        // One 72 MiB buffer filled by a single read: more than the limit,
-        // less than the guest's MemTotal (~80 MiB of its 97: the guest
-        // kernel refuses a larger malloc outright, "dd: out of memory",
-        // exit 1), more than the guest has free; touched in few system
-        // calls, which
-        // an emulated guest kernel makes slowly (`tail /dev/zero` took
-        // minutes to grow 30 MiB there).
+        // Two buffers (dd copies 60 MiB read at once into a 59 MiB output
+        // buffer): 119 MiB touched, more than the limit and than the 97 MiB
+        // guest, in few system calls, which an emulated guest kernel makes
+        // slowly (`tail /dev/zero` grew 30 MiB in 5 minutes there). Each
+        // buffer stays below the guest's MemTotal: one larger malloc is
+        // refused outright ("dd: out of memory", exit 1), and a single
+        // 72 MiB one fits in the guest (the VM's RAM is the limit plus
+        // room for the guest kernel).
         cmd.args(["run", "--name", &name, "--cidfile"])
             .arg(guard.cidfile())
             .args(["--memory", "64m", "--memory-swap", "64m", BUSYBOX])
-            .args(["dd", "if=/dev/zero", "of=/dev/null", "bs=72M", "count=1"]);
+            .args([
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "ibs=60M",
+                "obs=59M",
+                "count=1",
+            ]);
         let out = run(&mut cmd, None);
         assert_eq!(
             out.status.code(),
