@@ -117,11 +117,28 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
         let name = container_name("oom", rt);
         let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
         let mut cmd = podman(rt);
-        // `tail` of a file without newlines keeps all of it in memory.
+        // conmon may leave runc's `oom` in its working directory (below).
+        let cwd = tempfile::tempdir().expect("a temporary directory");
+        cmd.current_dir(cwd.path());
+        // Two buffers (dd copies 60 MiB read at once into a 59 MiB output
+        // buffer): 119 MiB touched, more than the limit and than the 97 MiB
+        // guest, in few system calls, which an emulated guest kernel makes
+        // slowly (`tail /dev/zero` grew 30 MiB in 5 minutes there). Each
+        // buffer stays below the guest's MemTotal: one larger malloc is
+        // refused outright ("dd: out of memory", exit 1), and a single
+        // 72 MiB one fits in the guest (the VM's RAM is the limit plus
+        // room for the guest kernel).
         cmd.args(["run", "--name", &name, "--cidfile"])
             .arg(guard.cidfile())
             .args(["--memory", "64m", "--memory-swap", "64m", BUSYBOX])
-            .args(["tail", "/dev/zero"]);
+            .args([
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/null",
+                "ibs=60M",
+                "obs=59M",
+                "count=1",
+            ]);
         let out = run(&mut cmd, None);
         assert_eq!(
             out.status.code(),
@@ -135,10 +152,10 @@ fn podman_an_oom_kill_is_137_and_oomkilled() {
             "{{.State.ExitCode}} {{.State.OOMKilled}}",
             &name,
         ]));
-        // runc's OOMKilled comes from conmon watching the host cgroup's
-        // OOM events, which it misses on these hosts (hybrid cgroups,
-        // cgroupfs manager: "137 false"); on cgroup v2 hosts it is true.
-        // capsa's comes from the guest, so it holds everywhere.
+        // runc's OOMKilled comes from conmon, which sees the host cgroup's
+        // OOM event but (2.1.6 here) creates `oom` in its working
+        // directory instead of the bundle: podman shows "137 false".
+        // capsa's mark goes to the bundle.
         if rt == Runtime::Capsa {
             assert_eq!(inspect.trim(), "137 true", "{rt:?}");
         } else {
