@@ -297,6 +297,7 @@ pub fn create_params(id: &str, bundle: &Bundle, mounts: Vec<MountSpec>) -> Resul
         hostname: bundle.spec.hostname().clone(),
         mounts,
         stdin: true,
+        network: None,
     })
 }
 
