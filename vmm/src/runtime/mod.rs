@@ -23,6 +23,7 @@ pub mod console;
 pub mod container;
 pub mod exec;
 pub mod jail;
+pub mod network;
 pub mod rootfs;
 pub mod runc;
 pub mod shim;
