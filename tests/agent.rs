@@ -66,6 +66,7 @@ fn agent_runs_container_processes_in_the_real_guest() {
                 },
             ],
             stdin: false,
+            network: None,
         })
         .expect("create");
     assert!(

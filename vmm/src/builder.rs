@@ -1,6 +1,7 @@
 //! Building a micro-VM from a [`VmConfig`]: a short recipe of small steps,
 //! each of which fails with an error that says what could not be done.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Instant;
 use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
 use capsa_devices::virtio::block::{Block, BlockConfig};
+use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
 use capsa_devices::virtio::vsock::{Vsock, VsockConfig};
 use vm_memory::GuestMemoryMmap;
@@ -78,6 +80,9 @@ pub enum BuildError {
     /// The rng device cannot be created.
     #[error("rng: {0}")]
     Rng(std::io::Error),
+    /// The network device cannot be created (no TAP).
+    #[error("net: {0}")]
+    Net(String),
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
@@ -153,8 +158,8 @@ pub fn build_microvm(
     Ok((vmm, marks_rx))
 }
 
-/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device and
-/// the rng.
+/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device, the
+/// rng and the network device.
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -186,7 +191,55 @@ fn attach_virtio_devices(
         let rng = Rng::new().map_err(BuildError::Rng)?;
         devices.attach_virtio(&vm.fd, mem, event_loop, rng)?;
     }
+    if let Some(net) = &config.net {
+        devices.attach_virtio(&vm.fd, mem, event_loop, net_device(net)?)?;
+    }
     Ok(())
+}
+
+/// The virtio-net device of `config`, over its TAP.
+fn net_device(config: &config::NetConfig) -> Result<Net, BuildError> {
+    let tap = match (config.tap_fd, &config.tap_name) {
+        (Some(fd), _) => {
+            // SAFETY: F_GETFD only queries the descriptor.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(BuildError::Net(format!(
+                    "tap_fd {fd} is not an open descriptor"
+                )));
+            }
+            // SAFETY: the descriptor is open (checked above) and was
+            // inherited for this VMM alone (`--keep-fd`); nothing else in
+            // this process owns it.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            Tap::from_fd(owned)
+        }
+        (None, Some(name)) => Tap::create(name),
+        (None, None) => return Err(BuildError::Net("no TAP given".into())),
+    }
+    .map_err(|e| BuildError::Net(e.to_string()))?;
+    let mac = match &config.mac {
+        Some(m) => {
+            config::parse_mac(m).ok_or_else(|| BuildError::Net(format!("invalid MAC {m:?}")))?
+        }
+        None => random_mac().map_err(|e| BuildError::Net(e.to_string()))?,
+    };
+    tracing::info!(tap = tap.name(), "virtio-net on a TAP");
+    Net::new(
+        Box::new(tap),
+        NetDeviceConfig {
+            mac,
+            mtu: config.mtu,
+        },
+    )
+    .map_err(|e| BuildError::Net(e.to_string()))
+}
+
+/// A random unicast, locally administered MAC address.
+fn random_mac() -> std::io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    capsa_devices::virtio::rng::fill_random(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 /// The i8042 (for guest resets) and, when asked for, the serial console.

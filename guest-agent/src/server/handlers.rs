@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
+use super::network::NetworkPlan;
 use super::processes::Pending;
 use super::spawn::{self, Plan};
 use super::streams::PreparedStdio;
@@ -72,7 +73,7 @@ impl Agent {
         )
     }
 
-    /// `create`: mounts, hostname, and the init process's stdio.
+    /// `create`: mounts, hostname, network, and the init process's stdio.
     pub fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
         let mut phase = self.container.lock();
         match *phase {
@@ -93,8 +94,9 @@ impl Agent {
             }
             _ => {}
         }
-        // Validate the process before touching anything.
+        // Validate the process and the network before touching anything.
         Plan::new(&p.process, Path::new("/"))?;
+        let network = NetworkPlan::parse(p.network.as_ref())?;
         let platform = &self.container.platform;
         let root = platform.mount_rootfs(&p.rootfs)?;
         let setup = platform
@@ -102,7 +104,8 @@ impl Agent {
             .and_then(|_| match &p.hostname {
                 Some(h) if !h.is_empty() => platform.set_hostname(h),
                 _ => Ok(()),
-            });
+            })
+            .and_then(|_| platform.configure_network(&network));
         let stdio = setup.and_then(|_| {
             self.streams
                 .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)

@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod handlers;
+pub mod network;
 pub mod platform;
 pub mod processes;
 pub mod reaper;

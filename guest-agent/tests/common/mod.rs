@@ -100,6 +100,7 @@ pub fn create_params(args: &[&str]) -> CreateParams {
             options: vec![],
         }],
         stdin: true,
+        network: None,
     }
 }
 

@@ -28,6 +28,7 @@ pub mod container;
 pub mod exec;
 pub mod host_process;
 pub mod jail;
+pub mod network;
 pub mod rootfs;
 pub mod runc;
 pub mod signal;

@@ -398,6 +398,7 @@ impl VmSpec {
             hostname: self.hostname,
             mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
             stdin: true,
+            network: None,
         };
         Ok(VmmInputs {
             vm,

@@ -87,6 +87,7 @@ mod tests {
                 hostname: None,
                 mounts: Vec::new(),
                 stdin: true,
+                network: None,
             },
             console_fd: Some(5),
         };
