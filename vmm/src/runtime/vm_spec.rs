@@ -10,15 +10,17 @@
 use std::path::{Path, PathBuf};
 
 use capsa_agent::protocol::{
-    ConsoleSize, CreateParams, MountSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType, User,
+    ConsoleSize, CreateParams, MountSpec, NetworkSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType,
+    User,
 };
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use super::bundle::Bundle;
+use super::network::{self, GuestNetwork, NetworkMode};
 use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
 use crate::config::{
-    guest_disk_device, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    guest_disk_device, DiskConfig, HostQuirks, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
 };
 
 /// Default vCPUs when the spec sets no CPU limit.
@@ -260,6 +262,9 @@ pub struct VmSpec {
     pub hostname: Option<String>,
     /// The mounts, and the host files bind mounts need in the binds disk.
     pub mounts: MountPlan,
+    /// The network: the engine's namespace to carry into the guest, or
+    /// loopback only (a host-network spec is refused).
+    pub network: NetworkMode,
 }
 
 /// What a disk is for in the guest.
@@ -304,6 +309,9 @@ pub struct Machine {
     pub host_quirks: HostQuirks,
     /// The pty slave the VMM process inherits for the container's terminal.
     pub console_fd: Option<i32>,
+    /// The engine's interface carried into the guest, on the TAP the VMM
+    /// process inherits.
+    pub network: Option<GuestNetwork>,
 }
 
 impl Machine {
@@ -334,6 +342,12 @@ impl Machine {
         });
         config.host_quirks = self.host_quirks;
         config.serial_log = Some(self.console_log.clone());
+        config.net = self.network.as_ref().map(|n| NetConfig {
+            tap_name: None,
+            tap_fd: Some(n.tap_fd),
+            mac: Some(n.interface.mac.clone()),
+            mtu: u16::try_from(n.interface.mtu).unwrap_or(u16::MAX),
+        });
         config
     }
 }
@@ -367,6 +381,10 @@ impl VmSpec {
             process: process_spec(process, bundle.resolve_user()?),
             hostname: spec.hostname().clone(),
             mounts: mounts(spec, readonly_root),
+            network: network::mode(spec).map_err(|e| RuntimeError::Bundle {
+                bundle: bundle.dir.clone(),
+                message: e.to_string(),
+            })?,
         })
     }
 
@@ -398,7 +416,9 @@ impl VmSpec {
             hostname: self.hostname,
             mounts: self.mounts.into_mounts(machine.device_of(DiskRole::Binds)),
             stdin: true,
-            network: None,
+            network: machine.network.as_ref().map(|n| NetworkSpec {
+                interfaces: vec![n.interface.clone()],
+            }),
         };
         Ok(VmmInputs {
             vm,
@@ -477,6 +497,14 @@ mod tests {
                 mounts: Vec::new(),
                 binds: vec![("/etc/hosts".into(), "b0".into())],
             },
+            network: NetworkMode::Join("/run/netns/x".into()),
+        };
+        let interface = capsa_agent::protocol::InterfaceSpec {
+            name: "eth0".into(),
+            mac: "02:42:0a:58:00:05".into(),
+            mtu: 1500,
+            addresses: vec!["10.88.0.5/16".into()],
+            routes: Vec::new(),
         };
         let machine = Machine {
             kernel: "/vmlinux".into(),
@@ -489,8 +517,22 @@ mod tests {
             console_log: "/console.log".into(),
             host_quirks: HostQuirks::Off,
             console_fd: None,
+            network: Some(GuestNetwork {
+                tap_fd: 7,
+                interface: interface.clone(),
+            }),
         };
         let inputs = spec.vmm_inputs("c", &machine).unwrap();
+        // The TAP for the VMM, the interface for the agent.
+        let net = inputs.vm.net.as_ref().unwrap();
+        assert_eq!(
+            (net.tap_fd, net.mac.as_deref(), net.mtu),
+            (Some(7), Some("02:42:0a:58:00:05"), 1500)
+        );
+        assert_eq!(
+            inputs.container.network.as_ref().unwrap().interfaces,
+            [interface]
+        );
         assert_eq!(inputs.container.rootfs.source.as_deref(), Some("/dev/vda"));
         assert_eq!(inputs.container.mounts[0].destination, BINDS_DESTINATION);
         assert_eq!(

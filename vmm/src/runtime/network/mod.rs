@@ -126,6 +126,15 @@ pub fn mode(spec: &Spec) -> Result<NetworkMode, NetworkError> {
     }
 }
 
+/// The guest's side of a [`HostNetwork`], as the VMM process sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    /// The TAP's descriptor number in the VMM process (inherited).
+    pub tap_fd: i32,
+    /// The interface the agent configures.
+    pub interface: InterfaceSpec,
+}
+
 /// The engine's interface carried into the guest: the TAP's descriptor
 /// for the VMM and the interface for the agent. Dropping it before
 /// [`HostNetwork::keep`] undoes the tc setup (the TAP goes with the
@@ -144,6 +153,15 @@ pub struct HostNetwork {
 }
 
 impl HostNetwork {
+    /// What the VMM process and the agent get (the TAP inherited under
+    /// its number here).
+    pub fn guest(&self) -> GuestNetwork {
+        GuestNetwork {
+            tap_fd: std::os::fd::AsRawFd::as_raw_fd(&self.tap),
+            interface: self.interface.clone(),
+        }
+    }
+
     /// `create` succeeded: the setup stays (it ends with the VMM's TAP and
     /// the engine's namespace).
     pub fn keep(&mut self) {

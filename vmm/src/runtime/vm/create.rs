@@ -6,7 +6,8 @@
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
-//!    rootfs image and the binds disk, the pty of `--console-socket`;
+//!    rootfs image and the binds disk, the pty of `--console-socket`, the
+//!    engine's network interface carried to a TAP ([`network`]);
 //! 5. [`plan_machine`], then [`VmSpec::vmm_inputs`]: the machine as the
 //!    VMM will see it, and the VM configuration (finished, then validated)
 //!    with the agent's `create` parameters;
@@ -31,6 +32,7 @@ use crate::runtime::bundle::Bundle;
 use crate::runtime::container::CreateOptions;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::jail::{self, Jail};
+use crate::runtime::network::{self, HostNetwork, NetworkMode};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
 use crate::runtime::vm_spec::{binds_image, Disk, DiskRole, Machine, VmSpec};
 use crate::runtime::vmm_process::VmmReady;
@@ -48,15 +50,21 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let spec = VmSpec::from_bundle(bundle)?;
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
-    let resources = HostResources::prepare(bundle, &spec, &mut placement, opts)?;
+    let mut resources = HostResources::prepare(bundle, &spec, &mut placement, opts)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
     let (vmm, ready) = start_vmm(id, placement, &resources, opts.foreground)?;
-    // The VMM process has its own copy of the pty slave now.
+    // The VMM process has its own copies of the pty slave and the TAP now;
+    // the network setup stays only if the container is recorded.
+    let mut network = resources.network.take();
     drop(resources);
-    record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
+    let child = record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())?;
+    if let Some(n) = network.as_mut() {
+        n.keep();
+    }
+    Ok(child)
 }
 
 /// The files capsa ships that every VM boots from, as host paths.
@@ -149,8 +157,7 @@ impl Placement {
     }
 }
 
-/// What `create` prepared on the host for the VM (later also virtiofsd
-/// and a TAP device).
+/// What `create` prepared on the host for the VM (later also virtiofsd).
 struct HostResources {
     /// The disks, in guest order, as the VMM sees them.
     disks: Vec<Disk>,
@@ -160,11 +167,15 @@ struct HostResources {
     /// With `--console-socket` and a terminal: the pty slave the VMM
     /// process inherits (its master went to the socket).
     console: Option<OwnedFd>,
+    /// The engine's interface joined to a TAP in its namespace (see
+    /// [`network`]); dropped before being kept, it undoes that.
+    network: Option<HostNetwork>,
 }
 
 impl HostResources {
     /// Builds the disks (the rootfs image, cached by content; the binds
-    /// disk, in the VMM's directory) and opens the console's pty.
+    /// disk, in the VMM's directory), opens the console's pty and carries
+    /// the engine's network interface to a TAP.
     fn prepare(
         bundle: &Bundle,
         spec: &VmSpec,
@@ -197,16 +208,27 @@ impl HostResources {
             }
             _ => None,
         };
+        let network = match &spec.network {
+            NetworkMode::Join(netns) => network::prepare(netns).map_err(|e| {
+                RuntimeError::Failed(format!("cannot set up the container's network: {e}"))
+            })?,
+            NetworkMode::LoopbackOnly => None,
+        };
         Ok(HostResources {
             disks,
             writable_bytes,
             console,
+            network,
         })
     }
 
     /// The descriptors the VMM process inherits, with their numbers.
     fn inherited_fds(&self) -> Vec<RawFd> {
-        self.console.iter().map(AsRawFd::as_raw_fd).collect()
+        self.console
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(self.network.iter().map(|n| n.tap.as_raw_fd()))
+            .collect()
     }
 }
 
@@ -233,6 +255,7 @@ fn plan_machine(
             HostQuirks::Off
         },
         console_fd: resources.console.as_ref().map(AsRawFd::as_raw_fd),
+        network: resources.network.as_ref().map(HostNetwork::guest),
     }
 }
 
