@@ -34,6 +34,7 @@ with_each_runtime!(
     podman_published_port_serves_the_host,
     podman_network_reaches_the_gateway_and_a_peer,
     ctr_run_has_loopback_up,
+    docker_network_serves_and_reaches_a_peer,
 );
 
 /// The page busybox httpd serves in these tests.
@@ -316,4 +317,84 @@ fn podman_network_host_is_refused_by_capsa() {
     if let Some(id) = guard.id() {
         assert_nothing_left(&rt.default_root(), &id);
     }
+}
+
+/// A docker network of the test's own (user-defined bridge, its own
+/// subnet), removed on drop.
+struct DockerNetwork {
+    name: String,
+    subnet_prefix: String,
+}
+
+impl DockerNetwork {
+    fn create(tag: &str) -> DockerNetwork {
+        let n = (std::process::id() * 2 + u32::from(tag == "capsa")) % 250 + 1;
+        let name = format!("capsa-test-dnet-{tag}-{}", std::process::id());
+        let subnet_prefix = format!("10.214.{n}");
+        let _ = engines()
+            .command("docker")
+            .args(["network", "rm", &name])
+            .output();
+        ok(engines().command("docker").args([
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--subnet",
+            &format!("{subnet_prefix}.0/24"),
+            &name,
+        ]));
+        DockerNetwork {
+            name,
+            subnet_prefix,
+        }
+    }
+}
+
+impl Drop for DockerNetwork {
+    fn drop(&mut self) {
+        let _ = engines()
+            .command("docker")
+            .args(["network", "rm", &self.name])
+            .output();
+    }
+}
+
+/// docker, on a user-defined bridge network the test made (dockerd runs
+/// with `iptables: false`, so published ports go through docker-proxy):
+/// A serves a page on a port published on 127.0.0.1, which the host
+/// fetches; B fetches A's page by address.
+fn docker_network_serves_and_reaches_a_peer(rt: Runtime) {
+    let _slot = container_slot();
+    let e = engines();
+    if rt == Runtime::Capsa {
+        e.set_docker_capsa_runtime(&rt.binary());
+    }
+    let net = DockerNetwork::create(rt.name());
+    let root = e.run.join("docker/runtime-runc/moby");
+    let a = container_name("dnet-a", rt);
+    let b = container_name("dnet-b", rt);
+    let _ga = Container::new(Engine::Docker, &a, rt, &root);
+    let _gb = Container::new(Engine::Docker, &b, rt, &root);
+    let a_ip = format!("{}.10", net.subnet_prefix);
+    let port = free_port();
+    ok(e.command("docker")
+        .args(["run", "-d", "--runtime", rt.docker_name(), "--name", &a])
+        .args(["--network", &net.name, "--ip", &a_ip, "-p"])
+        .arg(format!("127.0.0.1:{port}:8080"))
+        .args([BUSYBOX, "sh", "-c", &httpd_script()]));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    if let Err(err) = fetch_page(addr) {
+        panic!("no page from {addr} ({rt:?}): {err}");
+    }
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {a_ip} 8080");
+    let mut cmd = e.command("docker");
+    cmd.args(["run", "--rm", "--runtime", rt.docker_name(), "--name", &b])
+        .args(["--network", &net.name, BUSYBOX, "sh", "-c", &script]);
+    let out = run(&mut cmd, None);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(PAGE),
+        "B could not fetch A's page: {}",
+        describe(&cmd, &out)
+    );
 }
