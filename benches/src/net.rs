@@ -36,10 +36,10 @@ pub struct NetArgs {
     pub iterations: usize,
     /// Size of the served file, MiB (it lives in the container's writable
     /// layer: guest RAM for capsa).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 4)]
     pub file_mib: u64,
     /// Transfers of the file per measurement.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub rounds: u64,
     /// Results directory (default: benches/results/<UTC timestamp>-net/).
     #[arg(long, value_name = "DIR")]
