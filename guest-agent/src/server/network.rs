@@ -382,43 +382,85 @@ pub struct Replies {
     pub done: bool,
 }
 
-/// Parses the messages of one datagram from the kernel.
-pub fn parse_replies(mut buf: &[u8]) -> Result<Replies, AgentError> {
-    let mut r = Replies::default();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            return Err(AgentError::Internal("malformed netlink reply".into()));
+/// `NLMSG_ERROR` (`include/uapi/linux/netlink.h`): an ACK when its error is 0.
+const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: the end of a dump.
+const NLMSG_DONE: u16 = 3;
+/// `RTM_NEWLINK` (`include/uapi/linux/rtnetlink.h`): one link of a dump.
+const RTM_NEWLINK: u16 = 16;
+/// `IFLA_ADDRESS`, `IFLA_IFNAME` (`include/uapi/linux/if_link.h`).
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
+/// `sizeof(struct nlmsghdr)`, `sizeof(struct ifinfomsg)`.
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The link of an `RTM_NEWLINK` payload (`struct ifinfomsg` + attributes).
+fn parse_link(p: &[u8]) -> Option<GuestLink> {
+    if p.len() < IFINFOMSG_LEN {
+        return None;
+    }
+    let mut link = GuestLink {
+        index: u32_at(p, 4),
+        name: String::new(),
+        mac: Vec::new(),
+    };
+    let mut attrs = &p[IFINFOMSG_LEN..];
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0));
+        if len < 4 || len > attrs.len() {
+            break;
         }
-        let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
-            .map_err(|e| AgentError::Internal(format!("netlink reply: {e}")))?;
-        let seq = msg.header.sequence_number;
-        match msg.payload {
-            NetlinkPayload::Error(e) => match e.code {
-                None => r.acked.push(seq),
-                Some(code) => r.failed.push((seq, -code.get())),
-            },
-            NetlinkPayload::Done(_) => r.done = true,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                let mut link = GuestLink {
-                    index: l.header.index,
-                    name: String::new(),
-                    mac: Vec::new(),
-                };
-                for a in l.attributes {
-                    match a {
-                        LinkAttribute::IfName(n) => link.name = n,
-                        LinkAttribute::Address(m) => link.mac = m,
-                        _ => {}
-                    }
-                }
-                r.links.push(link);
+        let data = &attrs[4..len];
+        match u16_at(attrs, 2) {
+            IFLA_ADDRESS => link.mac = data.to_vec(),
+            IFLA_IFNAME => {
+                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+                link.name = String::from_utf8_lossy(&data[..end]).into_owned();
             }
             _ => {}
         }
-        // NLMSG_ALIGN
-        let step = (len + 3) & !3;
-        buf = &buf[step.min(buf.len())..];
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    Some(link)
+}
+
+/// Parses the messages of one datagram from the kernel: ACKs, errors, the
+/// end of a dump and the links of a link dump; other messages are
+/// skipped. (Parsed by hand: only these few fields are needed, and the
+/// agent stays small.)
+pub fn parse_replies(mut buf: &[u8]) -> Result<Replies, AgentError> {
+    let mut r = Replies::default();
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32_at(buf, 0) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Err(AgentError::Internal("malformed netlink reply".into()));
+        }
+        let seq = u32_at(buf, 8);
+        let payload = &buf[NLMSG_HDRLEN..len];
+        match u16_at(buf, 4) {
+            NLMSG_ERROR => {
+                if payload.len() < 4 {
+                    return Err(AgentError::Internal("short netlink error".into()));
+                }
+                match i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]) {
+                    0 => r.acked.push(seq),
+                    code => r.failed.push((seq, code.saturating_neg())),
+                }
+            }
+            NLMSG_DONE => r.done = true,
+            RTM_NEWLINK => r.links.extend(parse_link(payload)),
+            _ => {}
+        }
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
     Ok(r)
 }
@@ -557,7 +599,32 @@ mod tests {
             m.extend_from_slice(&[0u8; 16]); // the request's header
             buf.extend(m);
         }
+        // A link of a dump: ifinfomsg (index 2), IFLA_IFNAME, IFLA_ADDRESS.
+        let mut link = Vec::new();
+        link.extend_from_slice(&[0u8; 4]);
+        link.extend_from_slice(&2i32.to_ne_bytes());
+        link.extend_from_slice(&[0u8; 8]);
+        link.extend_from_slice(&9u16.to_ne_bytes());
+        link.extend_from_slice(&IFLA_IFNAME.to_ne_bytes());
+        link.extend_from_slice(b"eth0\0\0\0\0");
+        link.extend_from_slice(&10u16.to_ne_bytes());
+        link.extend_from_slice(&IFLA_ADDRESS.to_ne_bytes());
+        link.extend_from_slice(&[2, 0x42, 0xac, 0x11, 0, 2, 0, 0]);
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + link.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend(link);
+        buf.extend(m);
         let r = parse_replies(&buf).unwrap();
+        assert_eq!(
+            r.links,
+            [GuestLink {
+                index: 2,
+                name: "eth0".into(),
+                mac: vec![2, 0x42, 0xac, 0x11, 0, 2]
+            }]
+        );
         assert_eq!(r.acked, [3]);
         assert_eq!(r.failed, [(4, libc::EEXIST)]);
         assert!(parse_replies(&[0xff; 20]).is_err());
