@@ -391,10 +391,13 @@ fn docker_network_serves_and_reaches_a_peer(rt: Runtime) {
     if let Err(err) = fetch_page(addr) {
         panic!("no page from {addr} ({rt:?}): {err}");
     }
+    // B boots with its own `run -d`, then fetches through `exec`.
+    ok(e.command("docker")
+        .args(["run", "-d", "--runtime", rt.docker_name(), "--name", &b])
+        .args(["--network", &net.name, BUSYBOX, "sleep", "1000"]));
     let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {a_ip} 8080");
     let mut cmd = e.command("docker");
-    cmd.args(["run", "--rm", "--runtime", rt.docker_name(), "--name", &b])
-        .args(["--network", &net.name, BUSYBOX, "sh", "-c", &script]);
+    cmd.args(["exec", &b, "sh", "-c", &script]);
     let out = run(&mut cmd, None);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains(PAGE),
