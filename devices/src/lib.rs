@@ -11,8 +11,8 @@
 //! - [`legacy`]: the 8250 UART (serial console) and the i8042 controller
 //!   (guest reset), both on `vm-superio`.
 //! - [`boot_timer`]: the register the guest init writes to when it starts.
-//! - [`virtio`]: the virtio-mmio transport and the virtio devices (blk,
-//!   vsock with the hybrid Unix-socket backend, rng).
+//! - [`virtio`]: the virtio-mmio transport and the virtio devices (net on
+//!   a TAP, blk, vsock with the hybrid Unix-socket backend, rng).
 #![deny(missing_docs)]
 
 pub mod boot_timer;
