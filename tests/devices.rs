@@ -249,7 +249,7 @@ fn vsock_carries_1mib_intact_both_ways() {
     let host_side = std::thread::spawn(move || host_listener(listener, reply, deadline));
 
     // Host → guest. Until the guest listens, a CONNECT is answered with
-    // RST (the socket closes): retry.
+    // `ERR guest port ... refused` (the guest's RST): retry.
     let listening = vm.wait_for_line(BOOT_TIMEOUT, |l| {
         l.contains(&format!("listening on {GUEST_PORT}"))
     });

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use capsa_agent::client::{attach_stream, Client, HybridVsockConnector};
+use capsa_agent::protocol::{method, CreateParams, Empty, ProcessSpec, RootfsSpec, RootfsType};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -272,27 +273,38 @@ fn drive_agent(
     rec.marks_ms
         .insert("agent_ready".into(), w.ms(Instant::now()));
     let rpc_timeout = Some(deadline.saturating_duration_since(Instant::now()));
+    let params = CreateParams {
+        container_id: "capsa-bench".into(),
+        rootfs: RootfsSpec {
+            source: Some("/dev/vda".into()),
+            fstype: RootfsType::Ext4,
+            readonly: false,
+            tag: None,
+        },
+        process: ProcessSpec {
+            args: vec![
+                "/bin/busybox".into(),
+                "echo".into(),
+                CONTAINER_OUTPUT.into(),
+            ],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            ..Default::default()
+        },
+        hostname: None,
+        mounts: Vec::new(),
+        stdin: false,
+        network: None,
+    };
     let created = client
-        .call_value(
-            "create",
-            json!({
-                "containerId": "capsa-bench",
-                "rootfs": { "source": "/dev/vda", "fstype": "ext4" },
-                "process": {
-                    "args": ["/bin/busybox", "echo", CONTAINER_OUTPUT],
-                    "env": ["PATH=/bin"],
-                    "cwd": "/",
-                },
-                "stdin": false,
-            }),
-            rpc_timeout,
-        )
+        .call::<method::Create>(&params, rpc_timeout)
         .context("create")?;
-    let process_id = created["processId"].clone();
-    let token = created["streams"]["stdout"]
-        .as_str()
-        .ok_or_else(|| anyhow!("create gave no stdout stream: {created}"))?
-        .to_owned();
+    let process_id = created.process_id;
+    let token = created
+        .streams
+        .stdout
+        .clone()
+        .ok_or_else(|| anyhow!("create gave no stdout stream: {created:?}"))?;
     let mut stream = attach_stream(&connector, &token).context("attach stdout")?;
     let (tx, rx) = channel();
     std::thread::spawn(move || {
@@ -311,23 +323,21 @@ fn drive_agent(
         let _ = tx.send((first, out));
     });
     client
-        .call_value("start", json!({}), rpc_timeout)
+        .call::<method::Start>(&Empty {}, rpc_timeout)
         .context("start")?;
-    let exit = client
-        .call_value("wait", json!({ "processId": process_id }), None)
-        .context("wait")?;
+    let exit = client.wait(process_id).context("wait")?;
     let (first, out) = rx
         .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         .map_err(|_| anyhow!("the stdout stream did not end"))?;
     let first = first.ok_or_else(|| anyhow!("the container process printed nothing"))?;
     rec.marks_ms.insert("first_output".into(), w.ms(first));
     let out = String::from_utf8_lossy(&out);
-    if !out.contains(CONTAINER_OUTPUT) || exit["exitCode"].as_i64() != Some(0) {
-        bail!("container process: output {out:?}, exit {exit}");
+    if !out.contains(CONTAINER_OUTPUT) || exit.status_code() != 0 {
+        bail!("container process: output {out:?}, exit {exit:?}");
     }
     // The agent answers, then reboots the guest; the answer may be lost
     // with the connection.
-    let _ = client.call_value("shutdown", json!({}), rpc_timeout);
+    let _ = client.call::<method::Shutdown>(&Empty {}, rpc_timeout);
     Ok(())
 }
 
@@ -344,8 +354,8 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
             cmd
         }
         Vmm::Qemu(bin) => {
-            // As /work/shared/guest-kernel/boot.sh: microvm without legacy
-            // devices but the serial port, PVH entry of the vmlinux.
+            // QEMU's microvm machine without legacy devices but the serial
+            // port, PVH entry of the vmlinux (docs/performance.md, Peers).
             let mut cmd = Command::new(bin);
             cmd.args([
                 "-M",

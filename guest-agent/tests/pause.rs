@@ -13,7 +13,7 @@ use capsa_agent::protocol::*;
 use capsa_agent::server::DirectoryPlatform;
 use common::*;
 
-fn code(r: Result<(), ClientError>) -> Option<i64> {
+fn code(r: Result<(), ClientError>) -> Option<ErrorCode> {
     r.expect_err("expected an agent error").rpc_code()
 }
 
@@ -56,7 +56,7 @@ fn read_until(s: &mut UnixStream, d: Duration, needle: Option<&str>) -> String {
 fn pause_and_resume_follow_the_container_state() {
     let fx = start("pause-state");
     let c = fx.client();
-    let invalid = Some(error_code::INVALID_STATE);
+    let invalid = Some(ErrorCode::InvalidState);
     assert_eq!(code(c.pause()), invalid, "pause before create");
     assert_eq!(code(c.resume()), invalid, "resume before create");
     let created = fx.create(&c, &["sleep", "100"]);
@@ -65,16 +65,10 @@ fn pause_and_resume_follow_the_container_state() {
     c.start().unwrap();
     assert_eq!(code(c.resume()), invalid, "resume of a running container");
     // Params are `{}`: anything else is refused.
-    let bad = c.call_value(method::PAUSE, serde_json::json!({"x": 1}), None);
-    assert_eq!(
-        bad.unwrap_err().rpc_code(),
-        Some(error_code::INVALID_PARAMS)
-    );
-    let bad = c.call_value(method::RESUME, serde_json::json!([1]), None);
-    assert_eq!(
-        bad.unwrap_err().rpc_code(),
-        Some(error_code::INVALID_PARAMS)
-    );
+    let bad = c.call_value(method::Pause::NAME, serde_json::json!({"x": 1}), None);
+    assert_eq!(bad.unwrap_err().rpc_code(), Some(ErrorCode::InvalidParams));
+    let bad = c.call_value(method::Resume::NAME, serde_json::json!([1]), None);
+    assert_eq!(bad.unwrap_err().rpc_code(), Some(ErrorCode::InvalidParams));
     // This platform has no cgroup: a clear OS error, and nothing changed.
     assert_eq!(errno(c.pause()), Some(libc::EOPNOTSUPP));
     assert_eq!(code(c.resume()), invalid, "a failed pause does not pause");
@@ -89,8 +83,8 @@ fn pause_and_resume_follow_the_container_state() {
     c.wait(created.process_id).unwrap();
     assert_eq!(code(c.pause()), invalid, "pause after the process exited");
     c.shutdown().unwrap();
-    assert_eq!(code(c.pause()), Some(error_code::SHUTTING_DOWN));
-    assert_eq!(code(c.resume()), Some(error_code::SHUTTING_DOWN));
+    assert_eq!(code(c.pause()), Some(ErrorCode::ShuttingDown));
+    assert_eq!(code(c.resume()), Some(ErrorCode::ShuttingDown));
 }
 
 #[test]
@@ -148,7 +142,7 @@ fn pause_freezes_the_cgroup_and_resume_thaws_it() {
     // Bytes written before the freeze may still be in flight; then nothing.
     read_for(&mut out, Duration::from_millis(300));
     assert_eq!(read_for(&mut out, Duration::from_millis(700)), "");
-    let invalid = Some(error_code::INVALID_STATE);
+    let invalid = Some(ErrorCode::InvalidState);
     assert_eq!(code(c.pause()), invalid, "second pause");
     let refused = c.exec(&ExecParams {
         process: process(&["true"]),

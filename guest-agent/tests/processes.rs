@@ -44,7 +44,7 @@ fn separate_streams_and_exit_code() {
     assert!(c.hello(Duration::from_secs(5)).unwrap().container_created);
     assert_eq!(
         c.start().unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
 }
 
@@ -97,7 +97,7 @@ fn signal_a_sleep_exec_ps_stats() {
     assert_eq!(exit.status_code(), 128 + libc::SIGTERM);
     assert_eq!(
         c.signal(created.process_id, 9).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
 }
 
@@ -115,7 +115,7 @@ fn exec_failures_carry_errno() {
     let capsa_agent::client::ClientError::Rpc(rpc) = err else {
         panic!("{err}")
     };
-    assert_eq!(rpc.code, error_code::EXEC_FAILED);
+    assert_eq!(rpc.error_code(), Some(ErrorCode::ExecFailed));
     let data = rpc.data.unwrap();
     assert_eq!(
         (data.errno, data.stage.as_deref()),
@@ -129,7 +129,7 @@ fn exec_failures_carry_errno() {
             stdin: true,
         })
         .unwrap_err();
-    assert_eq!(err.rpc_code(), Some(error_code::EXEC_FAILED));
+    assert_eq!(err.rpc_code(), Some(ErrorCode::ExecFailed));
     // The agent keeps serving after failed execs.
     assert!(c.hello(Duration::from_secs(5)).is_ok());
 }
@@ -226,10 +226,7 @@ fn shutdown_kills_and_powers_off() {
         process: process(&["true"]),
         stdin: false,
     });
-    assert_eq!(
-        again.unwrap_err().rpc_code(),
-        Some(error_code::SHUTTING_DOWN)
-    );
+    assert_eq!(again.unwrap_err().rpc_code(), Some(ErrorCode::ShuttingDown));
 }
 
 #[test]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use capsa_agent::protocol::*;
 use common::*;
 
-fn code(v: &serde_json::Value) -> i64 {
+fn code(v: &serde_json::Value) -> ErrorCode {
     v["error"]["code"]
         .as_i64()
+        .and_then(ErrorCode::from_code)
         .unwrap_or_else(|| panic!("no error in {v}"))
 }
 
@@ -22,27 +23,27 @@ fn bad_json_unknown_method_and_bad_requests() {
     let (mut w, mut r) = fx.raw();
     send_line(&mut w, "{not json");
     let v = recv_json(&mut r);
-    assert_eq!(code(&v), error_code::PARSE_ERROR);
+    assert_eq!(code(&v), ErrorCode::ParseError);
     assert!(v["id"].is_null());
 
     send_line(&mut w, "[1,2]");
-    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_REQUEST);
+    assert_eq!(code(&recv_json(&mut r)), ErrorCode::InvalidRequest);
 
     send_line(&mut w, r#"{"jsonrpc":"1.0","id":1,"method":"ps"}"#);
     let v = recv_json(&mut r);
     assert_eq!(
         (code(&v), v["id"].as_i64()),
-        (error_code::INVALID_REQUEST, Some(1))
+        (ErrorCode::InvalidRequest, Some(1))
     );
 
     send_line(&mut w, r#"{"jsonrpc":"2.0","id":{"x":1},"method":"ps"}"#);
-    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_REQUEST);
+    assert_eq!(code(&recv_json(&mut r)), ErrorCode::InvalidRequest);
 
     send_line(&mut w, r#"{"jsonrpc":"2.0","id":2,"method":"frobnicate"}"#);
     let v = recv_json(&mut r);
     assert_eq!(
         (code(&v), v["id"].as_i64()),
-        (error_code::METHOD_NOT_FOUND, Some(2))
+        (ErrorCode::MethodNotFound, Some(2))
     );
 
     send_line(
@@ -52,27 +53,27 @@ fn bad_json_unknown_method_and_bad_requests() {
     let v = recv_json(&mut r);
     assert_eq!(
         (code(&v), v["id"].as_str()),
-        (error_code::INVALID_PARAMS, Some("s"))
+        (ErrorCode::InvalidParams, Some("s"))
     );
 
     send_line(
         &mut w,
         r#"{"jsonrpc":"2.0","id":3,"method":"hello","params":{"protocolVersion":1,"extra":true}}"#,
     );
-    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_PARAMS);
+    assert_eq!(code(&recv_json(&mut r)), ErrorCode::InvalidParams);
 
     send_line(
         &mut w,
         r#"{"jsonrpc":"2.0","id":4,"method":"ps","params":[1]}"#,
     );
-    assert_eq!(code(&recv_json(&mut r)), error_code::INVALID_PARAMS);
+    assert_eq!(code(&recv_json(&mut r)), ErrorCode::InvalidParams);
 
     send_line(
         &mut w,
         r#"{"jsonrpc":"2.0","id":5,"method":"hello","params":{"protocolVersion":999}}"#,
     );
     let v = recv_json(&mut r);
-    assert_eq!(code(&v), error_code::UNSUPPORTED_VERSION);
+    assert_eq!(code(&v), ErrorCode::UnsupportedVersion);
     assert_eq!(v["error"]["data"]["supportedVersions"][0], PROTOCOL_VERSION);
 
     // A notification (no id) gets no answer; the next request still does.
@@ -92,7 +93,7 @@ fn invalid_state_and_no_such_process() {
     let c = fx.client();
     assert_eq!(
         c.start().unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
     let exec = ExecParams {
         process: process(&["true"]),
@@ -100,51 +101,51 @@ fn invalid_state_and_no_such_process() {
     };
     assert_eq!(
         c.exec(&exec).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
     assert_eq!(
         c.wait(99).unwrap_err().rpc_code(),
-        Some(error_code::NO_SUCH_PROCESS)
+        Some(ErrorCode::NoSuchProcess)
     );
     assert_eq!(
         c.signal(99, 15).unwrap_err().rpc_code(),
-        Some(error_code::NO_SUCH_PROCESS)
+        Some(ErrorCode::NoSuchProcess)
     );
     assert_eq!(
         c.resize(99, 1, 1).unwrap_err().rpc_code(),
-        Some(error_code::NO_SUCH_PROCESS)
+        Some(ErrorCode::NoSuchProcess)
     );
     assert_eq!(
         c.signal_all(99).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_PARAMS)
+        Some(ErrorCode::InvalidParams)
     );
 
     let mut bad = create_params(&["true"]);
     bad.rootfs.source = Some("/nonexistent/rootfs".into());
     assert_eq!(
         c.create(&bad).unwrap_err().rpc_code(),
-        Some(error_code::MOUNT_FAILED)
+        Some(ErrorCode::MountFailed)
     );
     let mut bad = create_params(&[]);
     bad.process.args.clear();
     assert_eq!(
         c.create(&bad).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_PARAMS)
+        Some(ErrorCode::InvalidParams)
     );
 
     let created = fx.create(&c, &["true"]);
     assert_eq!(
         c.create(&create_params(&["true"])).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
     // Not started yet: cannot signal or resize (no tty).
     assert_eq!(
         c.signal(created.process_id, 15).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
     assert_eq!(
         c.resize(created.process_id, 1, 1).unwrap_err().rpc_code(),
-        Some(error_code::INVALID_STATE)
+        Some(ErrorCode::InvalidState)
     );
 }
 
@@ -165,7 +166,7 @@ fn huge_lines_are_rejected_and_the_connection_stays_usable() {
         w
     });
     let v = recv_json(&mut r);
-    assert_eq!(code(&v), error_code::LINE_TOO_LONG);
+    assert_eq!(code(&v), ErrorCode::LineTooLong);
     let v = recv_json(&mut r);
     assert_eq!(v["id"].as_i64(), Some(7));
     writer.join().unwrap();
@@ -231,7 +232,7 @@ fn create_checks_the_network_and_hands_it_to_the_platform() {
         interfaces: vec![wrong],
     });
     let e = client.create(&bad).unwrap_err();
-    assert_eq!(e.rpc_code(), Some(error_code::INVALID_PARAMS));
+    assert_eq!(e.rpc_code(), Some(ErrorCode::InvalidParams));
     assert!(e.to_string().contains("addresses[0]"), "{e}");
     assert!(fx.platform.network.lock().unwrap().is_none());
     // A good one reaches the platform, checked.

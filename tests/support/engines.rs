@@ -194,9 +194,16 @@ pub fn engines() -> &'static Engines {
 impl Engines {
     /// `prog args...` in the engines' environment, under `timeout`.
     pub fn command(&self, prog: &str) -> Command {
+        self.command_with_timeout(prog, TIMEOUT_S)
+    }
+
+    /// [`Engines::command`] with a timeout of `seconds` (a guest with
+    /// GiBs of RAM takes twice the boot time on hosts that emulate the
+    /// guest kernel, docs/runtime.md "Memory").
+    pub fn command_with_timeout(&self, prog: &str, seconds: u64) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.arg("--kill-after=10")
-            .arg(TIMEOUT_S.to_string())
+            .arg(seconds.to_string())
             .arg(prog)
             .envs(&self.env)
             .stdin(Stdio::null());
@@ -436,6 +443,7 @@ impl Drop for Container {
         eprintln!("cleanup of {id}: the engine left {left:#?}; killing them");
         for (pid, _) in &left {
             // The test's own container processes (VMM, conmon, shim), by pid.
+            // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
         let mut c = Command::new("timeout");

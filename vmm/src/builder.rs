@@ -12,7 +12,7 @@ use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SE
 use capsa_devices::virtio::block::{Block, BlockConfig};
 use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
-use capsa_devices::virtio::vsock::{Vsock, VsockConfig};
+use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,6 +21,7 @@ use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, cmdline, BootError};
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
 use crate::device_manager::{self, shared, DeviceError, DeviceManager};
+use crate::logger::{CappedWriter, CONSOLE_LOG_LIMITS};
 use crate::pvm;
 use crate::vmm::{EventLoop, ExitEvents, Vmm};
 use crate::vstate::memory::{self, MemoryError};
@@ -92,6 +93,14 @@ pub fn build_microvm(
     start: Instant,
 ) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
     config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
+    // A file-size limit (a jail's RLIMIT_FSIZE) must fail a write with
+    // EFBIG, which the callers handle (the logs drop the bytes, guest
+    // memory fails with a message naming its size), rather than kill the
+    // VMM with SIGXFSZ. Nothing here starts programs, which would inherit
+    // the ignored signal.
+    // SAFETY: SIG_IGN installs no handler code; signal(2) is sound to call
+    // at any time.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let quirks = pvm::enabled(config.host_quirks);
     let mem_bytes = u64::from(config.memory_mib) << 20;
 
@@ -180,7 +189,7 @@ fn attach_virtio_devices(
         devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
     }
     if let Some(vsock) = &config.vsock {
-        let dev = Vsock::new(&VsockConfig {
+        let dev = Vsock::new(&VsockDeviceConfig {
             guest_cid: u64::from(vsock.guest_cid),
             uds_path: vsock.uds_path.clone(),
         })
@@ -259,7 +268,12 @@ fn attach_legacy(
             .append(true)
             .open(path)
             .map_err(|e| BuildError::SerialLog(format!("{}: {e}", path.display())))?;
-        Some(Box::new(file))
+        // The guest decides what goes there: capped (crate::logger).
+        Some(Box::new(CappedWriter::new(
+            file,
+            "console.log",
+            CONSOLE_LOG_LIMITS,
+        )))
     } else {
         None
     };

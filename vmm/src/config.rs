@@ -346,62 +346,10 @@ impl VmConfig {
             }
         }
         if let Some(vsock) = &self.vsock {
-            // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
-            if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
-                return Err(ConfigError::new(
-                    "vsock.guest_cid",
-                    format!("{} is reserved (use 3 to 4294967294)", vsock.guest_cid),
-                ));
-            }
-            if vsock.uds_path.as_os_str().is_empty() {
-                return Err(ConfigError::new("vsock.uds_path", "is required"));
-            }
-            // sockaddr_un holds 108 bytes including the NUL, and guest
-            // connections use `<uds_path>_<port>` (up to 11 more bytes).
-            if vsock.uds_path.as_os_str().len() > 107 - 11 {
-                return Err(ConfigError::new(
-                    "vsock.uds_path",
-                    "is too long for a Unix socket path (at most 96 bytes)",
-                ));
-            }
+            vsock.validate()?;
         }
         if let Some(net) = &self.net {
-            match (&net.tap_name, net.tap_fd) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(ConfigError::new(
-                        "net",
-                        "give exactly one of tap_name and tap_fd",
-                    ))
-                }
-                (Some(name), None) if !capsa_devices::virtio::net::tap::valid_name(name) => {
-                    return Err(ConfigError::new(
-                        "net.tap_name",
-                        format!("{name:?} is not an interface name (1 to 15 bytes)"),
-                    ))
-                }
-                (None, Some(fd)) if fd < 3 => {
-                    return Err(ConfigError::new(
-                        "net.tap_fd",
-                        format!("{fd} is a standard stream, not a TAP"),
-                    ))
-                }
-                _ => {}
-            }
-            if let Some(mac) = &net.mac {
-                if parse_mac(mac).is_none() {
-                    return Err(ConfigError::new(
-                        "net.mac",
-                        format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
-                    ));
-                }
-            }
-            let max = (capsa_devices::virtio::net::MAX_FRAME_LEN - 18) as u16;
-            if !(capsa_devices::virtio::net::MIN_MTU..=max).contains(&net.mtu) {
-                return Err(ConfigError::new(
-                    "net.mtu",
-                    format!("{} is outside 68 to {max}", net.mtu),
-                ));
-            }
+            net.validate()?;
         }
         if let Some(cmdline) = &self.cmdline {
             if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
@@ -410,6 +358,75 @@ impl VmConfig {
                     "must not contain NUL or newline characters",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl VsockConfig {
+    /// Checks the CID and the socket path (errors name `vsock.<field>`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(ConfigError::new(
+                "vsock.guest_cid",
+                format!("{} is reserved (use 3 to 4294967294)", self.guest_cid),
+            ));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("vsock.uds_path", "is required"));
+        }
+        // sockaddr_un holds 108 bytes including the NUL, and guest
+        // connections use `<uds_path>_<port>` (up to 11 more bytes).
+        if self.uds_path.as_os_str().len() > 107 - 11 {
+            return Err(ConfigError::new(
+                "vsock.uds_path",
+                "is too long for a Unix socket path (at most 96 bytes)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NetConfig {
+    /// Checks the TAP (exactly one of name and fd), the MAC and the MTU
+    /// (errors name `net.<field>`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tap_name, self.tap_fd) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::new(
+                    "net",
+                    "give exactly one of tap_name and tap_fd",
+                ))
+            }
+            (Some(name), None) if !capsa_devices::virtio::net::tap::valid_name(name) => {
+                return Err(ConfigError::new(
+                    "net.tap_name",
+                    format!("{name:?} is not an interface name (1 to 15 bytes)"),
+                ))
+            }
+            (None, Some(fd)) if fd < 3 => {
+                return Err(ConfigError::new(
+                    "net.tap_fd",
+                    format!("{fd} is a standard stream, not a TAP"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(mac) = &self.mac {
+            if parse_mac(mac).is_none() {
+                return Err(ConfigError::new(
+                    "net.mac",
+                    format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                ));
+            }
+        }
+        let max = (capsa_devices::virtio::net::MAX_FRAME_LEN - 18) as u16;
+        if !(capsa_devices::virtio::net::MIN_MTU..=max).contains(&self.mtu) {
+            return Err(ConfigError::new(
+                "net.mtu",
+                format!("{} is outside 68 to {max}", self.mtu),
+            ));
         }
         Ok(())
     }

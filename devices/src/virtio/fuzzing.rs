@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::block::Block;
 use super::net::tap::SocketBackend;
 use super::net::{features as net_features, Net, NetConfig};
-use super::vsock::{Vsock, VsockConfig};
+use super::vsock::{Vsock, VsockDeviceConfig};
 use super::{ActivateParams, GuestMemory, Interrupt, VirtioDevice};
 
 /// Guest memory size of the harnesses, in bytes.
@@ -85,7 +85,7 @@ pub fn vsock_packets(data: &[u8]) {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let mem = memory(data);
-    let mut dev = Vsock::new(&VsockConfig {
+    let mut dev = Vsock::new(&VsockDeviceConfig {
         guest_cid: 3,
         uds_path: dir.clone(),
     })

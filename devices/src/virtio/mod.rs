@@ -7,6 +7,9 @@
 //! - [`vsock`]: virtio-vsock (§5.10) with Firecracker's hybrid Unix-socket
 //!   backend.
 //! - [`rng`]: virtio-rng (§5.4) fed by the host's `getrandom(2)`.
+//! - [`common`]: what every device shares ([`common::VirtioCommon`]:
+//!   features, queues, eventfds, activation) and the loop that serves a
+//!   queue with a budget per event.
 //!
 //! # Threads
 //!
@@ -43,6 +46,7 @@
 
 pub mod activation;
 pub mod block;
+pub mod common;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;

@@ -11,24 +11,19 @@ use std::io::Write;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Writer;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::activation::{Activation, ACTIVATE_TOKEN, QUEUE_TOKEN_BASE};
-use super::queue::{self, DeviceQueues};
+use super::activation::ACTIVATE_TOKEN;
+use super::common::{serve_fn, VirtioCommon};
 use super::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Maximum size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Upper bound of the bytes written into one chain.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 << 10;
-/// Chains served per queue event before yielding to the event loop.
-const MAX_CHAINS_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
 
 /// The entropy device.
 pub struct Rng {
-    activation: Activation,
-    pending_evts: Option<Vec<EventFd>>,
-    queues: Option<DeviceQueues>,
+    common: VirtioCommon,
     bytes_served: u64,
     bad_chains: u64,
 }
@@ -37,9 +32,7 @@ impl Rng {
     /// A new, inactive device. Errors: no eventfd.
     pub fn new() -> std::io::Result<Self> {
         Ok(Self {
-            activation: Activation::new()?,
-            pending_evts: None,
-            queues: None,
+            common: VirtioCommon::new(1, VIRTIO_F_VERSION_1)?,
             bytes_served: 0,
             bad_chains: 0,
         })
@@ -57,62 +50,34 @@ impl Rng {
 
     /// Serves the queue; called on the event loop.
     pub fn process_queue(&mut self) {
-        let Some(dq) = self.queues.as_mut() else {
-            return;
-        };
-        if dq.broken {
-            return;
-        }
-        let mem = dq.mem.clone();
-        let mut used = 0usize;
-        let mut more = false;
         let mut buf = vec![0u8; MAX_BYTES_PER_REQUEST];
-        loop {
-            if used == MAX_CHAINS_PER_EVENT {
-                more = true;
-                break;
-            }
-            let chain = match queue::pop(&mut dq.queues[0], &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    dq.fail(&e);
-                    break;
-                }
-            };
-            let head = chain.head_index();
-            let len = match Writer::new(&mem, chain) {
-                Ok(mut w) => {
-                    let n = w.available_bytes().min(MAX_BYTES_PER_REQUEST);
-                    match fill_random(&mut buf[..n]).and_then(|()| w.write_all(&buf[..n])) {
-                        Ok(()) => n,
-                        Err(e) => {
-                            tracing::error!("virtio-rng: {e}");
-                            0
+        let (bytes_served, bad_chains) = (&mut self.bytes_served, &mut self.bad_chains);
+        self.common.drain_queue(
+            0,
+            &mut serve_fn(|chain, mem| {
+                let len = match Writer::new(mem, chain) {
+                    Ok(mut w) => {
+                        let n = w.available_bytes().min(MAX_BYTES_PER_REQUEST);
+                        match fill_random(&mut buf[..n]).and_then(|()| w.write_all(&buf[..n])) {
+                            Ok(()) => n,
+                            Err(e) => {
+                                tracing::error!("virtio-rng: {e}");
+                                0
+                            }
                         }
                     }
+                    Err(e) => {
+                        tracing::debug!("virtio-rng: bad chain: {e}");
+                        0
+                    }
+                };
+                if len == 0 {
+                    *bad_chains += 1;
                 }
-                Err(e) => {
-                    tracing::debug!("virtio-rng: bad chain: {e}");
-                    0
-                }
-            };
-            if len == 0 {
-                self.bad_chains += 1;
-            }
-            self.bytes_served += len as u64;
-            if let Err(e) = queue::add_used(&mut dq.queues[0], &mem, head, len as u32) {
-                dq.fail(&e);
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            dq.notify(0);
-        }
-        if more {
-            self.activation.kick_queue(0);
-        }
+                *bytes_served += len as u64;
+                Some(len as u32)
+            }),
+        );
     }
 }
 
@@ -147,32 +112,27 @@ impl VirtioDevice for Rng {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
+        self.common.avail_features()
     }
 
-    fn set_acked_features(&mut self, _features: u64) {}
+    fn set_acked_features(&mut self, features: u64) {
+        self.common.set_acked_features(features);
+    }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
     fn activate(&mut self, params: ActivateParams) -> Result<(), ActivateError> {
-        if self.queues.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let (queues, evts) = params.into_queues(1)?;
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
-        self.activation.signal().map_err(ActivateError::EventFd)
+        self.common.activate(params)
     }
 
     fn is_activated(&self) -> bool {
-        self.queues.is_some()
+        self.common.is_activated()
     }
 
     fn reset(&mut self) -> bool {
-        self.queues = None;
-        self.pending_evts = None;
+        self.common.reset();
         true
     }
 }
@@ -180,26 +140,26 @@ impl VirtioDevice for Rng {
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            ACTIVATE_TOKEN => {
-                self.activation.on_activate(ops, self.pending_evts.take());
-                self.process_queue();
+            ACTIVATE_TOKEN => self.common.on_activate(ops),
+            token if self.common.on_queue_event(token).is_some() => {}
+            other => {
+                tracing::warn!("virtio-rng: unexpected event {other}");
+                return;
             }
-            QUEUE_TOKEN_BASE => {
-                self.activation.drain_queue_evt(0);
-                self.process_queue();
-            }
-            other => tracing::warn!("virtio-rng: unexpected event {other}"),
         }
+        self.process_queue();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.init(ops);
+        self.common.init(ops);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::virtio::test_utils::*;
@@ -270,7 +230,7 @@ mod tests {
         run_until_idle(&mut em, 0);
         assert_eq!(q.used_pending(), 0);
         let r = rng.lock().unwrap();
-        assert!(r.queues.as_ref().unwrap().interrupt.needs_reset());
+        assert!(r.common.queues().unwrap().interrupt.needs_reset());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! *hybrid vsock*: a Unix socket on the host; the host connects to it, writes
 //! `CONNECT <port>\n` and reads `OK <host_port>\n`, after which the socket is
 //! a byte stream to the guest port (Firecracker `docs/vsock.md`, "Host-initiated
-//! connections"). Tests map each port to a plain Unix socket path instead.
+//! connections"). capsa's VMM answers `ERR <reason>\n` instead of closing
+//! silently when it cannot connect (see [`HandshakeRefused`]). Tests map each
+//! port to a plain Unix socket path instead.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,8 +20,41 @@ pub trait Connector: Send + Sync {
     fn connect(&self, port: u32) -> io::Result<UnixStream>;
 }
 
-/// Longest accepted `OK <port>\n` answer of the hybrid vsock handshake.
-const MAX_HANDSHAKE_LINE: usize = 64;
+/// Longest accepted answer line of the hybrid vsock handshake (`OK <port>`
+/// or `ERR <reason>`).
+const MAX_HANDSHAKE_LINE: usize = 256;
+
+/// The VMM answered a `CONNECT` with `ERR <reason>`: the guest port refused
+/// or did not answer, the guest's driver is not up yet, the VMM is busy.
+/// Carried inside an [`io::Error`] of kind `ConnectionRefused`; find it
+/// with [`HandshakeRefused::of`]. Every reason capsa's VMM gives is
+/// transient: retrying may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeRefused {
+    /// The guest port of the `CONNECT`.
+    pub port: u32,
+    /// The VMM's reason, as it wrote it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for HandshakeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "hybrid vsock: CONNECT {} refused by the VMM: {}",
+            self.port, self.reason
+        )
+    }
+}
+
+impl std::error::Error for HandshakeRefused {}
+
+impl HandshakeRefused {
+    /// The refusal inside `e`, if that is what `e` is.
+    pub fn of(e: &io::Error) -> Option<&HandshakeRefused> {
+        e.get_ref()?.downcast_ref::<HandshakeRefused>()
+    }
+}
 
 /// Firecracker-style hybrid vsock: one Unix socket, `CONNECT <port>\n` /
 /// `OK <host_port>\n` handshake per connection.
@@ -27,7 +62,8 @@ const MAX_HANDSHAKE_LINE: usize = 64;
 pub struct HybridVsockConnector {
     /// Path of the VMM's vsock Unix socket.
     pub uds_path: PathBuf,
-    /// Bound on the handshake (the connect and the `OK` line).
+    /// Bound on the connect(2) (a full listen backlog blocks it) and,
+    /// again, on the handshake (the `CONNECT` line out, the answer in).
     pub handshake_timeout: Duration,
 }
 
@@ -51,6 +87,17 @@ impl HybridVsockConnector {
 /// to be a socket, and connected through its `/proc/self/fd/N` link, which
 /// also lifts `sun_path`'s 108-byte limit (unix(7)).
 pub fn connect_unix_nofollow(path: &Path) -> io::Result<UnixStream> {
+    connect_unix_nofollow_timeout(path, None)
+}
+
+/// [`connect_unix_nofollow`], with `connect(2)` bounded by `timeout`: a
+/// listener whose backlog is full (a VMM that does not accept) blocks a
+/// Unix-socket connect, until `SO_SNDTIMEO` ends it with `EAGAIN` (unix(7)),
+/// reported as `TimedOut`.
+pub fn connect_unix_nofollow_timeout(
+    path: &Path,
+    timeout: Option<Duration>,
+) -> io::Result<UnixStream> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -76,48 +123,166 @@ pub fn connect_unix_nofollow(path: &Path) -> io::Result<UnixStream> {
             format!("{} is not a Unix socket", path.display()),
         ));
     }
-    UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    let target = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match timeout {
+        None => UnixStream::connect(target),
+        Some(timeout) => connect_with_send_timeout(&target, path, timeout),
+    }
+}
+
+/// Connects a new Unix stream socket to `target` (a `/proc/self/fd/N`
+/// link) with `SO_SNDTIMEO` set to `timeout`, so a full backlog ends in
+/// `TimedOut` instead of blocking; `path` names the socket in errors.
+fn connect_with_send_timeout(
+    target: &str,
+    path: &Path,
+    timeout: Duration,
+) -> io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: `tv` is a valid timeval of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // `/proc/self/fd/N` always fits sun_path (108 bytes).
+    for (dst, src) in addr.sun_path.iter_mut().zip(target.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + target.len() + 1;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+        let r = unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{}: the socket accepted no connection within {timeout:?} (its backlog is full)",
+                        path.display()
+                    ),
+                ))
+            }
+            _ => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
+    Ok(UnixStream::from(sock))
+}
+
+/// Reads the handshake's answer line byte by byte (whatever follows the
+/// `\n` belongs to the stream). `Ok(None)`: EOF before a full line.
+fn read_answer(stream: &mut UnixStream) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::with_capacity(16);
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) if byte[0] == b'\n' => return Ok(Some(line)),
+            Ok(_) => {
+                line.push(byte[0]);
+                if line.len() > MAX_HANDSHAKE_LINE {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "hybrid vsock: handshake answer too long",
+                    ));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 impl Connector for HybridVsockConnector {
     fn connect(&self, port: u32) -> io::Result<UnixStream> {
-        let mut stream = connect_unix_nofollow(&self.uds_path)?;
+        let mut stream =
+            connect_unix_nofollow_timeout(&self.uds_path, Some(self.handshake_timeout))?;
         stream.set_read_timeout(Some(self.handshake_timeout))?;
         stream.set_write_timeout(Some(self.handshake_timeout))?;
-        stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-        // Read byte by byte: whatever follows the `\n` belongs to the stream.
-        let mut line = Vec::with_capacity(16);
-        let mut byte = [0u8; 1];
-        loop {
-            match stream.read(&mut byte) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!("hybrid vsock: connection to port {port} closed during handshake"),
-                    ))
-                }
-                Ok(_) if byte[0] == b'\n' => break,
-                Ok(_) => {
-                    line.push(byte[0]);
-                    if line.len() > MAX_HANDSHAKE_LINE {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "hybrid vsock: handshake answer too long",
-                        ));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let sent = stream.write_all(format!("CONNECT {port}\n").as_bytes());
+        // A VMM that refuses at once (too busy, driver not up) may have
+        // written its `ERR` and closed before the line went out: the write
+        // then fails with EPIPE, and the answer says why.
+        let answer = match (sent, read_answer(&mut stream)) {
+            (_, Ok(Some(line))) => line,
+            (Err(e), _) | (Ok(()), Err(e)) if is_timeout(&e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "hybrid vsock: no answer to CONNECT {port} within {:?}",
+                        self.handshake_timeout
+                    ),
+                ))
             }
+            (Err(e), _) | (Ok(()), Err(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("hybrid vsock: CONNECT {port}: {e}"),
+                ))
+            }
+            (Ok(()), Ok(None)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("hybrid vsock: the VMM closed CONNECT {port} without an answer"),
+                ))
+            }
+        };
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(reason) = text.strip_prefix("ERR") {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                HandshakeRefused {
+                    port,
+                    reason: reason.trim().to_string(),
+                },
+            ));
         }
-        let text = String::from_utf8_lossy(&line);
         let ok = text
             .strip_prefix("OK ")
             .map(|p| p.trim().parse::<u32>().is_ok())
             .unwrap_or(false);
         if !ok {
             return Err(io::Error::new(
-                io::ErrorKind::ConnectionRefused,
+                io::ErrorKind::InvalidData,
                 format!("hybrid vsock: port {port}: unexpected answer {text:?}"),
             ));
         }
@@ -215,6 +380,78 @@ mod tests {
         let c = HybridVsockConnector::new(dir.path().join("v.sock"));
         assert!(c.connect(1025).is_err());
         t.join().unwrap();
+    }
+
+    /// The VMM's `ERR <reason>` reaches the caller as a
+    /// [`HandshakeRefused`] naming the reason, also when the VMM closed
+    /// before the `CONNECT` line could be written (EPIPE on the write:
+    /// issue 9 item 5's "Broken pipe" hid the reason).
+    #[test]
+    fn an_err_answer_is_reported_with_its_reason_even_after_epipe() {
+        let dir = tempdir::Dir::new("err");
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..50 {
+                let (mut s, _) = listener.accept().unwrap();
+                // Answer and close without reading the line.
+                s.write_all(b"ERR too many pending connections\n").unwrap();
+            }
+        });
+        let c = HybridVsockConnector::new(&path);
+        for _ in 0..50 {
+            let e = c.connect(1024).unwrap_err();
+            let refused = HandshakeRefused::of(&e).unwrap_or_else(|| panic!("{e:?}"));
+            assert_eq!(refused.port, 1024);
+            assert_eq!(refused.reason, "too many pending connections");
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        }
+        server.join().unwrap();
+    }
+
+    /// A VMM that accepts nothing (its listen backlog full) cannot hang a
+    /// client: connect(2) ends after the timeout.
+    #[test]
+    fn connect_to_a_full_backlog_times_out() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let dir = tempdir::Dir::new("backlog");
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // SAFETY: listen(2) on a socket we own; backlog 0.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        // Fill the backlog with non-blocking connects until EAGAIN.
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            // SAFETY: plain socket(2), owned at once.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+            assert!(fd >= 0);
+            // SAFETY: just created, owned by nobody else.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: zeroed sockaddr_un is valid; the path fits.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (d, b) in addr.sun_path.iter_mut().zip(path.to_str().unwrap().bytes()) {
+                *d = b as libc::c_char;
+            }
+            // SAFETY: a valid address of the given size.
+            let r = unsafe {
+                libc::connect(
+                    sock.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_un).cast(),
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                )
+            };
+            held.push(sock);
+            if r != 0 {
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        let e = connect_unix_nofollow_timeout(&path, Some(Duration::from_millis(200))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("backlog is full"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -14,7 +14,10 @@
 
 mod connector;
 
-pub use connector::{Connector, HybridVsockConnector, UnixPortConnector};
+pub use connector::{
+    connect_unix_nofollow, connect_unix_nofollow_timeout, Connector, HandshakeRefused,
+    HybridVsockConnector, UnixPortConnector,
+};
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -25,8 +28,6 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::framing::{Line, LineReader};
@@ -37,6 +38,12 @@ pub const MAX_QUEUED_NOTIFICATIONS: usize = 4096;
 
 /// Default timeout of [`Client::hello`].
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound on reading a stream's ack ([`attach_stream`]).
+pub const STREAM_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pause between the attempts of [`Client::connect_timeout`].
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +68,53 @@ pub enum ClientError {
     /// The agent answered something that does not fit the protocol.
     #[error("agent protocol violation: {0}")]
     Protocol(String),
+    /// Connecting was retried until the deadline; `last` is the cause of
+    /// the last attempt's failure.
+    #[error("cannot reach the agent ({attempts} attempts in {waited:.1?}): {last}")]
+    Unreachable {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        waited: Duration,
+        /// Why the last attempt failed.
+        last: Box<ClientError>,
+    },
 }
 
 impl ClientError {
-    /// The JSON-RPC error code when the agent returned an error object.
-    pub fn rpc_code(&self) -> Option<i64> {
+    /// The error code when the agent returned an error object with a code
+    /// this version knows.
+    pub fn rpc_code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Rpc(e) => Some(e.code),
+            ClientError::Rpc(e) => e.error_code(),
             _ => None,
+        }
+    }
+
+    /// Whether connecting again may succeed: the VMM refused the `CONNECT`
+    /// (busy, guest driver not up, agent not listening yet), a timeout, a
+    /// connection cut during the handshake or `hello`. Not: no socket or
+    /// nobody listening on it (the VMM is gone), a socket that is not one,
+    /// an answer that breaks the protocol, an error object of the agent.
+    pub fn is_transient(&self) -> bool {
+        use io::ErrorKind as K;
+        match self {
+            ClientError::Io(e) => {
+                HandshakeRefused::of(e).is_some()
+                    || matches!(
+                        e.kind(),
+                        K::TimedOut
+                            | K::WouldBlock
+                            | K::Interrupted
+                            | K::BrokenPipe
+                            | K::ConnectionReset
+                            | K::ConnectionAborted
+                            | K::UnexpectedEof
+                    )
+            }
+            ClientError::Closed | ClientError::Timeout { .. } => true,
+            ClientError::Rpc(_) | ClientError::Protocol(_) => false,
+            ClientError::Unreachable { last, .. } => last.is_transient(),
         }
     }
 }
@@ -113,30 +159,39 @@ impl Client {
 
     /// Retries [`Client::connect`] and `hello` until the agent answers or
     /// `deadline` passes, sleeping `interval` between attempts (the guest may
-    /// still be booting). Returns the client and the `hello` result.
+    /// still be booting, its VMM may not even listen yet: every error but
+    /// an agent's error object is retried). Returns the client and the
+    /// `hello` result; at the deadline, [`ClientError::Unreachable`] with
+    /// the last cause.
     pub fn connect_retry(
         connector: &dyn Connector,
         deadline: Instant,
         interval: Duration,
     ) -> Result<(Client, HelloResult), ClientError> {
-        loop {
-            let attempt = Client::connect(connector).and_then(|client| {
-                let hello = client.hello(
-                    HELLO_TIMEOUT.min(
-                        deadline
-                            .saturating_duration_since(Instant::now())
-                            .max(interval),
-                    ),
-                )?;
-                Ok((client, hello))
-            });
-            match attempt {
-                Ok(ok) => return Ok(ok),
-                Err(e @ ClientError::Rpc(_)) => return Err(e),
-                Err(e) if Instant::now() + interval >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(interval),
-            }
-        }
+        retry(connector, deadline, interval, |e| {
+            !matches!(e, ClientError::Rpc(_))
+        })
+    }
+
+    /// Connects to an agent that is up (a created or running container)
+    /// and checks `hello`, all within `timeout`: transient failures
+    /// ([`ClientError::is_transient`]: a VMM socket too busy to accept, a
+    /// refused or unanswered `CONNECT`) are retried until then, others
+    /// returned at once. Each attempt's connect, handshake and `hello` are
+    /// bounded by what is left of `timeout`.
+    pub fn connect_timeout(
+        connector: &HybridVsockConnector,
+        timeout: Duration,
+    ) -> Result<(Client, HelloResult), ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut bounded = connector.clone();
+        bounded.handshake_timeout = connector.handshake_timeout.min(timeout);
+        retry(
+            &bounded,
+            deadline,
+            RETRY_INTERVAL,
+            ClientError::is_transient,
+        )
     }
 
     /// Wraps an already connected control stream and starts the reader thread.
@@ -174,13 +229,13 @@ impl Client {
         self.default_timeout.lock().map(|t| *t).unwrap_or(None)
     }
 
-    /// Calls `method` with `params` and decodes the result as `R`.
-    pub fn call<P: Serialize, R: DeserializeOwned>(
+    /// Calls method `M` with `params` and decodes its result.
+    pub fn call<M: Method>(
         &self,
-        method: &str,
-        params: &P,
+        params: &M::Params,
         timeout: Option<Duration>,
-    ) -> Result<R, ClientError> {
+    ) -> Result<M::Result, ClientError> {
+        let method = M::NAME;
         let value = self.call_value(
             method,
             serde_json::to_value(params).map_err(|e| {
@@ -192,7 +247,8 @@ impl Client {
             .map_err(|e| ClientError::Protocol(format!("bad result of {method}: {e}")))
     }
 
-    /// Calls `method` with raw JSON params and returns the raw result.
+    /// Calls `method` with raw JSON params and returns the raw result (for
+    /// tests of malformed requests; [`Client::call`] is the typed call).
     pub fn call_value(
         &self,
         method: &str,
@@ -258,7 +314,7 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             client: Some(format!("capsa-agent-client/{AGENT_VERSION}")),
         };
-        let result: HelloResult = self.call(method::HELLO, &params, Some(timeout))?;
+        let result = self.call::<method::Hello>(&params, Some(timeout))?;
         if result.protocol_version != PROTOCOL_VERSION {
             return Err(ClientError::Protocol(format!(
                 "agent speaks protocol {}, client {}",
@@ -270,22 +326,22 @@ impl Client {
 
     /// `create`: sets up the container; the init process waits for `start`.
     pub fn create(&self, params: &CreateParams) -> Result<CreateResult, ClientError> {
-        self.call(method::CREATE, params, self.timeout())
+        self.call::<method::Create>(params, self.timeout())
     }
 
     /// `start`: starts the init process.
     pub fn start(&self) -> Result<StartResult, ClientError> {
-        self.call(method::START, &Empty {}, self.timeout())
+        self.call::<method::Start>(&Empty {}, self.timeout())
     }
 
     /// `exec`: starts another process in the container.
     pub fn exec(&self, params: &ExecParams) -> Result<ExecResult, ClientError> {
-        self.call(method::EXEC, params, self.timeout())
+        self.call::<method::Exec>(params, self.timeout())
     }
 
     /// `wait`: blocks until the process has exited (no timeout).
     pub fn wait(&self, process_id: ProcessId) -> Result<ProcessExit, ClientError> {
-        self.call(method::WAIT, &WaitParams { process_id }, None)
+        self.call::<method::Wait>(&WaitParams { process_id }, None)
     }
 
     /// `signal` to one process (its process group).
@@ -295,7 +351,7 @@ impl Client {
             signal,
             all: false,
         };
-        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+        self.call::<method::Signal>(&params, self.timeout())
             .map(|_| ())
     }
 
@@ -306,7 +362,7 @@ impl Client {
             signal,
             all: true,
         };
-        self.call::<_, Empty>(method::SIGNAL, &params, self.timeout())
+        self.call::<method::Signal>(&params, self.timeout())
             .map(|_| ())
     }
 
@@ -317,18 +373,18 @@ impl Client {
             rows,
             cols,
         };
-        self.call::<_, Empty>(method::RESIZE, &params, self.timeout())
+        self.call::<method::Resize>(&params, self.timeout())
             .map(|_| ())
     }
 
     /// `stats`: memory, cpu time and pid count.
     pub fn stats(&self) -> Result<StatsResult, ClientError> {
-        self.call(method::STATS, &Empty {}, self.timeout())
+        self.call::<method::Stats>(&Empty {}, self.timeout())
     }
 
     /// `ps`: the container's processes.
     pub fn ps(&self) -> Result<PsResult, ClientError> {
-        self.call(method::PS, &Empty {}, self.timeout())
+        self.call::<method::Ps>(&Empty {}, self.timeout())
     }
 
     /// `pause`: freezes the container's processes (the guest's cgroup v2
@@ -338,21 +394,21 @@ impl Client {
     /// not complete within the agent's timeout (5 s), (`EOPNOTSUPP`) without
     /// a cgroup in the guest.
     pub fn pause(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::PAUSE, &Empty {}, self.timeout())
+        self.call::<method::Pause>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
     /// `resume`: thaws a paused container. Errors: `INVALID_STATE` when it
     /// is not paused.
     pub fn resume(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::RESUME, &Empty {}, self.timeout())
+        self.call::<method::Resume>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
     /// `shutdown`: the agent answers, then syncs, unmounts and reboots the
     /// guest (the VMM sees the reset and exits).
     pub fn shutdown(&self) -> Result<(), ClientError> {
-        self.call::<_, Empty>(method::SHUTDOWN, &Empty {}, self.timeout())
+        self.call::<method::Shutdown>(&Empty {}, self.timeout())
             .map(|_| ())
     }
 
@@ -386,6 +442,40 @@ impl Drop for Client {
     }
 }
 
+/// The loop of [`Client::connect_retry`] and [`Client::connect_timeout`].
+fn retry(
+    connector: &dyn Connector,
+    deadline: Instant,
+    interval: Duration,
+    retry_if: impl Fn(&ClientError) -> bool,
+) -> Result<(Client, HelloResult), ClientError> {
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let attempt = Client::connect(connector).and_then(|client| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let hello = client.hello(HELLO_TIMEOUT.min(left.max(interval)))?;
+            Ok((client, hello))
+        });
+        let e = match attempt {
+            Ok(ok) => return Ok(ok),
+            Err(e) => e,
+        };
+        if !retry_if(&e) {
+            return Err(e);
+        }
+        if Instant::now() + interval >= deadline {
+            return Err(ClientError::Unreachable {
+                attempts,
+                waited: started.elapsed(),
+                last: Box::new(e),
+            });
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 fn read_loop(stream: UnixStream, shared: Arc<Shared>, notify: SyncSender<Notification>) {
     let mut reader = LineReader::new(stream, MAX_LINE_BYTES);
     // An over-long line, EOF or a read error ends the connection.
@@ -409,7 +499,7 @@ fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) 
     };
     if let Some(Value::String(method)) = msg.get("method").cloned() {
         let params = msg.remove("params").unwrap_or(Value::Null);
-        let notification = if method == method::EXIT {
+        let notification = if method == Exit::NAME {
             match serde_json::from_value::<ProcessExit>(params) {
                 Ok(exit) => Notification::Exit(exit),
                 Err(_) => return bad(),
@@ -447,10 +537,25 @@ fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) 
 /// bytes: write to a `stdin`/`tty` stream (`shutdown(Write)` on `stdin` gives
 /// the process EOF), read a `stdout`/`stderr`/`tty` stream until EOF.
 pub fn attach_stream(connector: &dyn Connector, token: &str) -> Result<UnixStream, ClientError> {
-    let mut stream = connector.connect(STREAM_PORT)?;
+    // The handshake alone is retried (nothing of the token went out yet).
+    let deadline = Instant::now() + STREAM_ACK_TIMEOUT;
+    let mut stream = loop {
+        match connector.connect(STREAM_PORT) {
+            Ok(s) => break s,
+            Err(e) => {
+                let e = ClientError::Io(e);
+                if !e.is_transient() || Instant::now() + RETRY_INTERVAL >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(RETRY_INTERVAL);
+            }
+        }
+    };
     let header = StreamHeader {
         token: token.to_string(),
     };
+    stream.set_read_timeout(Some(STREAM_ACK_TIMEOUT))?;
+    stream.set_write_timeout(Some(STREAM_ACK_TIMEOUT))?;
     stream.write_all(&to_line(&header))?;
     // Read the ack byte by byte: raw stream bytes follow it.
     let mut line = Vec::with_capacity(32);
@@ -473,9 +578,81 @@ pub fn attach_stream(connector: &dyn Connector, token: &str) -> Result<UnixStrea
         .map_err(|e| ClientError::Protocol(format!("bad stream ack: {e}")))?;
     if !ack.ok {
         return Err(ClientError::Rpc(RpcError::new(
-            error_code::INVALID_PARAMS,
+            ErrorCode::InvalidParams,
             ack.error.unwrap_or_else(|| "stream rejected".into()),
         )));
     }
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A VMM that refuses every `CONNECT` with `ERR` (its guest's agent
+    /// not listening): retried until the timeout, and the error names the
+    /// VMM's reason and the attempts, not a bare "Broken pipe".
+    #[test]
+    fn connect_timeout_retries_refusals_and_reports_the_last_reason() {
+        let dir = tempfile_dir();
+        let path = dir.join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = s.write_all(b"ERR guest port 1024 refused the connection\n");
+            }
+        });
+        let started = Instant::now();
+        let e = Client::connect_timeout(
+            &HybridVsockConnector::new(&path),
+            Duration::from_millis(500),
+        )
+        .err()
+        .expect("never connects");
+        let elapsed = started.elapsed();
+        let ClientError::Unreachable { attempts, last, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(*attempts > 2, "{attempts}");
+        assert!(last.is_transient());
+        assert!(
+            e.to_string()
+                .contains("guest port 1024 refused the connection"),
+            "{e}"
+        );
+        assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// No socket (the VM is gone): an error at once, not retried.
+    #[test]
+    fn connect_timeout_does_not_retry_a_missing_socket() {
+        let dir = tempfile_dir();
+        let started = Instant::now();
+        let e = Client::connect_timeout(
+            &HybridVsockConnector::new(dir.join("nothing")),
+            Duration::from_secs(10),
+        )
+        .err()
+        .expect("no socket");
+        assert!(!e.is_transient(), "{e:?}");
+        assert!(matches!(&e, ClientError::Io(io) if io.kind() == io::ErrorKind::NotFound));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "capsa-client-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
 }

@@ -67,11 +67,11 @@ impl Listener for VsockListener {
                 )
             };
             match cvt(rc) {
-                // SAFETY: a fresh descriptor from accept4.
                 Ok(fd) => {
-                    return Ok(VsockStream {
-                        fd: unsafe { OwnedFd::from_raw_fd(fd) },
-                    })
+                    // SAFETY: a fresh descriptor from accept4, owned by
+                    // nothing else.
+                    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    return Ok(VsockStream { fd });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

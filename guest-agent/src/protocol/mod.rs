@@ -2,29 +2,33 @@
 //!
 //! Framing: every message is one UTF-8 JSON object terminated by `\n`, at most
 //! [`MAX_LINE_BYTES`] bytes long (without the `\n`). A longer line is answered
-//! with an error of code [`error_code::LINE_TOO_LONG`] (id `null`) and skipped;
+//! with an error of code [`ErrorCode::LineTooLong`] (id `null`) and skipped;
 //! the connection stays usable. See `docs/agent-protocol.md` for the full
 //! specification and [JSON-RPC 2.0](https://www.jsonrpc.org/specification) for
 //! the envelope.
 //!
+//! - [`service`]: the methods, defined once (name, params, result,
+//!   handler), and the server's dispatch;
 //! - [`methods`]: params and results of every method, and the `exit`
-//!   notification;
+//!   notification's params;
 //! - [`framing`]: the bounded line reader used by both sides;
 //! - [`schema`]: the JSON Schema generated from these types.
 
 pub mod framing;
 pub mod methods;
 pub mod schema;
+pub mod service;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use methods::*;
+pub use service::*;
 
 /// Version of the wire protocol. Bumped on any incompatible change; additions
 /// of optional fields or new methods do not bump it. `hello` fails with
-/// [`error_code::UNSUPPORTED_VERSION`] when the client's version differs.
+/// [`ErrorCode::UnsupportedVersion`] when the client's version differs.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Version of this agent (the crate version).
@@ -51,69 +55,103 @@ pub const MAX_STREAM_HEADER_BYTES: usize = 4096;
 /// The `jsonrpc` member of every message.
 pub const JSONRPC_VERSION: &str = "2.0";
 
-/// Method names, as they appear on the wire.
-pub mod method {
-    /// [`HelloParams`](super::HelloParams) → [`HelloResult`](super::HelloResult)
-    pub const HELLO: &str = "hello";
-    /// [`CreateParams`](super::CreateParams) → [`CreateResult`](super::CreateResult)
-    pub const CREATE: &str = "create";
-    /// [`StartParams`](super::StartParams) → [`StartResult`](super::StartResult)
-    pub const START: &str = "start";
-    /// [`ExecParams`](super::ExecParams) → [`ExecResult`](super::ExecResult)
-    pub const EXEC: &str = "exec";
-    /// [`WaitParams`](super::WaitParams) → [`ProcessExit`](super::ProcessExit)
-    pub const WAIT: &str = "wait";
-    /// [`SignalParams`](super::SignalParams) → [`Empty`](super::Empty)
-    pub const SIGNAL: &str = "signal";
-    /// [`ResizeParams`](super::ResizeParams) → [`Empty`](super::Empty)
-    pub const RESIZE: &str = "resize";
-    /// [`Empty`](super::Empty) → [`StatsResult`](super::StatsResult)
-    pub const STATS: &str = "stats";
-    /// [`Empty`](super::Empty) → [`PsResult`](super::PsResult)
-    pub const PS: &str = "ps";
-    /// [`Empty`](super::Empty) → [`Empty`](super::Empty): freeze the
-    /// container's processes (cgroup v2 `cgroup.freeze` in the guest).
-    pub const PAUSE: &str = "pause";
-    /// [`Empty`](super::Empty) → [`Empty`](super::Empty): thaw them.
-    pub const RESUME: &str = "resume";
-    /// [`Empty`](super::Empty) → [`Empty`](super::Empty)
-    pub const SHUTDOWN: &str = "shutdown";
-    /// Notification pushed by the agent: [`ProcessExit`](super::ProcessExit).
-    pub const EXIT: &str = "exit";
+/// Error codes of [`RpcError::code`] (JSON-RPC 2.0 §5.1): the standard
+/// codes, then the agent's own in the implementation-defined range
+/// -32000..=-32099.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The line is not valid JSON.
+    ParseError,
+    /// The JSON is not a valid request object.
+    InvalidRequest,
+    /// No such method.
+    MethodNotFound,
+    /// Params missing, of the wrong type, or with unknown fields.
+    InvalidParams,
+    /// A bug or unexpected failure in the agent.
+    InternalError,
+    /// No process with this `processId`.
+    NoSuchProcess,
+    /// The container is not in a state that allows the method (e.g. `start`
+    /// before `create`, a second `create`, `resize` of a process without
+    /// tty, `pause` of a container that is not running, `resume` of one
+    /// that is not paused, `exec` while paused).
+    InvalidState,
+    /// The process could not be started; `data.errno` and `data.stage` say
+    /// why.
+    ExecFailed,
+    /// Mounting the rootfs or a mount failed; `data.errno`, `data.path`.
+    MountFailed,
+    /// `hello` with a protocol version this agent does not speak.
+    UnsupportedVersion,
+    /// A line longer than [`MAX_LINE_BYTES`].
+    LineTooLong,
+    /// Another system call failed; `data.errno`.
+    OsError,
+    /// The agent is shutting down.
+    ShuttingDown,
 }
 
-/// Error codes of [`RpcError::code`]. The JSON-RPC 2.0 standard codes, then
-/// the agent's own in the implementation-defined range -32000..=-32099.
-pub mod error_code {
-    /// The line is not valid JSON.
-    pub const PARSE_ERROR: i64 = -32700;
-    /// The JSON is not a valid request object.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No such method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// Params missing, of the wrong type, or with unknown fields.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// A bug or unexpected failure in the agent.
-    pub const INTERNAL_ERROR: i64 = -32603;
-    /// No process with this `processId`.
-    pub const NO_SUCH_PROCESS: i64 = -32000;
-    /// The container is not in a state that allows the method (e.g. `start`
-    /// before `create`, a second `create`, `resize` of a process without tty,
-    /// `pause` of a container that is not running, `resume` of one that is
-    /// not paused, `exec` while paused).
-    pub const INVALID_STATE: i64 = -32001;
-    /// The process could not be started; `data.errno` and `data.stage` say why.
-    pub const EXEC_FAILED: i64 = -32002;
-    /// Mounting the rootfs or a mount failed; `data.errno`, `data.path`.
-    pub const MOUNT_FAILED: i64 = -32003;
-    /// `hello` with a protocol version this agent does not speak.
-    pub const UNSUPPORTED_VERSION: i64 = -32004;
-    /// A line longer than [`MAX_LINE_BYTES`](super::MAX_LINE_BYTES).
-    pub const LINE_TOO_LONG: i64 = -32005;
-    /// Another system call failed; `data.errno`.
-    pub const OS_ERROR: i64 = -32006;
-    /// The agent is shutting down.
-    pub const SHUTTING_DOWN: i64 = -32007;
+impl ErrorCode {
+    /// Every code, in the order of the list.
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::ParseError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::MethodNotFound,
+        ErrorCode::InvalidParams,
+        ErrorCode::InternalError,
+        ErrorCode::NoSuchProcess,
+        ErrorCode::InvalidState,
+        ErrorCode::ExecFailed,
+        ErrorCode::MountFailed,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::LineTooLong,
+        ErrorCode::OsError,
+        ErrorCode::ShuttingDown,
+    ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> i64 {
+        match self {
+            ErrorCode::ParseError => -32700,
+            ErrorCode::InvalidRequest => -32600,
+            ErrorCode::MethodNotFound => -32601,
+            ErrorCode::InvalidParams => -32602,
+            ErrorCode::InternalError => -32603,
+            ErrorCode::NoSuchProcess => -32000,
+            ErrorCode::InvalidState => -32001,
+            ErrorCode::ExecFailed => -32002,
+            ErrorCode::MountFailed => -32003,
+            ErrorCode::UnsupportedVersion => -32004,
+            ErrorCode::LineTooLong => -32005,
+            ErrorCode::OsError => -32006,
+            ErrorCode::ShuttingDown => -32007,
+        }
+    }
+
+    /// The code of the number `code`, if it is one of these.
+    pub fn from_code(code: i64) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The name the schema and the docs use: `INVALID_STATE`, …
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::MethodNotFound => "METHOD_NOT_FOUND",
+            ErrorCode::InvalidParams => "INVALID_PARAMS",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::NoSuchProcess => "NO_SUCH_PROCESS",
+            ErrorCode::InvalidState => "INVALID_STATE",
+            ErrorCode::ExecFailed => "EXEC_FAILED",
+            ErrorCode::MountFailed => "MOUNT_FAILED",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::LineTooLong => "LINE_TOO_LONG",
+            ErrorCode::OsError => "OS_ERROR",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+        }
+    }
 }
 
 /// A request or notification id: a number or a string (JSON-RPC 2.0 §4).
@@ -134,7 +172,7 @@ pub struct Request {
     /// Request id, echoed in the response; absent for notifications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Id>,
-    /// Method name, see [`method`].
+    /// Method name, see [`METHOD_NAMES`].
     pub method: String,
     /// Method params: an object (absent means `{}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -181,7 +219,7 @@ impl Response {
 /// A JSON-RPC error object (JSON-RPC 2.0 §5.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RpcError {
-    /// One of [`error_code`].
+    /// One of [`ErrorCode`]'s numbers ([`RpcError::error_code`]).
     pub code: i64,
     /// Human-readable message (English, one line).
     pub message: String,
@@ -210,12 +248,17 @@ pub struct ErrorData {
 
 impl RpcError {
     /// An error without data.
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RpcError {
-            code,
+            code: code.code(),
             message: message.into(),
             data: None,
         }
+    }
+
+    /// The error's code, unless it is a number this version does not know.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_code(self.code)
     }
 
     /// Adds data.
@@ -268,11 +311,23 @@ mod tests {
             String::from_utf8(to_line(&ok)).unwrap(),
             "{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n"
         );
-        let err = Response::err(None, RpcError::new(error_code::PARSE_ERROR, "x"));
+        let err = Response::err(None, RpcError::new(ErrorCode::ParseError, "x"));
         assert_eq!(
             String::from_utf8(to_line(&err)).unwrap(),
             "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"x\"}}\n"
         );
+    }
+
+    #[test]
+    fn error_codes_are_distinct_and_named_once() {
+        for (i, a) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(ErrorCode::from_code(a.code()), Some(*a));
+            for b in &ErrorCode::ALL[i + 1..] {
+                assert_ne!(a.code(), b.code());
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        assert_eq!(ErrorCode::from_code(-1), None);
     }
 
     #[test]

@@ -5,44 +5,47 @@
 //! `CAPSA_UPDATE_SCHEMA=1 cargo test -p capsa-agent --test schema`.
 
 use schemars::generate::SchemaSettings;
-use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
 use super::*;
 
-fn entry<P: JsonSchema, R: JsonSchema>(
-    generator: &mut schemars::SchemaGenerator,
-    methods: &mut Map<String, Value>,
-    name: &str,
-) {
-    let params = generator.subschema_for::<P>().to_value();
-    let result = generator.subschema_for::<R>().to_value();
-    methods.insert(
-        name.to_string(),
-        json!({ "params": params, "result": result }),
-    );
+/// Adds each method's params and result schemas to `methods`.
+struct Entries<'a> {
+    generator: &'a mut schemars::SchemaGenerator,
+    methods: Map<String, Value>,
 }
 
-/// Builds the schema document: `methods` maps each method name to the schemas
-/// of its `params` and `result`, `notifications` each notification to its
-/// `params`, `envelope` the JSON-RPC objects and stream lines, and
-/// `definitions` holds every type (draft-07).
+impl MethodVisitor for Entries<'_> {
+    fn visit<M: Method>(&mut self) {
+        let params = self.generator.subschema_for::<M::Params>().to_value();
+        let result = self.generator.subschema_for::<M::Result>().to_value();
+        self.methods.insert(
+            M::NAME.to_string(),
+            json!({ "params": params, "result": result }),
+        );
+    }
+}
+
+/// Builds the schema document: `methods` maps each method name (every one of
+/// [`super::service`]'s list) to the schemas of its `params` and `result`,
+/// `notifications` each notification to its `params`, `errorCodes` each
+/// [`ErrorCode`] name to its number, `envelope` the JSON-RPC objects and
+/// stream lines, and `definitions` holds every type (draft-07).
 pub fn generate() -> Value {
     let mut generator = SchemaSettings::draft07().into_generator();
-    let mut methods = Map::new();
-    entry::<HelloParams, HelloResult>(&mut generator, &mut methods, method::HELLO);
-    entry::<CreateParams, CreateResult>(&mut generator, &mut methods, method::CREATE);
-    entry::<StartParams, StartResult>(&mut generator, &mut methods, method::START);
-    entry::<ExecParams, ExecResult>(&mut generator, &mut methods, method::EXEC);
-    entry::<WaitParams, ProcessExit>(&mut generator, &mut methods, method::WAIT);
-    entry::<SignalParams, Empty>(&mut generator, &mut methods, method::SIGNAL);
-    entry::<ResizeParams, Empty>(&mut generator, &mut methods, method::RESIZE);
-    entry::<Empty, StatsResult>(&mut generator, &mut methods, method::STATS);
-    entry::<Empty, PsResult>(&mut generator, &mut methods, method::PS);
-    entry::<Empty, Empty>(&mut generator, &mut methods, method::PAUSE);
-    entry::<Empty, Empty>(&mut generator, &mut methods, method::RESUME);
-    entry::<Empty, Empty>(&mut generator, &mut methods, method::SHUTDOWN);
-    let exit = generator.subschema_for::<ProcessExit>().to_value();
+    let mut entries = Entries {
+        generator: &mut generator,
+        methods: Map::new(),
+    };
+    visit_methods(&mut entries);
+    let methods = entries.methods;
+    let exit = generator
+        .subschema_for::<<Exit as AgentNotification>::Params>()
+        .to_value();
+    let error_codes: Map<String, Value> = ErrorCode::ALL
+        .iter()
+        .map(|c| (c.name().to_string(), json!(c.code())))
+        .collect();
     let envelope = json!({
         "request": generator.subschema_for::<Request>().to_value(),
         "response": generator.subschema_for::<Response>().to_value(),
@@ -61,8 +64,9 @@ pub fn generate() -> Value {
             "maxLineBytes": MAX_LINE_BYTES,
             "maxStreamHeaderBytes": MAX_STREAM_HEADER_BYTES,
         },
+        "errorCodes": error_codes,
         "methods": methods,
-        "notifications": { method::EXIT: { "params": exit } },
+        "notifications": { Exit::NAME: { "params": exit } },
         "envelope": envelope,
         "definitions": definitions,
     })

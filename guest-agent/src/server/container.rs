@@ -39,7 +39,7 @@ pub enum Phase {
 }
 
 /// Owner of the container's phase and platform.
-pub struct Container {
+pub struct Lifecycle {
     phase: Mutex<Phase>,
     /// Mounting and power.
     pub platform: Arc<dyn Platform>,
@@ -51,10 +51,10 @@ pub struct Container {
     frozen: RwLock<bool>,
 }
 
-impl Container {
+impl Lifecycle {
     /// A container in [`Phase::Empty`].
     pub fn new(platform: Arc<dyn Platform>) -> Self {
-        Container {
+        Lifecycle {
             phase: Mutex::new(Phase::Empty),
             platform,
             powered_off: AtomicBool::new(false),

@@ -1,6 +1,6 @@
 //! The agent's error type and its mapping to JSON-RPC error objects.
 
-use crate::protocol::{error_code, ErrorData, RpcError, PROTOCOL_VERSION};
+use crate::protocol::{DispatchError, ErrorCode, ErrorData, RpcError, PROTOCOL_VERSION};
 
 /// Why a method failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,16 @@ pub enum AgentError {
     Internal(String),
 }
 
+impl From<DispatchError> for AgentError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::MethodNotFound(m) => AgentError::MethodNotFound(m),
+            DispatchError::InvalidParams(m) => AgentError::InvalidParams(m),
+            DispatchError::Result(m) => AgentError::Internal(m),
+        }
+    }
+}
+
 impl AgentError {
     /// An [`AgentError::Os`] from the last OS error.
     pub fn last_os(what: impl Into<String>) -> Self {
@@ -66,23 +76,23 @@ impl AgentError {
         }
     }
 
-    /// The JSON-RPC error object (codes in [`error_code`]).
+    /// The JSON-RPC error object.
     pub fn to_rpc(&self) -> RpcError {
         let message = self.to_string();
         match self {
-            AgentError::InvalidParams(_) => RpcError::new(error_code::INVALID_PARAMS, message),
-            AgentError::MethodNotFound(_) => RpcError::new(error_code::METHOD_NOT_FOUND, message),
-            AgentError::NoSuchProcess(_) => RpcError::new(error_code::NO_SUCH_PROCESS, message),
-            AgentError::InvalidState(_) => RpcError::new(error_code::INVALID_STATE, message),
+            AgentError::InvalidParams(_) => RpcError::new(ErrorCode::InvalidParams, message),
+            AgentError::MethodNotFound(_) => RpcError::new(ErrorCode::MethodNotFound, message),
+            AgentError::NoSuchProcess(_) => RpcError::new(ErrorCode::NoSuchProcess, message),
+            AgentError::InvalidState(_) => RpcError::new(ErrorCode::InvalidState, message),
             AgentError::ExecFailed { stage, errno } => {
-                RpcError::new(error_code::EXEC_FAILED, message).with_data(ErrorData {
+                RpcError::new(ErrorCode::ExecFailed, message).with_data(ErrorData {
                     errno: Some(*errno),
                     stage: Some(stage.to_string()),
                     ..Default::default()
                 })
             }
             AgentError::MountFailed { path, errno } => {
-                RpcError::new(error_code::MOUNT_FAILED, message).with_data(ErrorData {
+                RpcError::new(ErrorCode::MountFailed, message).with_data(ErrorData {
                     errno: Some(*errno),
                     stage: Some("mount".into()),
                     path: Some(path.clone()),
@@ -90,19 +100,19 @@ impl AgentError {
                 })
             }
             AgentError::Os { errno, .. } => {
-                RpcError::new(error_code::OS_ERROR, message).with_data(ErrorData {
+                RpcError::new(ErrorCode::OsError, message).with_data(ErrorData {
                     errno: Some(*errno),
                     ..Default::default()
                 })
             }
             AgentError::UnsupportedVersion(_) => {
-                RpcError::new(error_code::UNSUPPORTED_VERSION, message).with_data(ErrorData {
+                RpcError::new(ErrorCode::UnsupportedVersion, message).with_data(ErrorData {
                     supported_versions: Some(vec![PROTOCOL_VERSION]),
                     ..Default::default()
                 })
             }
-            AgentError::ShuttingDown => RpcError::new(error_code::SHUTTING_DOWN, message),
-            AgentError::Internal(_) => RpcError::new(error_code::INTERNAL_ERROR, message),
+            AgentError::ShuttingDown => RpcError::new(ErrorCode::ShuttingDown, message),
+            AgentError::Internal(_) => RpcError::new(ErrorCode::InternalError, message),
         }
     }
 }
@@ -118,7 +128,7 @@ mod tests {
             errno: libc::ENOENT,
         }
         .to_rpc();
-        assert_eq!(e.code, error_code::EXEC_FAILED);
+        assert_eq!(e.error_code(), Some(ErrorCode::ExecFailed));
         let data = e.data.unwrap();
         assert_eq!(data.errno, Some(libc::ENOENT));
         assert_eq!(data.stage.as_deref(), Some("execve"));

@@ -1,4 +1,5 @@
-//! `do_<method>`: the work of each method, on the [`Agent`]'s owners.
+//! `do_<method>`: the work of each method, on the [`Agent`]'s owners: the
+//! agent's implementation of the protocol's [`Service`].
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -35,9 +36,11 @@ fn no_cgroup() -> AgentError {
     }
 }
 
-impl Agent {
+impl Service for Agent {
+    type Error = AgentError;
+
     /// `hello`: version check and boot info.
-    pub fn do_hello(&self, p: HelloParams) -> Result<HelloResult, AgentError> {
+    fn do_hello(&self, p: HelloParams) -> Result<HelloResult, AgentError> {
         if p.protocol_version != PROTOCOL_VERSION {
             return Err(AgentError::UnsupportedVersion(p.protocol_version));
         }
@@ -50,31 +53,8 @@ impl Agent {
         })
     }
 
-    fn spawn_process(
-        &self,
-        id: ProcessId,
-        spec: &ProcessSpec,
-        stdio: &PreparedStdio,
-        root: &Path,
-    ) -> Result<i32, AgentError> {
-        let plan = Plan::new(spec, root)?;
-        let child = stdio.child.as_child_stdio()?;
-        let procs = self
-            .container
-            .cgroup()
-            .map(|cg| cg.open_procs())
-            .transpose()?;
-        let table = Arc::clone(&self.processes);
-        spawn::spawn(
-            &plan,
-            &child,
-            procs.as_ref().map(|fd| fd.as_raw_fd()),
-            Box::new(move |raw| table.on_exit(id, raw)),
-        )
-    }
-
     /// `create`: mounts, hostname, network, and the init process's stdio.
-    pub fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
+    fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
         let mut phase = self.container.lock();
         match *phase {
             Phase::Empty => {}
@@ -133,7 +113,7 @@ impl Agent {
     }
 
     /// `start`: forks and execs the init process.
-    pub fn do_start(&self, _p: StartParams) -> Result<StartResult, AgentError> {
+    fn do_start(&self, _p: StartParams) -> Result<StartResult, AgentError> {
         let mut phase = self.container.lock();
         let (root, init) = match &*phase {
             Phase::Created { root, init } => (root.clone(), *init),
@@ -164,7 +144,7 @@ impl Agent {
 
     /// `exec`: another process in the container, started at once; refused
     /// while the container is paused (as runc).
-    pub fn do_exec(&self, p: ExecParams) -> Result<ExecResult, AgentError> {
+    fn do_exec(&self, p: ExecParams) -> Result<ExecResult, AgentError> {
         let root = match &*self.container.lock() {
             Phase::Created { root, .. } | Phase::Started { root, .. } => root.clone(),
             Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
@@ -199,12 +179,12 @@ impl Agent {
     }
 
     /// `wait`: blocks until the process exits.
-    pub fn do_wait(&self, p: WaitParams) -> Result<ProcessExit, AgentError> {
+    fn do_wait(&self, p: WaitParams) -> Result<ProcessExit, AgentError> {
         self.processes.wait(p.process_id)
     }
 
     /// `signal`: one process group, or all of them.
-    pub fn do_signal(&self, p: SignalParams) -> Result<Empty, AgentError> {
+    fn do_signal(&self, p: SignalParams) -> Result<Empty, AgentError> {
         if !(0..=MAX_SIGNAL).contains(&p.signal) {
             return Err(AgentError::InvalidParams(format!(
                 "signal {} out of range",
@@ -228,14 +208,14 @@ impl Agent {
     }
 
     /// `resize`: TIOCSWINSZ on the process's pty.
-    pub fn do_resize(&self, p: ResizeParams) -> Result<Empty, AgentError> {
+    fn do_resize(&self, p: ResizeParams) -> Result<Empty, AgentError> {
         let tty = self.processes.tty(p.process_id)?;
         streams::set_winsize(&tty, p.rows, p.cols)?;
         Ok(Empty {})
     }
 
     /// `stats`: memory, cpu time, pids.
-    pub fn do_stats(&self, _p: Empty) -> Result<StatsResult, AgentError> {
+    fn do_stats(&self, _p: Empty) -> Result<StatsResult, AgentError> {
         let roots: Vec<i32> = self
             .processes
             .running()
@@ -253,7 +233,7 @@ impl Agent {
     }
 
     /// `ps`: the container's live processes.
-    pub fn do_ps(&self, _p: Empty) -> Result<PsResult, AgentError> {
+    fn do_ps(&self, _p: Empty) -> Result<PsResult, AgentError> {
         let running = self.processes.running();
         let roots: Vec<i32> = running.iter().map(|&(_, pid)| pid).collect();
         let ids = stats::id_by_pid(&running);
@@ -272,7 +252,7 @@ impl Agent {
     /// `pause`: freezes every process of the container (its cgroup) and
     /// returns once the kernel reports the group frozen. Only a started
     /// container whose init process runs can be paused, once.
-    pub fn do_pause(&self, _p: Empty) -> Result<Empty, AgentError> {
+    fn do_pause(&self, _p: Empty) -> Result<Empty, AgentError> {
         let mut frozen = self.container.frozen_mut();
         let init = match &*self.container.lock() {
             Phase::Started { init, .. } => *init,
@@ -298,7 +278,7 @@ impl Agent {
     }
 
     /// `resume`: thaws a paused container.
-    pub fn do_resume(&self, _p: Empty) -> Result<Empty, AgentError> {
+    fn do_resume(&self, _p: Empty) -> Result<Empty, AgentError> {
         let mut frozen = self.container.frozen_mut();
         match &*self.container.lock() {
             Phase::Empty => return Err(AgentError::InvalidState("container not created".into())),
@@ -315,6 +295,38 @@ impl Agent {
         Ok(Empty {})
     }
 
+    /// `shutdown`: marks the agent as shutting down; the work happens in
+    /// [`Agent::finish_shutdown`] after the response is written.
+    fn do_shutdown(&self, _p: Empty) -> Result<Empty, AgentError> {
+        *self.container.lock() = Phase::ShuttingDown;
+        Ok(Empty {})
+    }
+}
+
+impl Agent {
+    fn spawn_process(
+        &self,
+        id: ProcessId,
+        spec: &ProcessSpec,
+        stdio: &PreparedStdio,
+        root: &Path,
+    ) -> Result<i32, AgentError> {
+        let plan = Plan::new(spec, root)?;
+        let child = stdio.child.as_child_stdio()?;
+        let procs = self
+            .container
+            .cgroup()
+            .map(|cg| cg.open_procs())
+            .transpose()?;
+        let table = Arc::clone(&self.processes);
+        spawn::spawn(
+            &plan,
+            &child,
+            procs.as_ref().map(|fd| fd.as_raw_fd()),
+            Box::new(move |raw| table.on_exit(id, raw)),
+        )
+    }
+
     /// Thaws a paused container (best effort) so that shutdown's SIGKILLs
     /// and unmounts do not wait on frozen tasks.
     fn thaw_for_shutdown(&self) {
@@ -328,13 +340,6 @@ impl Agent {
             }
         }
         *frozen = false;
-    }
-
-    /// `shutdown`: marks the agent as shutting down; the work happens in
-    /// [`Agent::finish_shutdown`] after the response is written.
-    pub fn do_shutdown(&self, _p: Empty) -> Result<Empty, AgentError> {
-        *self.container.lock() = Phase::ShuttingDown;
-        Ok(Empty {})
     }
 
     /// Kills the remaining processes, syncs, unmounts and powers off. Runs

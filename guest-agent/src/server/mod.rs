@@ -3,7 +3,8 @@
 //! [`serve_control`] accepts control connections from a [`Listener`] (vsock
 //! port [`CONTROL_PORT`](crate::protocol::CONTROL_PORT) in the guest, a Unix
 //! socket in tests) and runs one thread per connection: read a line (bounded),
-//! parse, dispatch to `do_<method>` in [`handlers`], write the response.
+//! parse, [`dispatch`] to the agent's [`Service`] handler (`do_<method>` in
+//! [`handlers`]), write the response.
 //! `wait` runs on its own thread so that it does not block the connection.
 //! [`serve_streams`] accepts stream connections and hands them to
 //! [`streams::relay`].
@@ -121,7 +122,7 @@ pub struct Agent {
     /// Streams waiting to be attached.
     pub streams: streams::StreamRegistry,
     /// The container's lifecycle and mounts.
-    pub container: container::Container,
+    pub container: container::Lifecycle,
     notifier: Arc<Notifier>,
     start_uptime_ms: u64,
 }
@@ -154,7 +155,7 @@ impl Agent {
                     let note = Request {
                         jsonrpc: JSONRPC_VERSION.to_string(),
                         id: None,
-                        method: method::EXIT.to_string(),
+                        method: Exit::NAME.to_string(),
                         params: serde_json::to_value(&exit).ok(),
                     };
                     thread_notifier.broadcast(&to_line(&note));
@@ -166,7 +167,7 @@ impl Agent {
         Arc::new(Agent {
             processes: Arc::new(processes::ProcessTable::new(tx)),
             streams: streams::StreamRegistry::default(),
-            container: container::Container::new(platform),
+            container: container::Lifecycle::new(platform),
             notifier,
             start_uptime_ms,
         })
@@ -243,7 +244,7 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
             Ok(Line::Line(line)) => handle_line(agent, &line, &writer),
             Ok(Line::TooLong) => {
                 let err = RpcError::new(
-                    error_code::LINE_TOO_LONG,
+                    ErrorCode::LineTooLong,
                     format!("line longer than {MAX_LINE_BYTES} bytes"),
                 );
                 write_line(&writer, &to_line(&Response::err(None, err)));
@@ -255,97 +256,78 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
     let _ = reader.get_ref().shutdown(Shutdown::Both);
 }
 
+/// A request read from a line: its id (`None`: a notification), method
+/// and params.
+struct Incoming {
+    id: Option<Id>,
+    method: String,
+    params: Value,
+}
+
+/// Reads one request line (JSON-RPC 2.0 §4); an error is the response to
+/// send (with id `null` when the id could not be read).
+fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
+    let invalid = |id, message: &str| {
+        let error = RpcError::new(ErrorCode::InvalidRequest, message);
+        Box::new(Response::err(id, error))
+    };
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        let error = RpcError::new(ErrorCode::ParseError, format!("parse error: {e}"));
+        Box::new(Response::err(None, error))
+    })?;
+    let Value::Object(mut obj) = value else {
+        return Err(invalid(None, "not a JSON object"));
+    };
+    let id = match obj.remove("id") {
+        None => None,
+        Some(v) => Some(serde_json::from_value::<Id>(v).map_err(|_| invalid(None, "invalid id"))?),
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
+        return Err(invalid(id, "jsonrpc must be \"2.0\""));
+    }
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return Err(invalid(id, "method must be a string"));
+    };
+    let params = obj.remove("params").unwrap_or(Value::Null);
+    Ok(Incoming { id, method, params })
+}
+
+/// Answers `id` (nothing for a notification).
+fn answer(writer: &SharedWriter, id: Option<Id>, result: Result<Value, RpcError>) {
+    if id.is_none() {
+        return;
+    }
+    let resp = match result {
+        Ok(v) => Response::ok(id, v),
+        Err(e) => Response::err(id, e),
+    };
+    write_line(writer, &to_line(&resp));
+}
+
 /// Parses one request line and answers it (JSON-RPC 2.0 §4-5).
 fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
-    let reply = |id: Option<Id>, r: Result<Value, RpcError>| {
-        let resp = match r {
-            Ok(v) => Response::ok(id, v),
-            Err(e) => Response::err(id, e),
-        };
-        write_line(writer, &to_line(&resp));
+    let Incoming { id, method, params } = match parse_request(line) {
+        Ok(r) => r,
+        // Malformed requests are answered even without an id.
+        Err(resp) => return write_line(writer, &to_line(&resp)),
     };
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => {
-            return reply(
-                None,
-                Err(RpcError::new(
-                    error_code::PARSE_ERROR,
-                    format!("parse error: {e}"),
-                )),
-            )
-        }
-    };
-    let Value::Object(mut obj) = value else {
-        return reply(
-            None,
-            Err(RpcError::new(
-                error_code::INVALID_REQUEST,
-                "not a JSON object",
-            )),
-        );
-    };
-    let id = match obj.remove("id") {
-        None => None,
-        Some(v) => match serde_json::from_value::<Id>(v) {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return reply(
-                    None,
-                    Err(RpcError::new(error_code::INVALID_REQUEST, "invalid id")),
-                )
-            }
-        },
-    };
-    let is_notification = id.is_none();
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
-        return reply(
-            id,
-            Err(RpcError::new(
-                error_code::INVALID_REQUEST,
-                "jsonrpc must be \"2.0\"",
-            )),
-        );
-    }
-    let Some(Value::String(method)) = obj.remove("method") else {
-        return reply(
-            id,
-            Err(RpcError::new(
-                error_code::INVALID_REQUEST,
-                "method must be a string",
-            )),
-        );
-    };
-    let params = obj.remove("params").unwrap_or(Value::Null);
-    if method == method::WAIT {
+    if method == method::Wait::NAME {
         // `wait` blocks: give it its own thread.
         let agent = agent.clone();
         let writer = writer.clone();
         let spawned = std::thread::Builder::new()
             .name("capsa-wait".into())
-            .spawn(move || {
-                let result = guarded(&agent, &method, params);
-                if !is_notification {
-                    let resp = match result {
-                        Ok(v) => Response::ok(id, v),
-                        Err(e) => Response::err(id, e),
-                    };
-                    write_line(&writer, &to_line(&resp));
-                }
-            });
+            .spawn(move || answer(&writer, id, guarded(&agent, &method, params)));
         if let Err(e) = spawned {
             agent_log!("cannot spawn wait thread: {e}");
         }
         return;
     }
-    let result = guarded(agent, &method, params);
-    if !is_notification {
-        reply(id, result);
-    }
-    if method == method::SHUTDOWN {
+    answer(writer, id, guarded(agent, &method, params));
+    if method == method::Shutdown::NAME {
         agent.finish_shutdown();
     }
 }
@@ -355,45 +337,8 @@ fn guarded(agent: &Agent, method: &str, params: Value) -> Result<Value, RpcError
         Ok(r) => r.map_err(|e| e.to_rpc()),
         Err(_) => {
             agent_log!("handler of {method} panicked");
-            Err(RpcError::new(error_code::INTERNAL_ERROR, "internal error"))
+            Err(RpcError::new(ErrorCode::InternalError, "internal error"))
         }
-    }
-}
-
-fn call<P, R>(
-    params: Value,
-    f: impl FnOnce(P) -> Result<R, AgentError>,
-) -> Result<Value, AgentError>
-where
-    P: serde::de::DeserializeOwned,
-    R: serde::Serialize,
-{
-    let params = match params {
-        Value::Null => Value::Object(Default::default()),
-        obj @ Value::Object(_) => obj,
-        _ => return Err(AgentError::InvalidParams("params must be an object".into())),
-    };
-    let p: P =
-        serde_json::from_value(params).map_err(|e| AgentError::InvalidParams(e.to_string()))?;
-    serde_json::to_value(f(p)?).map_err(|e| AgentError::Internal(e.to_string()))
-}
-
-/// Routes a method to its `do_<method>`.
-fn dispatch(agent: &Agent, method: &str, params: Value) -> Result<Value, AgentError> {
-    match method {
-        method::HELLO => call(params, |p| agent.do_hello(p)),
-        method::CREATE => call(params, |p| agent.do_create(p)),
-        method::START => call(params, |p| agent.do_start(p)),
-        method::EXEC => call(params, |p| agent.do_exec(p)),
-        method::WAIT => call(params, |p| agent.do_wait(p)),
-        method::SIGNAL => call(params, |p| agent.do_signal(p)),
-        method::RESIZE => call(params, |p| agent.do_resize(p)),
-        method::STATS => call(params, |p| agent.do_stats(p)),
-        method::PS => call(params, |p| agent.do_ps(p)),
-        method::PAUSE => call(params, |p| agent.do_pause(p)),
-        method::RESUME => call(params, |p| agent.do_resume(p)),
-        method::SHUTDOWN => call(params, |p| agent.do_shutdown(p)),
-        other => Err(AgentError::MethodNotFound(other.to_string())),
     }
 }
 

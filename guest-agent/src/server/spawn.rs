@@ -23,7 +23,7 @@ use std::path::Path;
 
 use super::error::AgentError;
 use super::reaper::{self, ExitRoute};
-use crate::protocol::ProcessSpec;
+use crate::protocol::{ProcessSpec, Rlimit};
 
 /// `PATH` used to look up `args[0]` when the process's env has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -145,6 +145,47 @@ fn with_tunables(env: &[String], tunables: Option<&str>) -> Vec<String> {
     env
 }
 
+/// The paths `execve` tries for `arg0`, as execvp(3) would: `arg0` itself
+/// when it has a `/`, else `arg0` in each directory of `PATH` (from `env`,
+/// or [`DEFAULT_PATH`]).
+fn exec_candidates(arg0: &str, env: &[String]) -> Result<Vec<CString>, AgentError> {
+    if arg0.contains('/') {
+        return Ok(vec![cstring("process.args[0]", arg0)?]);
+    }
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path_var
+        .split(':')
+        .map(|dir| if dir.is_empty() { "." } else { dir })
+        .map(|dir| cstring("PATH", &format!("{}/{}", dir.trim_end_matches('/'), arg0)))
+        .collect()
+}
+
+/// The resource and limits of one OCI rlimit.
+fn rlimit(r: &Rlimit) -> Result<(libc::__rlimit_resource_t, libc::rlimit), AgentError> {
+    let resource = rlimit_resource(&r.kind).ok_or_else(|| {
+        AgentError::InvalidParams(format!("process.rlimits: unknown type {:?}", r.kind))
+    })?;
+    let limit = libc::rlimit {
+        rlim_cur: r.soft,
+        rlim_max: r.hard,
+    };
+    Ok((resource, limit))
+}
+
+/// Pointers to `strings` followed by a null pointer (an `argv`/`envp`);
+/// valid while `strings` lives.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 impl Plan {
     /// Prepares `spec` to run chrooted into `root` (no chroot when `root` is `/`).
     pub fn new(spec: &ProcessSpec, root: &Path) -> Result<Plan, AgentError> {
@@ -164,21 +205,7 @@ impl Plan {
             .iter()
             .map(|e| cstring("process.env", e))
             .collect::<Result<Vec<_>, _>>()?;
-        let path_var = spec
-            .env
-            .iter()
-            .rev()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH);
-        let candidates = if arg0.contains('/') {
-            vec![cstring("process.args[0]", arg0)?]
-        } else {
-            path_var
-                .split(':')
-                .map(|dir| if dir.is_empty() { "." } else { dir })
-                .map(|dir| cstring("PATH", &format!("{}/{}", dir.trim_end_matches('/'), arg0)))
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let candidates = exec_candidates(arg0, &spec.env)?;
         let root = if root == Path::new("/") {
             None
         } else {
@@ -194,39 +221,21 @@ impl Plan {
                 "process.cwd {cwd:?} is not absolute"
             )));
         }
-        let mut rlimits = Vec::with_capacity(spec.rlimits.len());
-        for r in &spec.rlimits {
-            let resource = rlimit_resource(&r.kind).ok_or_else(|| {
-                AgentError::InvalidParams(format!("process.rlimits: unknown type {:?}", r.kind))
-            })?;
-            rlimits.push((
-                resource,
-                libc::rlimit {
-                    rlim_cur: r.soft,
-                    rlim_max: r.hard,
-                },
-            ));
-        }
+        let rlimits = spec
+            .rlimits
+            .iter()
+            .map(rlimit)
+            .collect::<Result<Vec<_>, _>>()?;
         // SAFETY: these getters cannot fail.
         let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let user = &spec.user;
         let set_ids =
             euid == 0 || user.uid != euid || user.gid != egid || !user.additional_gids.is_empty();
-        let argv_ptrs = argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let envp_ptrs = envp
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
         Ok(Plan {
+            argv_ptrs: null_terminated(&argv),
             _argv: argv,
-            argv_ptrs,
+            envp_ptrs: null_terminated(&envp),
             _envp: envp,
-            envp_ptrs,
             candidates,
             root,
             cwd: cstring("process.cwd", cwd)?,
@@ -352,30 +361,7 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
         if libc::setsid() < 0 {
             fail(err_fd, 2);
         }
-        match *stdio {
-            ChildStdio::Tty { slave } => {
-                if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
-                    fail(err_fd, 3);
-                }
-                for fd in 0..3 {
-                    if !move_fd(slave, fd) {
-                        fail(err_fd, 4);
-                    }
-                }
-            }
-            ChildStdio::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => {
-                // Descriptors below 3 would be clobbered by an earlier dup2;
-                // the agent keeps 0-2 open (on /dev/null at worst), so the
-                // stdio descriptors are always >= 3 or already in place.
-                if !move_fd(stdin, 0) || !move_fd(stdout, 1) || !move_fd(stderr, 2) {
-                    fail(err_fd, 4);
-                }
-            }
-        }
+        child_stdio(stdio, err_fd);
         if let Some(root) = &plan.root {
             if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
                 fail(err_fd, 5);
@@ -406,22 +392,69 @@ fn child_main(plan: &Plan, stdio: &ChildStdio, cgroup_procs: Option<RawFd>, err_
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             fail(err_fd, 11);
         }
-        let mut first_error = libc::ENOENT;
-        for candidate in &plan.candidates {
+        exec_first(plan, err_fd)
+    }
+}
+
+/// In the child: the stdio descriptors onto 0, 1 and 2 (and the pty as the
+/// controlling terminal).
+///
+/// # Safety
+/// Only in the forked child (async-signal-safe calls only).
+unsafe fn child_stdio(stdio: &ChildStdio, err_fd: RawFd) {
+    match *stdio {
+        ChildStdio::Tty { slave } => {
+            // SAFETY: an ioctl on a descriptor the child owns.
+            if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } != 0 {
+                fail(err_fd, 3);
+            }
+            for fd in 0..3 {
+                if !move_fd(slave, fd) {
+                    fail(err_fd, 4);
+                }
+            }
+        }
+        ChildStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            // Descriptors below 3 would be clobbered by an earlier dup2;
+            // the agent keeps 0-2 open (on /dev/null at worst), so the
+            // stdio descriptors are always >= 3 or already in place.
+            if !move_fd(stdin, 0) || !move_fd(stdout, 1) || !move_fd(stderr, 2) {
+                fail(err_fd, 4);
+            }
+        }
+    }
+}
+
+/// In the child: `execve` of each candidate path in turn, as execvp(3);
+/// returns only through `fail`.
+///
+/// # Safety
+/// Only in the forked child (async-signal-safe calls only).
+unsafe fn exec_first(plan: &Plan, err_fd: RawFd) -> ! {
+    let mut first_error = libc::ENOENT;
+    for candidate in &plan.candidates {
+        // SAFETY: NUL-terminated strings and null-terminated pointer
+        // arrays that `plan` owns; execve returns only on failure.
+        let errno = unsafe {
             libc::execve(
                 candidate.as_ptr(),
                 plan.argv_ptrs.as_ptr(),
                 plan.envp_ptrs.as_ptr(),
             );
-            let errno = *libc::__errno_location();
-            // Like execvp: remember EACCES, keep looking past ENOENT/ENOTDIR.
-            if errno != libc::ENOENT && errno != libc::ENOTDIR && first_error == libc::ENOENT {
-                first_error = errno;
-            }
+            *libc::__errno_location()
+        };
+        // Like execvp: remember EACCES, keep looking past ENOENT/ENOTDIR.
+        if errno != libc::ENOENT && errno != libc::ENOTDIR && first_error == libc::ENOENT {
+            first_error = errno;
         }
-        *libc::__errno_location() = first_error;
-        fail(err_fd, 12)
     }
+    // SAFETY: errno is this thread's.
+    unsafe { *libc::__errno_location() = first_error };
+    fail(err_fd, 12)
 }
 
 #[cfg(test)]

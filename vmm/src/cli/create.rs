@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use capsa_vmm::runtime::container::CreateOptions;
+use capsa_vmm::runtime::backend::CreateOptions;
 
 use super::GlobalArgs;
 

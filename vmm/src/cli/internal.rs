@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use capsa_agent::protocol::ProcessSpec;
 use capsa_vmm::runtime::spawn::Ready;
-use capsa_vmm::runtime::{exec, vmm_process};
+use capsa_vmm::runtime::vmm_process;
 
 use super::GlobalArgs;
 
@@ -41,22 +40,17 @@ pub struct ExecProcessArgs {
 /// The host side of a detached exec'd process.
 pub fn exec_process(g: &GlobalArgs, args: ExecProcessArgs) -> anyhow::Result<u8> {
     let mut ready = Ready::from_env();
-    let result = (|| -> anyhow::Result<i32> {
-        let text = std::fs::read_to_string(&args.process_file)?;
-        let process: ProcessSpec = serde_json::from_str(&text)?;
-        let c = g.runtime().exec_target(&args.id)?;
-        Ok(exec::run(
-            &c,
-            process,
-            args.console_socket.as_deref(),
-            &mut ready,
-        )?)
-    })();
+    let result = g.runtime().serve_detached_exec(
+        &args.id,
+        &args.process_file,
+        args.console_socket.as_deref(),
+        &mut ready,
+    );
     match result {
         Ok(status) => Ok((status & 0xff) as u8),
         Err(e) => {
-            ready.fail(&format!("{e:#}"));
-            Err(e)
+            ready.fail(&e.to_string());
+            Err(e.into())
         }
     }
 }

@@ -1,7 +1,5 @@
 //! `capsa list`: NAME STATE RUNTIME PID CREATED, or JSON.
 
-use serde_json::json;
-
 use super::GlobalArgs;
 
 /// Flags of `list`.
@@ -19,43 +17,28 @@ pub struct ListArgs {
 pub fn run(g: &GlobalArgs, args: ListArgs) -> anyhow::Result<u8> {
     let all = g.runtime().list();
     if args.quiet {
-        for (r, _, _) in &all {
-            println!("{}", r.id);
+        for c in &all {
+            println!("{}", c.id);
         }
         return Ok(0);
     }
     if args.format == "json" {
-        let v: Vec<_> = all
-            .iter()
-            .map(|(r, status, pid)| {
-                json!({
-                    "ociVersion": "1.0.2", "id": r.id, "pid": pid, "status": status,
-                    "bundle": r.bundle, "rootfs": r.rootfs, "created": r.created,
-                    "annotations": r.annotations, "owner": "root", "runtime": r.runtime.kind(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string(&v)?);
+        println!("{}", serde_json::to_string(&all)?);
         return Ok(0);
     }
-    let width = all
-        .iter()
-        .map(|(r, _, _)| r.id.len())
-        .max()
-        .unwrap_or(0)
-        .max(4);
+    let width = all.iter().map(|c| c.id.len()).max().unwrap_or(0).max(4);
     println!(
         "{:width$}  {:8}  {:7}  {:8}  CREATED",
         "NAME", "STATE", "RUNTIME", "PID"
     );
-    for (r, status, pid) in all {
+    for c in all {
         println!(
             "{:width$}  {:8}  {:7}  {:8}  {}",
-            r.id,
-            status.to_string(),
-            r.runtime.kind().to_string(),
-            pid,
-            r.created
+            c.id,
+            c.status.to_string(),
+            c.runtime.to_string(),
+            c.pid,
+            c.created
         );
     }
     Ok(0)

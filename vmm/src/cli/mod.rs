@@ -76,7 +76,7 @@ impl GlobalArgs {
                 LogFormat::Json => "json".to_string(),
             }),
         };
-        capsa_vmm::runtime::container::Runtime { root, runc }
+        capsa_vmm::runtime::container::Runtime::new(root, runc)
     }
 }
 
@@ -130,6 +130,7 @@ pub enum Command {
 /// Sets up `tracing` from the global flags. `CAPSA_LOG` (an env-filter
 /// directive such as `debug` or `capsa_vmm=trace`) overrides the level.
 pub fn init_logging(args: &GlobalArgs) -> anyhow::Result<()> {
+    use capsa_vmm::logger::{CappedWriter, PROCESS_LOG_LIMITS};
     use tracing_subscriber::EnvFilter;
     let default = if args.debug { "debug" } else { "warn" };
     let filter = EnvFilter::try_from_env("CAPSA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
@@ -141,6 +142,9 @@ pub fn init_logging(args: &GlobalArgs) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("--log: cannot open {}", path.display()))?;
+            // A guest can trigger the VMM's warnings again and again:
+            // capped, as the console log is (capsa_vmm::logger).
+            let file = CappedWriter::new(file, "the log", PROCESS_LOG_LIMITS);
             let b = builder
                 .with_writer(std::sync::Mutex::new(file))
                 .with_ansi(false);
@@ -173,8 +177,8 @@ pub fn run(cli: Cli, start: Instant) -> anyhow::Result<u8> {
         Command::Exec(args) => exec::run(g, args),
         Command::Ps(args) => ps::run(g, args),
         Command::List(args) => list::run(g, args),
-        Command::Pause(args) => pause::run(g, args, "pause"),
-        Command::Resume(args) => pause::run(g, args, "resume"),
+        Command::Pause(args) => pause::pause(g, args),
+        Command::Resume(args) => pause::resume(g, args),
         Command::Run(args) => run::run(g, args),
         Command::VmmProcess(args) => internal::vmm_process(args, start),
         Command::ExecProcess(args) => internal::exec_process(g, args),

@@ -12,8 +12,14 @@ pub struct PauseArgs {
     pub id: String,
 }
 
-/// Runs `pause` or `resume`.
-pub fn run(g: &GlobalArgs, args: PauseArgs, verb: &str) -> anyhow::Result<u8> {
-    g.runtime().pause_resume(&args.id, verb)?;
+/// Runs `pause`.
+pub fn pause(g: &GlobalArgs, args: PauseArgs) -> anyhow::Result<u8> {
+    g.runtime().pause(&args.id)?;
+    Ok(0)
+}
+
+/// Runs `resume`.
+pub fn resume(g: &GlobalArgs, args: PauseArgs) -> anyhow::Result<u8> {
+    g.runtime().resume(&args.id)?;
     Ok(0)
 }

@@ -1,5 +1,7 @@
 //! `capsa ps`: the container's processes.
 
+use capsa_vmm::runtime::backend::PsFormat;
+
 use super::GlobalArgs;
 
 /// Flags of `ps`.
@@ -17,6 +19,11 @@ pub struct PsArgs {
 
 /// Runs `ps`.
 pub fn run(g: &GlobalArgs, args: PsArgs) -> anyhow::Result<u8> {
-    print!("{}", g.runtime().ps(&args.id, args.format == "json")?);
+    let format = if args.format == "json" {
+        PsFormat::Json
+    } else {
+        PsFormat::Table
+    };
+    print!("{}", g.runtime().ps(&args.id, format)?);
     Ok(0)
 }

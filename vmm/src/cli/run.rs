@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use capsa_vmm::runtime::container::{CreateOptions, Created};
+use capsa_vmm::runtime::backend::CreateOptions;
 
 use super::GlobalArgs;
 
@@ -47,17 +47,10 @@ pub fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         let _ = rt.delete(&args.id, true);
         return Err(e.into());
     }
-    let code = match created {
-        _ if args.detach => return Ok(0),
-        Created::Vm(mut child) => {
-            use std::os::unix::process::ExitStatusExt;
-            let status = child.wait()?;
-            status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-        }
-        Created::Process(_) => rt.wait_process(&args.id),
-    };
+    if args.detach {
+        return Ok(0);
+    }
+    let code = rt.wait(&args.id, created)?;
     if !args.keep {
         let _ = rt.delete(&args.id, true);
     }

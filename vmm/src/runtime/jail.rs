@@ -1,9 +1,9 @@
 //! The jail of a container's VMM process.
 //!
 //! `create` does not run the VMM process (`capsa vmm-process`) itself: it
-//! starts it through `capsa-jailer` (docs/jailer.md), which the design
-//! notes require because a guest that breaks out of its VM lands in the
-//! VMM. The jailed VMM runs as an unprivileged uid/gid of its own (see
+//! starts it through `capsa-jailer` (docs/jailer.md), because a guest
+//! that breaks out of its VM lands in the VMM (docs/architecture.md, "Trust
+//! boundaries"). The jailed VMM runs as an unprivileged uid/gid of its own (see
 //! [`uid_for`]), without capabilities, with `no_new_privs` and a seccomp
 //! deny list, in a new mount namespace whose root is
 //! `<state dir>/capsa/vm/root` ([`Jail::root`]) and a new network
@@ -221,9 +221,10 @@ impl Jail {
         self.uid
     }
 
-    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`): bounds
-    /// what a guest can make it write to the host (its console log); 0
-    /// for no limit.
+    /// Largest file the VMM may write, in bytes (`RLIMIT_FSIZE`; the
+    /// guest-RAM memfd counts, so at least its size); 0 for no limit.
+    /// A backstop only: the logs a guest fills are capped in the VMM
+    /// itself (`crate::logger`), which ignores SIGXFSZ.
     pub fn limit_file_size(&mut self, bytes: u64) {
         self.file_size_limit = bytes;
     }

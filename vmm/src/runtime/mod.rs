@@ -2,6 +2,8 @@
 //! exec/ps/list/run` do (OCI runtime spec, `runtime.md` § "Operations"),
 //! split by concern:
 //!
+//! - [`container`]: the verbs, each written once over the container's
+//!   [`backend`];
 //! - [`state`]: the state directory `<root>/<id>/` and the container's OCI
 //!   state (creating, created, running, stopped);
 //! - [`bundle`]: reading and validating `config.json`;
@@ -10,22 +12,22 @@
 //! - [`vm_spec`]: the runtime spec turned into a [`vm_spec::VmSpec`], then
 //!   into the VMM process's inputs (a [`crate::config::VmConfig`] and the
 //!   agent's `create` parameters);
-//! - [`vm`]: the `vm` runtime type (`create` step by step);
+//! - [`backend`]: the interface both runtime types implement;
+//! - [`vm`]: the `vm` runtime type (`create` step by step, `exec`);
 //! - [`vmm_process`]: the per-container VMM process (the pid engines wait
 //!   on) and its typed inputs and readiness report;
 //! - [`jail`]: the jail `capsa-jailer` starts that process in;
 //! - [`host_process`]: host processes known by pid and start time;
-//! - [`exec`]: a process started in a running container;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
 //! - [`spawn`]: re-executing `capsa` as a helper that reports readiness;
 //! - [`runc`]: the `process` runtime type, handed to runc;
 //! - [`signal`]: signal names and numbers.
 
+pub mod backend;
 pub mod bundle;
 pub mod console;
 pub mod container;
-pub mod exec;
 pub mod host_process;
 pub mod jail;
 pub mod network;

@@ -113,7 +113,7 @@ impl Ready {
 }
 
 /// A started helper that has not reported yet.
-pub struct Pending {
+pub struct Helper {
     /// The helper.
     pub child: Child,
     /// The read end of its readiness pipe.
@@ -128,7 +128,7 @@ pub struct ReportReader {
 /// Starts `capsa ARGS` with the caller's stdio and a readiness pipe;
 /// `new_session` puts it in its own session (so that a terminal's signals
 /// for the caller do not reach it).
-pub fn spawn(args: &[OsString], new_session: bool) -> Result<Pending> {
+pub fn spawn(args: &[OsString], new_session: bool) -> Result<Helper> {
     spawn_program(
         Path::new("/proc/self/exe"),
         |_| args.to_vec(),
@@ -146,7 +146,7 @@ pub fn spawn_program(
     args: impl FnOnce(RawFd) -> Vec<OsString>,
     new_session: bool,
     keep_fds: &[RawFd],
-) -> Result<Pending> {
+) -> Result<Helper> {
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::io("pipe", e.into()))?;
     let write_fd = write.as_raw_fd();
@@ -180,7 +180,7 @@ pub fn spawn_program(
         )
     })?;
     drop(write);
-    Ok(Pending {
+    Ok(Helper {
         child,
         report: ReportReader {
             file: File::from(read),
@@ -188,7 +188,7 @@ pub fn spawn_program(
     })
 }
 
-impl Pending {
+impl Helper {
     /// Waits for the helper's report, at most `timeout`. On failure or
     /// timeout the helper is killed and reaped, and the error returned.
     pub fn wait_ready<R: DeserializeOwned>(mut self, timeout: Duration) -> Result<(Child, R)> {

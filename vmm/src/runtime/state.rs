@@ -63,6 +63,94 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// The operations whose use depends on a container's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `start`.
+    Start,
+    /// `kill`.
+    Kill,
+    /// `delete` without `--force`.
+    Delete,
+    /// `pause`.
+    Pause,
+    /// `resume`.
+    Resume,
+    /// `exec`.
+    Exec,
+}
+
+impl Status {
+    /// Only a created container can be started (runtime spec `runtime.md`
+    /// § "Start").
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+
+    /// A created container's stand-in (the VMM process, as runc's init) or
+    /// a running or paused container's processes can be signalled
+    /// (§ "Kill"; SIGKILL reaches frozen processes).
+    pub fn can_kill(self) -> bool {
+        matches!(self, Status::Created | Status::Running | Status::Paused)
+    }
+
+    /// A container whose processes do not run can be deleted; a running or
+    /// paused one needs `--force` (§ "Delete", runc's rule).
+    pub fn can_delete(self) -> bool {
+        !matches!(self, Status::Running | Status::Paused)
+    }
+
+    /// Only a running container can be paused (runc's rule).
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    /// Only a paused container can be resumed (runc's rule).
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
+
+    /// A process can be exec'd in a created or running container, not in a
+    /// stopped or paused one (runc's rule).
+    pub fn can_exec(self) -> bool {
+        !matches!(self, Status::Stopped | Status::Paused)
+    }
+
+    /// Whether `op` is allowed in this status.
+    pub fn allows(self, op: Operation) -> bool {
+        match op {
+            Operation::Start => self.can_start(),
+            Operation::Kill => self.can_kill(),
+            Operation::Delete => self.can_delete(),
+            Operation::Pause => self.can_pause(),
+            Operation::Resume => self.can_resume(),
+            Operation::Exec => self.can_exec(),
+        }
+    }
+
+    /// [`RuntimeError::State`] for container `id` unless `op` is allowed.
+    pub fn require(self, id: &str, op: Operation) -> Result<()> {
+        if self.allows(op) {
+            return Ok(());
+        }
+        let message = match op {
+            Operation::Start => "only a created container can be started".to_string(),
+            Operation::Kill => "container not running".to_string(),
+            Operation::Delete => {
+                format!("cannot delete a {self} container (stop it, or use --force)")
+            }
+            Operation::Pause => "only a running container can be paused".to_string(),
+            Operation::Resume => "only a paused container can be resumed".to_string(),
+            Operation::Exec => format!("cannot exec in a {self} container"),
+        };
+        Err(RuntimeError::State {
+            id: id.to_string(),
+            status: self,
+            message,
+        })
+    }
+}
+
 /// Runtime type of a container (annotation `io.capsa.runtime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -399,32 +487,7 @@ pub fn vsock_path(dir: &Path) -> PathBuf {
 
 /// Now as RFC 3339 UTC with nanoseconds (as runc's `created`).
 pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339(d.as_secs() as i64, d.subsec_nanos())
-}
-
-/// Formats seconds since the epoch as RFC 3339 UTC.
-pub fn rfc3339(secs: i64, nanos: u32) -> String {
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
@@ -442,8 +505,15 @@ mod tests {
 
     #[test]
     fn time_format() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(1_709_251_199, 5), "2024-02-29T23:59:59.000000005Z");
+        let t = now_rfc3339();
+        // As 2024-02-29T23:59:59.000000005Z: nanoseconds, UTC.
+        assert_eq!(t.len(), 30, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::new(1_709_251_199, 5);
+        assert_eq!(
+            humantime::format_rfc3339_nanos(leap).to_string(),
+            "2024-02-29T23:59:59.000000005Z"
+        );
     }
 
     #[test]
@@ -522,6 +592,24 @@ mod tests {
             ..vm
         });
         assert_eq!(jailed.vm_status(), Status::Stopped);
+    }
+
+    #[test]
+    fn status_rules() {
+        use Status::*;
+        let all = [Creating, Created, Running, Stopped, Paused];
+        let allowed = |op| -> Vec<Status> { all.into_iter().filter(|s| s.allows(op)).collect() };
+        assert_eq!(allowed(Operation::Start), [Created]);
+        assert_eq!(allowed(Operation::Kill), [Created, Running, Paused]);
+        assert_eq!(allowed(Operation::Delete), [Creating, Created, Stopped]);
+        assert_eq!(allowed(Operation::Pause), [Running]);
+        assert_eq!(allowed(Operation::Resume), [Paused]);
+        assert_eq!(allowed(Operation::Exec), [Creating, Created, Running]);
+        let e = Created.require("c1", Operation::Pause).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "container \"c1\" is created: only a running container can be paused"
+        );
     }
 
     #[test]

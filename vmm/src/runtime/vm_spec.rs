@@ -19,21 +19,27 @@ use super::bundle::Bundle;
 use super::network::{self, GuestNetwork, NetworkMode};
 use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
+use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{
     guest_disk_device, DiskConfig, HostQuirks, NetConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    DEFAULT_VCPUS,
 };
 
-/// Default vCPUs when the spec sets no CPU limit.
-pub const DEFAULT_VCPUS: u8 = 1;
-/// Default guest RAM when the spec sets no memory limit, MiB.
-pub const DEFAULT_MEMORY_MIB: u32 = 128;
-/// Smallest guest RAM capsa gives a container, MiB.
-pub const MIN_MEMORY_MIB: u32 = 64;
+/// Smallest guest RAM capsa gives a container, MiB (more than the
+/// kernel's own minimum, [`crate::config::MIN_MEMORY_MIB`]: room for the
+/// agent and a process).
+pub const MIN_CONTAINER_MEMORY_MIB: u32 = 64;
+/// Guest RAM when the spec sets no memory limit, MiB: enough for Debian's
+/// `apt-get update` (163 MiB of lists and caches written into the tmpfs
+/// upper layer, which a tmpfs may fill to half of RAM), at a measured cost
+/// of ~19% more guest-kernel CPU to boot than 128 MiB on a PVM host; guest
+/// RAM is taken from the host only as it is touched. docs/runtime.md,
+/// "Memory", has the numbers. (`capsa vmm` without `--memory` keeps
+/// [`crate::config::DEFAULT_MEMORY_MIB`], the machine's own default.)
+pub const DEFAULT_CONTAINER_MEMORY_MIB: u32 = 512;
 /// Guest RAM added to `linux.resources.memory.limit` for the guest kernel
 /// and the agent, MiB.
 pub const MEMORY_OVERHEAD_MIB: u32 = 32;
-/// Most vCPUs of one VM.
-pub const MAX_VCPUS: u8 = 32;
 
 /// Where the guest mounts the disk of bind-mounted host files, inside the
 /// container's root (visible to the container; see docs/runtime.md).
@@ -44,7 +50,7 @@ pub const GUEST_ROOTFS: &str = "/run/capsa/rootfs";
 
 /// vCPUs for `linux.resources.cpu`: `quota/period` rounded up, else the
 /// number of CPUs in `cpus` (a cpuset list), else [`DEFAULT_VCPUS`];
-/// clamped to 1..=min(host CPUs, 32). `shares` are relative weights and
+/// clamped to 1..=min(host CPUs, [`MAX_CPUS`]). `shares` are relative weights and
 /// do not size the VM.
 pub fn vcpus(resources: Option<&LinuxResources>, host_cpus: usize) -> u8 {
     let cpu = resources.and_then(|r| r.cpu().as_ref());
@@ -60,7 +66,7 @@ pub fn vcpus(resources: Option<&LinuxResources>, host_cpus: usize) -> u8 {
     } else {
         u64::from(DEFAULT_VCPUS)
     };
-    let max = (host_cpus.max(1) as u64).min(u64::from(MAX_VCPUS));
+    let max = (host_cpus.max(1) as u64).min(u64::from(MAX_CPUS));
     wanted.clamp(1, max) as u8
 }
 
@@ -76,22 +82,60 @@ fn cpuset_count(set: &str) -> u64 {
         .sum()
 }
 
-/// Guest RAM for `linux.resources.memory.limit` (bytes): the limit in MiB
-/// (rounded up) plus [`MEMORY_OVERHEAD_MIB`], at least [`MIN_MEMORY_MIB`],
-/// at most the host's memory; [`DEFAULT_MEMORY_MIB`] without a limit.
-pub fn memory_mib(resources: Option<&LinuxResources>, host_mib: u64) -> u32 {
+/// RAM the guest kernel keeps for itself on top of a container's
+/// `limit_mib`: [`MEMORY_OVERHEAD_MIB`] for its image and the agent, plus
+/// its page structures (`struct page`, 64 bytes per 4 KiB page: 1/64 of
+/// RAM), so that the container's `MemTotal` is at least its limit (2 GiB
+/// with 32 MiB alone left 2034 MiB).
+pub fn guest_kernel_overhead_mib(limit_mib: u64) -> u64 {
+    u64::from(MEMORY_OVERHEAD_MIB) + limit_mib.div_ceil(64)
+}
+
+/// Guest RAM, MiB, for `linux.resources.memory.limit` (bytes): the limit
+/// in MiB (rounded up) plus [`guest_kernel_overhead_mib`], at least
+/// [`MIN_CONTAINER_MEMORY_MIB`]; [`DEFAULT_CONTAINER_MEMORY_MIB`] without a limit (or with
+/// runc's "unlimited", -1).
+///
+/// The rule (docs/runtime.md, "Memory"): under runc the limit is a cap on
+/// a shared pool, and any value is accepted; a VM's RAM is its whole
+/// world, sized up front (allocated lazily, but the guest kernel believes
+/// in all of it). So guest RAM larger than the host's memory (`host_mib`,
+/// MemTotal) is an error that names both sizes — never a silent clamp,
+/// which would give the container less memory than its engine reports.
+/// Anything up to MemTotal is accepted even when less is free: like
+/// runc's cap, it is only taken as the guest touches it.
+pub fn memory_mib(
+    resources: Option<&LinuxResources>,
+    host_mib: u64,
+) -> std::result::Result<u32, String> {
     let limit = resources
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
         .unwrap_or(0);
     let mib = if limit > 0 {
-        (limit as u64).div_ceil(1 << 20) + u64::from(MEMORY_OVERHEAD_MIB)
+        let limit_mib = (limit as u64).div_ceil(1 << 20);
+        limit_mib + guest_kernel_overhead_mib(limit_mib)
     } else {
-        u64::from(DEFAULT_MEMORY_MIB)
+        u64::from(DEFAULT_CONTAINER_MEMORY_MIB)
     };
-    mib.max(u64::from(MIN_MEMORY_MIB))
-        .min(host_mib.max(u64::from(MIN_MEMORY_MIB)))
-        .min(u64::from(u32::MAX)) as u32
+    let mib = mib.max(u64::from(MIN_CONTAINER_MEMORY_MIB));
+    if mib > host_mib {
+        let asked = if limit > 0 {
+            let limit_mib = (limit as u64).div_ceil(1 << 20);
+            format!(
+                "{limit} bytes ({limit_mib} MiB) plus {} MiB for the guest kernel",
+                guest_kernel_overhead_mib(limit_mib)
+            )
+        } else {
+            format!("the default of {mib} MiB")
+        };
+        return Err(format!(
+            "linux.resources.memory.limit: a VM needs {mib} MiB of RAM for {asked}, \
+             more than this host's {host_mib} MiB"
+        ));
+    }
+    u32::try_from(mib)
+        .map_err(|_| format!("linux.resources.memory.limit: {mib} MiB of guest RAM is too large"))
 }
 
 /// The agent's process spec for an OCI process; `user` is the resolved
@@ -278,7 +322,7 @@ pub enum DiskRole {
 
 /// A virtio-blk disk of the machine.
 #[derive(Debug, Clone)]
-pub struct Disk {
+pub struct MachineDisk {
     /// What it is for.
     pub role: DiskRole,
     /// The backing file, as the VMM sees it.
@@ -297,7 +341,7 @@ pub struct Machine {
     pub initramfs: PathBuf,
     /// The disks, in the order the guest sees them
     /// ([`guest_disk_device`]).
-    pub disks: Vec<Disk>,
+    pub disks: Vec<MachineDisk>,
     /// Hybrid vsock socket.
     pub vsock: PathBuf,
     /// Where the guest's serial console (kernel messages, the agent's log)
@@ -368,7 +412,8 @@ impl VmSpec {
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let host_mib = crate::config::host_memory_mib().unwrap_or(u64::from(DEFAULT_MEMORY_MIB));
+        let host_mib = crate::config::host_memory_mib()
+            .map_err(|e| RuntimeError::io("cannot read the host's memory size", e))?;
         let readonly_root = spec
             .root()
             .as_ref()
@@ -377,7 +422,12 @@ impl VmSpec {
         Ok(VmSpec {
             bundle: bundle.dir.clone(),
             vcpus: vcpus(resources, host_cpus),
-            memory_mib: memory_mib(resources, host_mib),
+            memory_mib: memory_mib(resources, host_mib).map_err(|message| {
+                RuntimeError::Bundle {
+                    bundle: bundle.dir.clone(),
+                    message: format!("config.json: {message}"),
+                }
+            })?,
             process: process_spec(process, bundle.resolve_user()?),
             hostname: spec.hostname().clone(),
             mounts: mounts(spec, readonly_root),
@@ -457,16 +507,28 @@ mod tests {
     #[test]
     fn cpu_and_memory() {
         assert_eq!(vcpus(None, 8), 1);
-        assert_eq!(memory_mib(None, 4096), 128);
+        assert_eq!(memory_mib(None, 4096), Ok(DEFAULT_CONTAINER_MEMORY_MIB));
+        // The default must fit the host too.
+        assert!(memory_mib(None, 256).is_err());
         let r = resources(json!({"cpu":{"quota":150000,"period":100000},
             "memory":{"limit": 200u64 << 20}}));
         assert_eq!(vcpus(Some(&r), 8), 2);
         assert_eq!(vcpus(Some(&r), 1), 1);
-        assert_eq!(memory_mib(Some(&r), 4096), 232);
-        assert_eq!(memory_mib(Some(&r), 100), 100);
+        assert_eq!(memory_mib(Some(&r), 4096), Ok(236));
+        // More than the host has: an error naming both sizes, no clamp.
+        let e = memory_mib(Some(&r), 100).unwrap_err();
+        assert!(e.contains("236 MiB") && e.contains("100 MiB"), "{e}");
+        assert!(e.starts_with("linux.resources.memory.limit"), "{e}");
         let r = resources(json!({"cpu":{"cpus":"0-2,5"},"memory":{"limit":1000}}));
         assert_eq!(vcpus(Some(&r), 8), 4);
-        assert_eq!(memory_mib(Some(&r), 4096), MIN_MEMORY_MIB);
+        assert_eq!(memory_mib(Some(&r), 4096), Ok(MIN_CONTAINER_MEMORY_MIB));
+        let unlimited = resources(json!({"memory":{"limit": -1}}));
+        assert_eq!(
+            memory_mib(Some(&unlimited), 4096),
+            Ok(DEFAULT_CONTAINER_MEMORY_MIB)
+        );
+        let huge = resources(json!({"memory":{"limit": i64::MAX}}));
+        assert!(memory_mib(Some(&huge), 4096).is_err());
     }
 
     #[test]
@@ -482,7 +544,7 @@ mod tests {
 
     #[test]
     fn disks_are_named_in_their_order() {
-        let disk = |role, name: &str| Disk {
+        let disk = |role, name: &str| MachineDisk {
             role,
             path: name.into(),
             read_only: role == DiskRole::Rootfs,

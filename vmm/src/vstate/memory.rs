@@ -16,7 +16,7 @@ use crate::arch::x86_64::layout::ram_ranges;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// The memfd cannot be created or sized.
-    #[error("cannot create {size} bytes of guest memory: {source}")]
+    #[error("cannot create {} MiB of guest memory: {source}", size >> 20)]
     Memfd {
         /// Requested size in bytes.
         size: u64,
@@ -24,8 +24,13 @@ pub enum MemoryError {
         source: std::io::Error,
     },
     /// Mapping the memfd failed.
-    #[error("cannot map guest memory: {0}")]
-    Map(String),
+    #[error("cannot map {} MiB of guest memory: {message}", size >> 20)]
+    Map {
+        /// Requested size in bytes.
+        size: u64,
+        /// Why.
+        message: String,
+    },
     /// `KVM_SET_USER_MEMORY_REGION` failed.
     #[error("cannot register guest memory with KVM: {0}")]
     Register(kvm_ioctls::Error),
@@ -36,6 +41,10 @@ pub fn create(mem_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let memfd_err = |source| MemoryError::Memfd {
         size: mem_bytes,
         source,
+    };
+    let map_err = |message| MemoryError::Map {
+        size: mem_bytes,
+        message,
     };
     let fd = nix::sys::memfd::memfd_create(
         c"capsa-guest-memory",
@@ -48,7 +57,7 @@ pub fn create(mem_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let mut regions = Vec::new();
     for (start, size) in ram_ranges(mem_bytes) {
         let file = file.try_clone().map_err(memfd_err)?;
-        let len = usize::try_from(size).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let len = usize::try_from(size).map_err(|e| map_err(e.to_string()))?;
         regions.push((
             GuestAddress(start),
             len,
@@ -56,15 +65,18 @@ pub fn create(mem_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
         ));
         offset += size;
     }
-    GuestMemoryMmap::from_ranges_with_files(regions).map_err(|e| MemoryError::Map(e.to_string()))
+    GuestMemoryMmap::from_ranges_with_files(regions).map_err(|e| map_err(e.to_string()))
 }
 
 /// Registers every region of `mem` as a KVM memory slot (slot = index).
 pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
-        let host_addr = mem
-            .get_host_address(region.start_addr())
-            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        let host_addr =
+            mem.get_host_address(region.start_addr())
+                .map_err(|e| MemoryError::Map {
+                    size: region.len(),
+                    message: e.to_string(),
+                })?;
         let kvm_region = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

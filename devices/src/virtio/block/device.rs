@@ -5,21 +5,16 @@ use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::request::{self, Disk};
 use super::{features, ID_BYTES, QUEUE_SIZE, SECTOR_SIZE};
-use crate::virtio::activation::{Activation, ACTIVATE_TOKEN, QUEUE_TOKEN_BASE};
-use crate::virtio::queue::{self, DeviceQueues};
+use crate::virtio::activation::ACTIVATE_TOKEN;
+use crate::virtio::common::{serve_fn, VirtioCommon};
 use crate::virtio::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
-
-/// Chains handled per queue event before yielding to the rest of the event
-/// loop (a guest that keeps refilling the ring cannot starve other devices).
-const MAX_CHAINS_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
 
 /// `seg_max` in the config space: descriptors of data per request (the
 /// queue size minus header and status).
-pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+pub const CONFIG_SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
 /// How to build a [`Block`] device (from `--disk path[,ro]`).
 #[derive(Debug, Clone)]
@@ -70,11 +65,7 @@ pub struct BlockCounters {
 /// A virtio-blk device.
 pub struct Block {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
-    activation: Activation,
-    pending_evts: Option<Vec<EventFd>>,
-    queues: Option<DeviceQueues>,
+    common: VirtioCommon,
     counters: BlockCounters,
 }
 
@@ -136,11 +127,7 @@ impl Block {
                 read_only,
                 serial: id,
             },
-            avail_features,
-            acked_features: 0,
-            activation: Activation::new().map_err(BlockError::EventFd)?,
-            pending_evts: None,
-            queues: None,
+            common: VirtioCommon::new(1, avail_features).map_err(BlockError::EventFd)?,
             counters: BlockCounters::default(),
         })
     }
@@ -152,7 +139,7 @@ impl Block {
 
     /// The features the driver acked.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// The counters.
@@ -166,57 +153,29 @@ impl Block {
     fn config_bytes(&self) -> [u8; 24] {
         let mut c = [0u8; 24];
         c[0..8].copy_from_slice(&self.disk.capacity.to_le_bytes());
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        c[12..16].copy_from_slice(&CONFIG_SEG_MAX.to_le_bytes());
         c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         c
     }
 
     /// Serves the request queue; called on the event loop.
     pub fn process_queue(&mut self) {
-        let Some(dq) = self.queues.as_mut() else {
-            return;
-        };
-        if dq.broken {
-            return;
-        }
-        let mem = dq.mem.clone();
-        let mut used = 0usize;
-        let mut more = false;
-        loop {
-            if used == MAX_CHAINS_PER_EVENT {
-                more = true;
-                break;
-            }
-            let chain = match queue::pop(&mut dq.queues[0], &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    dq.fail(&e);
-                    break;
+        let (disk, counters) = (&self.disk, &mut self.counters);
+        self.common.drain_queue(
+            0,
+            &mut serve_fn(|chain, mem| {
+                let out = request::handle(chain, mem, disk);
+                counters.requests += 1;
+                if let Some(e) = &out.error {
+                    counters.errors += 1;
+                    tracing::debug!("virtio-blk: request failed: {e}");
                 }
-            };
-            let head = chain.head_index();
-            let out = request::handle(chain, &mem, &self.disk);
-            self.counters.requests += 1;
-            if let Some(e) = &out.error {
-                self.counters.errors += 1;
-                tracing::debug!("virtio-blk: request failed: {e}");
-            }
-            if out.status.is_none() {
-                self.counters.no_status += 1;
-            }
-            if let Err(e) = queue::add_used(&mut dq.queues[0], &mem, head, out.used_len) {
-                dq.fail(&e);
-                break;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            dq.notify(0);
-        }
-        if more {
-            self.activation.kick_queue(0);
-        }
+                if out.status.is_none() {
+                    counters.no_status += 1;
+                }
+                Some(out.used_len)
+            }),
+        );
     }
 }
 
@@ -230,11 +189,11 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.common.set_acked_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -242,23 +201,15 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, params: ActivateParams) -> Result<(), ActivateError> {
-        if self.queues.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
-        let (queues, evts) = params.into_queues(1)?;
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
-        self.activation.signal().map_err(ActivateError::EventFd)
+        self.common.activate(params)
     }
 
     fn is_activated(&self) -> bool {
-        self.queues.is_some()
+        self.common.is_activated()
     }
 
     fn reset(&mut self) -> bool {
-        self.queues = None;
-        self.pending_evts = None;
-        self.acked_features = 0;
+        self.common.reset();
         true
     }
 }
@@ -266,20 +217,18 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            ACTIVATE_TOKEN => {
-                self.activation.on_activate(ops, self.pending_evts.take());
-                self.process_queue();
+            ACTIVATE_TOKEN => self.common.on_activate(ops),
+            token if self.common.on_queue_event(token).is_some() => {}
+            other => {
+                tracing::warn!("virtio-blk: unexpected event {other}");
+                return;
             }
-            QUEUE_TOKEN_BASE => {
-                self.activation.drain_queue_evt(0);
-                self.process_queue();
-            }
-            other => tracing::warn!("virtio-blk: unexpected event {other}"),
         }
+        self.process_queue();
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.init(ops);
+        self.common.init(ops);
     }
 }
 
@@ -303,6 +252,8 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use vm_memory::{Bytes, GuestAddress};
+
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::virtio::block::{req_status, req_type};
@@ -391,7 +342,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(c), 16);
         let mut c = [0u8; 4];
         b.read_config(12, &mut c);
-        assert_eq!(u32::from_le_bytes(c), SEG_MAX);
+        assert_eq!(u32::from_le_bytes(c), CONFIG_SEG_MAX);
         b.read_config(1000, &mut c);
         assert_eq!(c, [0; 4]);
         b.read_config(u64::MAX, &mut c);
@@ -594,7 +545,7 @@ mod tests {
         f.evts[0].write(1).unwrap();
         run_until_idle(&mut f.em, 0);
         let b = f.blk.lock().unwrap();
-        assert!(b.queues.as_ref().unwrap().interrupt.needs_reset());
+        assert!(b.common.queues().unwrap().interrupt.needs_reset());
     }
 
     #[test]
@@ -603,8 +554,8 @@ mod tests {
         f.q.set_avail_idx(17);
         assert_eq!(f.run(), None);
         let b = f.blk.lock().unwrap();
-        assert!(b.queues.as_ref().unwrap().broken);
-        assert!(b.queues.as_ref().unwrap().interrupt.needs_reset());
+        assert!(b.common.queues().unwrap().broken);
+        assert!(b.common.queues().unwrap().interrupt.needs_reset());
     }
 
     #[test]

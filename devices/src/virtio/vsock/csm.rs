@@ -43,7 +43,7 @@ pub enum ConnState {
 
 /// One connection between a guest port and a host Unix stream.
 #[derive(Debug)]
-pub struct Connection {
+pub struct VsockConnection {
     /// The host end.
     pub stream: UnixStream,
     /// Host-side vsock port.
@@ -75,9 +75,11 @@ pub struct Connection {
     /// When the guest must have answered (a RESPONSE to our REQUEST, an RST
     /// to our full SHUTDOWN); the muxer resets the connection after it.
     deadline: Option<Instant>,
+    /// The host client got its `ERR` line.
+    host_refused: bool,
 }
 
-impl Connection {
+impl VsockConnection {
     fn new(stream: UnixStream, guest_cid: u64, local_port: u32, peer_port: u32) -> Self {
         Self {
             stream,
@@ -105,6 +107,7 @@ impl Connection {
             peer_shut_rcv: false,
             host_write_shut: false,
             deadline: None,
+            host_refused: false,
         }
     }
 
@@ -176,8 +179,10 @@ impl Connection {
         self.peer_fwd_cnt = Wrapping(h.fwd_cnt);
     }
 
-    /// Resets the connection towards the guest (RST owed, then dropped).
+    /// Resets the connection towards the guest (RST owed, then dropped);
+    /// a host client still waiting for `OK` gets an `ERR` line.
     pub fn kill(&mut self) {
+        self.refuse_host("connection reset");
         if self.state != ConnState::Dead {
             self.state = ConnState::Killing;
         }
@@ -188,10 +193,30 @@ impl Connection {
         self.state = ConnState::Dead;
     }
 
+    /// Tells a host client still waiting for `OK <port>` why it will not
+    /// get it: `ERR <why>\n`, best effort (a fresh socket takes a line),
+    /// before the connection is closed or killed. Never a silent close of
+    /// a `CONNECT` (capsa's addition to Firecracker's protocol).
+    pub fn refuse_host(&mut self, why: &str) {
+        if self.state != ConnState::LocalInit || self.host_refused {
+            return;
+        }
+        self.host_refused = true;
+        let _ = self.stream.write_all(format!("ERR {why}\n").as_bytes());
+    }
+
     /// Handles a packet of the guest for this connection.
     pub fn on_guest_packet(&mut self, h: &VsockHeader, payload: &[u8]) {
         self.update_peer_credit(h);
         match (self.state, h.op) {
+            (ConnState::LocalInit, op::RST) => {
+                // No listener on the port (yet): the guest kernel resets.
+                self.refuse_host(&format!(
+                    "guest port {} refused the connection (nothing listens there)",
+                    self.peer_port
+                ));
+                self.close();
+            }
             (_, op::RST) => self.close(),
             (ConnState::Killing | ConnState::Dead, _) => {}
             (ConnState::LocalInit, op::RESPONSE) if !self.need_request => {
@@ -200,7 +225,13 @@ impl Connection {
                 self.host_prefix = format!("OK {}\n", self.local_port).into_bytes();
                 self.flush_host();
             }
-            (ConnState::LocalInit, _) => self.kill(),
+            (ConnState::LocalInit, _) => {
+                self.refuse_host(&format!(
+                    "guest port {} answered the request with op {}",
+                    self.peer_port, h.op
+                ));
+                self.kill();
+            }
             (ConnState::Established, op::RW) => {
                 if self.peer_shut_send {
                     return self.kill();

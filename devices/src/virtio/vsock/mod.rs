@@ -21,13 +21,15 @@
 //!   [`muxer::MAX_CONNECT_LINE`] bytes). The device picks a local port
 //!   `host_port` in `[2^30, 2^31)` and sends the guest a REQUEST from
 //!   `(2, host_port)` to `(guest_cid, port)`. On the guest's RESPONSE the
-//!   client reads `OK <host_port>\n` and then the byte stream; on RST the
-//!   socket is closed. A CONNECT that arrives before the driver is ready
-//!   (device not active, no RX buffers) is kept, with its REQUEST pending,
-//!   and served once the driver is ready; at most
-//!   [`muxer::MAX_CONNECTIONS`] connections and
-//!   [`muxer::MAX_PENDING_HANDSHAKES`] unfinished handshakes exist at once —
-//!   beyond that the client gets `ERR <reason>\n` and the socket is closed.
+//!   client reads `OK <host_port>\n` and then the byte stream. Every other
+//!   outcome is an `ERR <reason>\n` line, then the socket is closed —
+//!   never a silent close: the guest's RST (nothing listens on the port),
+//!   no answer within the answer timeout, a driver that is not active
+//!   (answered at once: the guest may take long to boot), a device reset,
+//!   more than [`muxer::MAX_CONNECTIONS`] connections. At most
+//!   [`muxer::MAX_PENDING_HANDSHAKES`] clients may be in their handshake;
+//!   one more evicts the oldest, and each has
+//!   [`muxer::HANDSHAKE_TIMEOUT`] to send its line.
 //! - **Guest → host.** A guest connect to host port P makes the VMM connect
 //!   to the Unix socket `<uds_path>_P`; if that fails, the guest gets an
 //!   RST.
@@ -45,9 +47,9 @@
 //!   guest, sent after the last byte the host wrote; a host hang-up
 //!   SHUTDOWN(RCV) at once, then SHUTDOWN(SEND) once the socket's unread
 //!   data has been delivered (a client may write and close at once).
-//! - **Reset.** A device reset closes every established connection; host
-//!   connections whose REQUEST was not yet sent survive and are served
-//!   after the driver comes back. The event queue is never used (capsa
+//! - **Reset.** A device reset closes every connection (host clients still
+//!   waiting for `OK` get `ERR`), and CONNECTs are refused until the driver
+//!   activates the device again. The event queue is never used (capsa
 //!   does not snapshot, so TRANSPORT_RESET is never needed).
 
 pub mod csm;
@@ -55,7 +57,7 @@ pub mod device;
 pub mod muxer;
 pub mod packet;
 
-pub use device::{Vsock, VsockConfig, VsockError};
+pub use device::{Vsock, VsockDeviceConfig, VsockError};
 
 /// The host's CID (§5.10.4, `VMADDR_CID_HOST` in
 /// `include/uapi/linux/vm_sockets.h`).

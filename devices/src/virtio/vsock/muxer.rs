@@ -1,6 +1,6 @@
 //! The hybrid Unix-socket backend (Firecracker's `unix/muxer`): owns the
 //! listening socket, host connections in their `CONNECT` handshake, and the
-//! table of [`Connection`]s keyed by `(host port, guest port)`.
+//! table of [`VsockConnection`]s keyed by `(host port, guest port)`.
 //!
 //! The device gives it the guest's packets ([`Muxer::send_pkt`]) and asks
 //! it for packets to deliver ([`Muxer::recv_pkt`]); the event loop gives it
@@ -17,14 +17,18 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events};
 
-use super::csm::{ConnState, Connection};
+use super::csm::{ConnState, VsockConnection};
 use super::packet::VsockHeader;
 use super::{op, HOST_CID, TYPE_STREAM};
 
 /// Most connections at once (established or waiting).
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Most host clients that connected but have not finished `CONNECT <port>\n`.
+/// Most host clients that connected but have not finished `CONNECT <port>\n`;
+/// one more evicts the oldest (see [`Muxer::handle_event`]).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How long a host client has, from its connect, to finish its `CONNECT`
+/// line before it gets `ERR` and is closed (clients write it at once).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest accepted `CONNECT <port>\n` line, in bytes.
 pub const MAX_CONNECT_LINE: usize = 32;
 /// RSTs for unknown connections waiting for RX buffers; while full, the
@@ -43,7 +47,7 @@ pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Host clients accepted per listener event.
 const ACCEPTS_PER_EVENT: usize = 32;
 
-/// Connection key: (host-side port, guest-side port).
+/// VsockConnection key: (host-side port, guest-side port).
 pub type ConnKey = (u32, u32);
 
 /// A host client that has not sent its `CONNECT` line yet.
@@ -51,6 +55,8 @@ pub type ConnKey = (u32, u32);
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
+    /// When it was accepted.
+    since: Instant,
 }
 
 /// Counters of the backend.
@@ -62,8 +68,12 @@ pub struct MuxerCounters {
     pub rst_sent: u64,
     /// Guest connects to `<uds>_P` that failed.
     pub connect_failed: u64,
-    /// Host handshakes refused (bad line, limits).
+    /// Host handshakes refused (bad line, limits, driver not ready, no
+    /// line in time, evicted by a newer client).
     pub handshake_refused: u64,
+    /// Host `CONNECT`s that the guest refused (RST: no listener on the
+    /// port) or never answered; each got an `ERR` line.
+    pub connect_refused: u64,
     /// Connections reset because the guest did not answer a REQUEST or a
     /// full SHUTDOWN in time.
     pub timed_out: u64,
@@ -75,7 +85,7 @@ pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
-    conns: HashMap<ConnKey, Connection>,
+    conns: HashMap<ConnKey, VsockConnection>,
     conn_fds: HashMap<RawFd, ConnKey>,
     handshakes: HashMap<RawFd, Handshake>,
     rst_queue: VecDeque<VsockHeader>,
@@ -88,6 +98,10 @@ pub struct Muxer {
     graveyard: Vec<UnixStream>,
     local_port_last: u32,
     answer_timeout: Duration,
+    handshake_timeout: Duration,
+    /// Whether the guest's driver has activated the device: before, and
+    /// after a reset, nobody could answer a REQUEST.
+    driver_ready: bool,
     counters: MuxerCounters,
 }
 
@@ -111,6 +125,8 @@ impl Muxer {
             graveyard: Vec::new(),
             local_port_last: 1 << 30,
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            driver_ready: false,
             counters: MuxerCounters::default(),
         })
     }
@@ -137,14 +153,30 @@ impl Muxer {
         self.answer_timeout = timeout;
     }
 
-    /// The earliest time by which the guest owes an answer, if any.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().filter_map(Connection::deadline).min()
+    /// Sets how long a host client has to finish its `CONNECT` line
+    /// (default [`HANDSHAKE_TIMEOUT`]).
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_timeout = timeout;
     }
 
-    /// Resets every connection whose guest did not answer in time: an RST
-    /// goes to the guest and the host socket is closed (a host client
-    /// waiting for `OK` reads EOF instead).
+    /// The earliest time by which the guest owes an answer or a host
+    /// client its `CONNECT` line, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let handshakes = self
+            .handshakes
+            .values()
+            .map(|h| h.since + self.handshake_timeout);
+        self.conns
+            .values()
+            .filter_map(VsockConnection::deadline)
+            .chain(handshakes)
+            .min()
+    }
+
+    /// Resets every connection whose guest did not answer in time (an RST
+    /// goes to the guest; a host client still waiting for `OK` gets an
+    /// `ERR` line) and closes host clients that did not finish their
+    /// `CONNECT` line in time.
     pub fn expire(&mut self, now: Instant) {
         let late: Vec<ConnKey> = self
             .conns
@@ -157,10 +189,47 @@ impl Muxer {
                 tracing::debug!("vsock: guest port {} did not answer in time; reset", key.1);
                 self.counters.timed_out += 1;
                 c.set_deadline(None);
-                c.kill();
+                if c.state() == ConnState::LocalInit {
+                    self.counters.connect_refused += 1;
+                    let waited = self.answer_timeout.as_secs_f64();
+                    if c.request_pending() {
+                        // The REQUEST never left (no RX buffers): the guest
+                        // knows of no connection to reset.
+                        c.refuse_host(&format!(
+                            "guest vsock driver took no packet within {waited:.0}s"
+                        ));
+                        c.close();
+                    } else {
+                        c.refuse_host(&format!(
+                            "guest port {} did not answer within {waited:.0}s",
+                            key.1
+                        ));
+                        c.kill();
+                    }
+                } else {
+                    c.kill();
+                }
             }
             self.touch(key);
         }
+        let slow: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.since + self.handshake_timeout <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in slow {
+            self.refuse_handshake(fd, "no CONNECT line in time");
+        }
+    }
+
+    /// Tells the backend whether the guest's driver has the device active
+    /// (virtio `DRIVER_OK` and queues set up). While it has not, a host
+    /// `CONNECT` gets `ERR` at once instead of waiting for a guest that may
+    /// take long to boot, or never do; the client retries (as
+    /// `capsa-agent`'s client does).
+    pub fn set_driver_ready(&mut self, ready: bool) {
+        self.driver_ready = ready;
     }
 
     /// Whether a packet waits for an RX buffer.
@@ -227,7 +296,11 @@ impl Muxer {
         }
         match self.conns.get_mut(&key) {
             Some(c) => {
+                let connecting = c.state() == ConnState::LocalInit;
                 c.on_guest_packet(h, payload);
+                if connecting && c.state() != ConnState::Established {
+                    self.counters.connect_refused += 1;
+                }
                 self.touch(key);
             }
             None if h.op != op::RST => self.queue_rst(h),
@@ -255,7 +328,7 @@ impl Muxer {
         };
         let key = (h.dst_port, h.src_port);
         let fd = stream.as_raw_fd();
-        let conn = Connection::new_guest_initiated(stream, self.guest_cid, key.0, key.1, h);
+        let conn = VsockConnection::new_guest_initiated(stream, self.guest_cid, key.0, key.1, h);
         self.conns.insert(key, conn);
         self.conn_fds.insert(fd, key);
         self.touch(key);
@@ -341,7 +414,7 @@ impl Muxer {
 
     fn accept(&mut self) {
         for _ in 0..ACCEPTS_PER_EVENT {
-            let (mut stream, _) = match self.listener.accept() {
+            let (stream, _) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -349,13 +422,21 @@ impl Muxer {
                     return;
                 }
             };
-            if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
-                self.counters.handshake_refused += 1;
-                let _ = stream.write_all(b"ERR too many pending connections\n");
-                continue;
-            }
             if stream.set_nonblocking(true).is_err() {
                 continue;
+            }
+            if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                // Clients that connect and say nothing must not lock the
+                // others out: the one that has waited longest goes (a
+                // client writes its line at once, so that is the idlest).
+                let oldest = self
+                    .handshakes
+                    .iter()
+                    .min_by_key(|(_, h)| h.since)
+                    .map(|(fd, _)| *fd);
+                if let Some(fd) = oldest {
+                    self.refuse_handshake(fd, "too many pending connections");
+                }
             }
             let fd = stream.as_raw_fd();
             self.handshakes.insert(
@@ -363,6 +444,7 @@ impl Muxer {
                 Handshake {
                     stream,
                     line: Vec::new(),
+                    since: Instant::now(),
                 },
             );
             self.dirty.insert(fd);
@@ -412,17 +494,23 @@ impl Muxer {
         if self.conns.len() >= MAX_CONNECTIONS {
             return self.refuse_handshake(fd, "too many connections");
         }
+        if !self.driver_ready {
+            return self.refuse_handshake(fd, "guest vsock driver not ready (booting?)");
+        }
         let Some(hs) = self.handshakes.remove(&fd) else {
             return;
         };
         let local_port = self.allocate_local_port();
-        let conn = Connection::new_host_initiated(
+        let mut conn = VsockConnection::new_host_initiated(
             hs.stream,
             self.guest_cid,
             local_port,
             port,
             &hs.line[nl + 1..],
         );
+        // Bounded from the CONNECT on, also while no RX buffer takes the
+        // REQUEST; delivering the REQUEST restarts the clock.
+        conn.set_deadline(Some(Instant::now() + self.answer_timeout));
         let key = (local_port, port);
         self.conns.insert(key, conn);
         self.conn_fds.insert(fd, key);
@@ -434,7 +522,7 @@ impl Muxer {
     pub fn apply_epoll(&mut self, ops: &mut EventOps) {
         for fd in std::mem::take(&mut self.dirty) {
             let want = if let Some(&key) = self.conn_fds.get(&fd) {
-                self.conns.get(&key).and_then(Connection::interest)
+                self.conns.get(&key).and_then(VsockConnection::interest)
             } else if self.handshakes.contains_key(&fd) {
                 Some(EventSet::IN)
             } else {
@@ -460,16 +548,20 @@ impl Muxer {
         self.graveyard.clear();
     }
 
-    /// Device reset: drops every connection except host connections whose
-    /// REQUEST was never sent (they wait for the next driver).
+    /// Device reset: drops every connection; host clients still waiting
+    /// for `OK` get an `ERR` line. Host `CONNECT`s are refused until the
+    /// driver is ready again.
     pub fn reset(&mut self) {
+        self.driver_ready = false;
         self.rst_queue.clear();
         let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
         for key in keys {
             if let Some(c) = self.conns.get_mut(&key) {
-                if !c.request_pending() {
-                    c.close();
+                if c.state() == ConnState::LocalInit {
+                    self.counters.connect_refused += 1;
+                    c.refuse_host("guest vsock device reset");
                 }
+                c.close();
             }
             self.touch(key);
         }

@@ -598,22 +598,15 @@ mod tests {
         f
     }
 
-    /// The whole host side in namespaces of the test's own: an "engine"
-    /// namespace with `eth0` (a veth, address, default route) whose peer
-    /// sits in a "bridge" namespace. `prepare` reads the interface, and a
-    /// frame written to the TAP (as the VMM writes the guest's) crosses to
-    /// the peer, whose ARP answer comes back through the TAP; dropping
-    /// the unkept setup removes the tc state.
-    #[test]
-    fn plumbing_in_test_namespaces() {
-        assert_eq!(
-            nix::unistd::geteuid().as_raw(),
-            0,
-            "this test needs root (ip netns)"
-        );
+    /// An "engine" namespace with `eth0` (a veth: MAC 02:42:0a:fa:07:02,
+    /// MTU 1400, 10.250.7.2/24, fd00:7::2/64, default route via
+    /// 10.250.7.1) whose peer, 10.250.7.1, sits in a "bridge" namespace.
+    /// Returns the namespaces (removed on drop), the engine namespace's
+    /// name and path.
+    fn engine_with_peer() -> (TestNetns, String, PathBuf) {
         let tag = std::process::id();
         let (engine, bridge) = (format!("capsa-t-e{tag}"), format!("capsa-t-b{tag}"));
-        let _ns = TestNetns(vec![engine.clone(), bridge.clone()]);
+        let ns = TestNetns(vec![engine.clone(), bridge.clone()]);
         ip(&["netns", "add", &engine]);
         ip(&["netns", "add", &bridge]);
         let veth = format!("cv{tag}");
@@ -657,6 +650,48 @@ mod tests {
         ]);
         let path = PathBuf::from(format!("/run/netns/{engine}"));
 
+        (ns, engine, path)
+    }
+
+    /// Reads the TAP until an ARP reply (op 2) to `mac` comes (at most
+    /// 5 s); returns its frame without the virtio-net header.
+    fn await_arp_reply(tap: &OwnedFd, mac: [u8; 6]) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match nix::unistd::read(tap, &mut buf) {
+                Ok(n) => {
+                    let f = &buf[capsa_devices::virtio::net::VNET_HDR_LEN..n];
+                    if f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[21] == 2 && f[..6] == mac {
+                        return f.to_vec();
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no ARP reply through the TAP"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("read TAP: {e}"),
+            }
+        }
+    }
+
+    /// The whole host side in namespaces of the test's own
+    /// ([`engine_with_peer`]): `prepare` reads the interface, and a
+    /// frame written to the TAP (as the VMM writes the guest's) crosses to
+    /// the peer, whose ARP answer comes back through the TAP; dropping
+    /// the unkept setup removes the tc state.
+    #[test]
+    fn plumbing_in_test_namespaces() {
+        assert_eq!(
+            nix::unistd::geteuid().as_raw(),
+            0,
+            "this test needs root (ip netns)"
+        );
+        let (_ns, engine, path) = engine_with_peer();
+
         let mut net = prepare(&path).unwrap().expect("an interface");
         let i = &net.interface;
         assert_eq!(
@@ -679,28 +714,7 @@ mod tests {
         let frame = arp_request(net.mac, [10, 250, 7, 2], [10, 250, 7, 1]);
         let n = nix::unistd::write(&net.tap, &frame).unwrap();
         assert_eq!(n, frame.len());
-        let mut buf = vec![0u8; 2048];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let reply = loop {
-            match nix::unistd::read(&net.tap, &mut buf) {
-                Ok(n) => {
-                    let f = &buf[capsa_devices::virtio::net::VNET_HDR_LEN..n];
-                    // An ARP reply (op 2) to the guest's MAC.
-                    if f.len() >= 22 && f[12..14] == [0x08, 0x06] && f[21] == 2 && f[..6] == net.mac
-                    {
-                        break f.to_vec();
-                    }
-                }
-                Err(nix::errno::Errno::EAGAIN) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "no ARP reply through the TAP"
-                    );
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("read TAP: {e}"),
-            }
-        };
+        let reply = await_arp_reply(&net.tap, net.mac);
         assert_eq!(&reply[28..32], &[10, 250, 7, 1], "the peer answered");
 
         // A second `prepare` in the same namespace (a reused pod

@@ -28,20 +28,29 @@ use std::process::Child;
 use std::time::Duration;
 
 use crate::config::HostQuirks;
+use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
-use crate::runtime::container::CreateOptions;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::network::{self, HostNetwork, NetworkMode};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
-use crate::runtime::vm_spec::{binds_image, Disk, DiskRole, Machine, VmSpec};
+use crate::runtime::vm_spec::{binds_image, DiskRole, Machine, MachineDisk, VmSpec};
 use crate::runtime::vmm_process::VmmReady;
 use crate::runtime::{console, rootfs, spawn, Result, RuntimeError, BOOT_TIMEOUT};
 
-/// `RLIMIT_FSIZE` of a jailed VMM (unless its binds disk is larger): what
-/// a guest can make it write to the host's disk (or a tmpfs `/run`),
-/// through its console log.
-const VMM_FILE_SIZE_LIMIT: u64 = 256 << 20;
+/// `RLIMIT_FSIZE` of a jailed VMM: its largest legitimate file, so that
+/// the limit never bites what the VMM must make — the guest-RAM memfd
+/// (whose size counts as a file size), the binds disk the guest writes
+/// within its size, the capped logs (`crate::logger`) — and stays a
+/// backstop for anything else. The logs' own caps are what bound a
+/// guest's writes to the host (docs/runtime.md).
+fn vmm_file_size_limit(memory_mib: u32, writable_bytes: u64) -> u64 {
+    use crate::logger::{CONSOLE_LOG_LIMITS, PROCESS_LOG_LIMITS};
+    (u64::from(memory_mib) << 20)
+        .max(writable_bytes)
+        .max(CONSOLE_LOG_LIMITS.max_bytes)
+        .max(PROCESS_LOG_LIMITS.max_bytes)
+}
 
 /// Creates the `vm` container `id` of `bundle` in its new state directory
 /// `dir`; returns the process engines wait on (the jailer, or the VMM
@@ -55,7 +64,8 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
-    let (vmm, ready) = start_vmm(id, placement, &resources, opts.foreground)?;
+    let file_size_limit = vmm_file_size_limit(inputs.vm.memory_mib, resources.writable_bytes);
+    let (vmm, ready) = start_vmm(id, placement, &resources, file_size_limit, opts.foreground)?;
     // The VMM process has its own copies of the pty slave and the TAP now;
     // the network setup stays only if the container is recorded.
     let mut network = resources.network.take();
@@ -160,7 +170,7 @@ impl Placement {
 /// What `create` prepared on the host for the VM (later also virtiofsd).
 struct HostResources {
     /// The disks, in guest order, as the VMM sees them.
-    disks: Vec<Disk>,
+    disks: Vec<MachineDisk>,
     /// Size of the largest disk the VMM writes (bounds its
     /// `RLIMIT_FSIZE`).
     writable_bytes: u64,
@@ -183,7 +193,7 @@ impl HostResources {
         opts: &CreateOptions,
     ) -> Result<HostResources> {
         let image = rootfs::rootfs_image(&bundle.rootfs, &crate::guest_agent::cache_dir())?;
-        let mut disks = vec![Disk {
+        let mut disks = vec![MachineDisk {
             role: DiskRole::Rootfs,
             path: placement.read_only(&image, "rootfs.ext4"),
             read_only: true,
@@ -191,7 +201,7 @@ impl HostResources {
         let mut writable_bytes = 0;
         if let Some(binds) = binds_image(&spec.mounts, &placement.dir)? {
             writable_bytes = std::fs::metadata(&binds).map_or(0, |m| m.len());
-            disks.push(Disk {
+            disks.push(MachineDisk {
                 role: DiskRole::Binds,
                 path: placement.writable(&binds)?,
                 read_only: false,
@@ -342,6 +352,7 @@ fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
+    file_size_limit: u64,
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
@@ -355,9 +366,7 @@ fn start_vmm(
     let keep_fds = resources.inherited_fds();
     let pending = match placement.jail {
         Some(mut j) => {
-            // Room for the guest-written binds disk; the rest (logs)
-            // needs little.
-            j.limit_file_size(VMM_FILE_SIZE_LIMIT.max(resources.writable_bytes));
+            j.limit_file_size(file_size_limit);
             let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
                 .into_iter()
                 .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
@@ -381,7 +390,7 @@ fn start_vmm(
             (pending, None)
         }
     };
-    let (spawn::Pending { child, report }, jail) = pending;
+    let (spawn::Helper { child, report }, jail) = pending;
     let mut guard = VmmGuard::new(child, jail);
     let ready = guard.wait_ready(report)?;
     Ok((guard, ready))
