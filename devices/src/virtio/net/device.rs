@@ -1,5 +1,10 @@
 //! The virtio-net device: configuration space (§5.1.4), features
-//! (§5.1.3), and the two queues served on the event loop.
+//! (§5.1.3), and the two queues served on the event loop. What every
+//! device shares (features, queues, eventfds, activation) is
+//! [`VirtioCommon`]'s; TX is served by its one drain loop
+//! ([`VirtioCommon::drain_queue`]); RX, where one frame may take several
+//! chains (§5.1.6.4), by [`rx::deliver`] on the queue itself
+//! ([`VirtioCommon::serve_queue`]).
 //!
 //! Events: the activate eventfd, the RX and TX queue notifications and the
 //! backend's descriptor (`EPOLLIN`). The backend is watched only while the
@@ -10,22 +15,19 @@
 //! it.
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::rx::{self, Delivery};
 use super::tx;
 use super::{
     features, Backend, MAX_BUFFER_LEN, MAX_FRAME_LEN, MIN_MTU, QUEUE_SIZE, RXQ, TXQ, VNET_HDR_LEN,
 };
-use crate::virtio::activation::{Activation, ACTIVATE_TOKEN, QUEUE_TOKEN_BASE};
+use crate::virtio::activation::ACTIVATE_TOKEN;
 use crate::virtio::block::device::read_config_bytes;
-use crate::virtio::queue::{self, DeviceQueues};
+use crate::virtio::common::{serve_fn, VirtioCommon};
 use crate::virtio::{device_type, ActivateError, ActivateParams, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Event data of the backend's descriptor.
 const BACKEND_TOKEN: u32 = 100;
-/// TX chains sent per event before yielding to the rest of the event loop.
-const MAX_TX_PER_EVENT: usize = 2 * QUEUE_SIZE as usize;
 /// Frames received per event before yielding (the backend stays readable,
 /// so the loop comes back).
 const MAX_RX_PER_EVENT: usize = QUEUE_SIZE as usize;
@@ -61,21 +63,24 @@ pub struct NetCounters {
     pub bad_chains: u64,
 }
 
+/// The frame read from the backend and not yet delivered, and where the
+/// backend stands.
+struct RxState {
+    /// `frame[..len]`; `len == 0`: none.
+    frame: Vec<u8>,
+    len: usize,
+    /// The backend hung up or failed: it is read no more.
+    backend_failed: bool,
+}
+
 /// A virtio-net device with one queue pair.
 pub struct Net {
+    common: VirtioCommon,
     backend: Box<dyn Backend>,
     config_space: [u8; 12],
-    acked_features: u64,
-    activation: Activation,
-    pending_evts: Option<Vec<EventFd>>,
-    queues: Option<DeviceQueues>,
-    /// The frame read from the backend and not yet delivered
-    /// (`rx_frame[..rx_len]`; `rx_len == 0`: none).
-    rx_frame: Vec<u8>,
-    rx_len: usize,
+    rx: RxState,
     tx_buf: Vec<u8>,
     backend_watched: bool,
-    backend_failed: bool,
     counters: NetCounters,
 }
 
@@ -101,17 +106,16 @@ impl Net {
         config_space[..6].copy_from_slice(&config.mac);
         config_space[10..12].copy_from_slice(&mtu.to_le_bytes());
         Ok(Self {
+            common: VirtioCommon::new(2, AVAIL_FEATURES)?,
             backend,
             config_space,
-            acked_features: 0,
-            activation: Activation::new()?,
-            pending_evts: None,
-            queues: None,
-            rx_frame: vec![0; MAX_BUFFER_LEN],
-            rx_len: 0,
+            rx: RxState {
+                frame: vec![0; MAX_BUFFER_LEN],
+                len: 0,
+                backend_failed: false,
+            },
             tx_buf: vec![0; MAX_BUFFER_LEN],
             backend_watched: false,
-            backend_failed: false,
             counters: NetCounters::default(),
         })
     }
@@ -123,152 +127,90 @@ impl Net {
 
     /// The features the driver acked.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.common.acked_features()
     }
 
     /// Whether a frame waits for RX buffers.
     pub fn rx_pending(&self) -> bool {
-        self.rx_len > 0
+        self.rx.len > 0
     }
 
     fn usable(&self) -> bool {
-        self.queues.as_ref().is_some_and(|q| !q.broken)
+        self.common.queues().is_some_and(|q| !q.broken)
     }
 
-    /// Sends what the driver put on the TX queue; called on the event loop.
+    /// Sends what the driver put on the TX queue (at most
+    /// [`MAX_CHAINS_PER_EVENT`](crate::virtio::common::MAX_CHAINS_PER_EVENT)
+    /// chains per call); called on the event loop.
     pub fn process_tx(&mut self) {
-        let acked = self.acked_features;
-        let Some(dq) = self.queues.as_mut().filter(|q| !q.broken) else {
-            return;
-        };
-        let mem = dq.mem.clone();
-        let mut used = 0usize;
-        let mut more = false;
-        loop {
-            if used == MAX_TX_PER_EVENT {
-                more = true;
-                break;
-            }
-            let chain = match queue::pop(&mut dq.queues[TXQ], &mem) {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    dq.fail(&e);
-                    return;
-                }
-            };
-            let head = chain.head_index();
-            match tx::read_chain(&mem, chain, &mut self.tx_buf, acked) {
-                Ok(len) => match self.backend.write_frame(&self.tx_buf[..len]) {
-                    Ok(_) => {
-                        self.counters.tx_frames += 1;
-                        self.counters.tx_bytes += (len - VNET_HDR_LEN) as u64;
-                    }
+        let acked = self.common.acked_features();
+        let (backend, buf, counters) = (&mut self.backend, &mut self.tx_buf, &mut self.counters);
+        self.common.drain_queue(
+            TXQ,
+            &mut serve_fn(|chain, mem| {
+                match tx::read_chain(mem, chain, buf, acked) {
+                    Ok(len) => match backend.write_frame(&buf[..len]) {
+                        Ok(_) => {
+                            counters.tx_frames += 1;
+                            counters.tx_bytes += (len - VNET_HDR_LEN) as u64;
+                        }
+                        Err(e) => {
+                            tracing::debug!("virtio-net: backend refused a frame: {e}");
+                            counters.tx_dropped += 1;
+                        }
+                    },
                     Err(e) => {
-                        tracing::debug!("virtio-net: backend refused a frame: {e}");
-                        self.counters.tx_dropped += 1;
+                        tracing::debug!("virtio-net: TX chain dropped: {e}");
+                        counters.tx_dropped += 1;
                     }
-                },
-                Err(e) => {
-                    tracing::debug!("virtio-net: TX chain dropped: {e}");
-                    self.counters.tx_dropped += 1;
                 }
-            }
-            // §5.1.6.2: the device writes nothing into TX buffers.
-            if let Err(e) = queue::add_used(&mut dq.queues[TXQ], &mem, head, 0) {
-                dq.fail(&e);
-                return;
-            }
-            used += 1;
-        }
-        if used > 0 {
-            dq.notify(TXQ);
-        }
-        if more {
-            self.activation.kick_queue(TXQ);
-        }
+                // §5.1.6.2: the device writes nothing into TX buffers.
+                Some(0)
+            }),
+        );
     }
 
     /// Moves frames from the backend to the RX queue until the backend has
-    /// none, the queue is out of buffers or the per-event bound is reached;
-    /// called on the event loop.
+    /// none, the queue is out of buffers or [`MAX_RX_PER_EVENT`] frames
+    /// went in; called on the event loop.
     pub fn process_rx(&mut self) {
-        let mergeable = self.acked_features & features::MRG_RXBUF != 0;
-        let Some(dq) = self.queues.as_mut().filter(|q| !q.broken) else {
-            return;
-        };
-        let mem = dq.mem.clone();
-        let mut delivered = 0usize;
-        let mut signal = false;
-        while delivered < MAX_RX_PER_EVENT {
-            if self.rx_len == 0 {
-                if self.backend_failed {
+        let mergeable = self.common.acked_features() & features::MRG_RXBUF != 0;
+        let (backend, rxs, counters) = (&mut self.backend, &mut self.rx, &mut self.counters);
+        self.common.serve_queue(RXQ, |queue, mem| {
+            let mut signal = false;
+            for _ in 0..MAX_RX_PER_EVENT {
+                if rxs.len == 0 && !rxs.fill(backend.as_mut(), counters) {
                     break;
                 }
-                match self.backend.read_frame(&mut self.rx_frame) {
-                    Ok(n) if n < VNET_HDR_LEN => {
-                        // Also 0: nothing a TAP reads (a closed socket
-                        // pair in tests).
-                        if n == 0 {
-                            self.backend_failed = true;
-                            break;
-                        }
-                        self.counters.rx_dropped += 1;
-                        continue;
+                let outcome = rx::deliver(queue, mem, &mut rxs.frame[..rxs.len], mergeable)?;
+                counters.bad_chains += u64::from(outcome.bad_chains);
+                signal |= outcome.bad_chains > 0;
+                match outcome.delivery {
+                    Delivery::Delivered(_) => {
+                        counters.rx_frames += 1;
+                        counters.rx_bytes += (rxs.len - VNET_HDR_LEN) as u64;
+                        signal = true;
                     }
-                    Ok(n) => self.rx_len = n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!("virtio-net: reading the backend failed: {e}");
-                        self.backend_failed = true;
-                        break;
+                    Delivery::NoBuffers => break,
+                    Delivery::TooBig | Delivery::BadChain => {
+                        tracing::debug!(
+                            "virtio-net: RX frame of {} bytes dropped: {:?}",
+                            rxs.len,
+                            outcome.delivery
+                        );
+                        signal |= outcome.delivery == Delivery::BadChain;
+                        counters.rx_dropped += 1;
                     }
                 }
+                rxs.len = 0;
             }
-            let outcome = match rx::deliver(
-                &mut dq.queues[RXQ],
-                &mem,
-                &mut self.rx_frame[..self.rx_len],
-                mergeable,
-            ) {
-                Ok(o) => o,
-                Err(e) => {
-                    dq.fail(&e);
-                    return;
-                }
-            };
-            self.counters.bad_chains += u64::from(outcome.bad_chains);
-            signal |= outcome.bad_chains > 0;
-            match outcome.delivery {
-                Delivery::Delivered(_) => {
-                    self.counters.rx_frames += 1;
-                    self.counters.rx_bytes += (self.rx_len - VNET_HDR_LEN) as u64;
-                    self.rx_len = 0;
-                    delivered += 1;
-                    signal = true;
-                }
-                Delivery::NoBuffers => break,
-                Delivery::TooBig | Delivery::BadChain => {
-                    tracing::debug!(
-                        "virtio-net: RX frame of {} bytes dropped: {:?}",
-                        self.rx_len,
-                        outcome.delivery
-                    );
-                    signal |= outcome.delivery == Delivery::BadChain;
-                    self.counters.rx_dropped += 1;
-                    self.rx_len = 0;
-                }
-            }
-        }
-        if signal {
-            dq.notify(RXQ);
-        }
+            Ok(signal)
+        });
     }
 
     /// Watches the backend exactly when frames can be taken from it.
     fn sync_backend_interest(&mut self, ops: &mut EventOps) {
-        let want = self.usable() && self.rx_len == 0 && !self.backend_failed;
+        let want = self.usable() && self.rx.len == 0 && !self.rx.backend_failed;
         if want == self.backend_watched {
             return;
         }
@@ -284,7 +226,7 @@ impl Net {
             Err(e) => {
                 tracing::error!("virtio-net: cannot (un)watch the backend: {e:?}");
                 if want {
-                    self.backend_failed = true;
+                    self.rx.backend_failed = true;
                 }
             }
         }
@@ -305,6 +247,32 @@ impl Net {
     }
 }
 
+impl RxState {
+    /// Reads the next frame from `backend` into `frame`; false when there
+    /// is none now (`WouldBlock`) or the backend is gone. Frames shorter
+    /// than a header are dropped and counted.
+    fn fill(&mut self, backend: &mut dyn Backend, counters: &mut NetCounters) -> bool {
+        while !self.backend_failed {
+            match backend.read_frame(&mut self.frame) {
+                // 0: nothing a TAP reads (a closed socket pair in tests).
+                Ok(0) => self.backend_failed = true,
+                Ok(n) if n < VNET_HDR_LEN => counters.rx_dropped += 1,
+                Ok(n) => {
+                    self.len = n;
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!("virtio-net: reading the backend failed: {e}");
+                    self.backend_failed = true;
+                }
+            }
+        }
+        false
+    }
+}
+
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
         device_type::NET
@@ -315,11 +283,11 @@ impl VirtioDevice for Net {
     }
 
     fn avail_features(&self) -> u64 {
-        AVAIL_FEATURES
+        self.common.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & AVAIL_FEATURES;
+        self.common.set_acked_features(features);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -327,33 +295,28 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, params: ActivateParams) -> Result<(), ActivateError> {
-        if self.queues.is_some() {
+        if self.common.is_activated() {
             return Err(ActivateError::AlreadyActive);
         }
-        let (queues, evts) = params.into_queues(2)?;
         // What the host kernel may hand over: only what the driver takes.
         // Failing here is safe: the TAP then sends plain frames.
-        let offloads = Self::tun_offloads(self.acked_features);
+        let offloads = Self::tun_offloads(self.common.acked_features());
         if let Err(e) = self.backend.set_offloads(offloads) {
             tracing::warn!("virtio-net: TUNSETOFFLOAD {offloads:#x}: {e}");
         }
-        self.queues = Some(queues);
-        self.pending_evts = Some(evts);
-        self.activation.signal().map_err(ActivateError::EventFd)
+        self.common.activate(params)
     }
 
     fn is_activated(&self) -> bool {
-        self.queues.is_some()
+        self.common.is_activated()
     }
 
     fn reset(&mut self) -> bool {
         // The backend is unwatched on the next event (reset runs on a
-        // vCPU thread, without the event loop's ops).
-        self.queues = None;
-        self.pending_evts = None;
-        self.acked_features = 0;
-        self.rx_len = 0;
-        let _ = self.activation.signal();
+        // vCPU thread, without the event loop's ops): wake the loop.
+        self.common.reset();
+        self.rx.len = 0;
+        self.common.wake();
         true
     }
 }
@@ -361,9 +324,8 @@ impl VirtioDevice for Net {
 impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
-            ACTIVATE_TOKEN => self.activation.on_activate(ops, self.pending_evts.take()),
-            t if t == QUEUE_TOKEN_BASE + RXQ as u32 => self.activation.drain_queue_evt(RXQ),
-            t if t == QUEUE_TOKEN_BASE + TXQ as u32 => self.activation.drain_queue_evt(TXQ),
+            ACTIVATE_TOKEN => self.common.on_activate(ops),
+            t if self.common.on_queue_event(t).is_some() => {}
             BACKEND_TOKEN => {}
             other => tracing::warn!("virtio-net: unexpected event {other}"),
         }
@@ -373,7 +335,7 @@ impl MutEventSubscriber for Net {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.init(ops);
+        self.common.init(ops);
     }
 }
 
@@ -384,6 +346,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
     use crate::virtio::net::tap::SocketBackend;
@@ -503,7 +466,7 @@ mod tests {
 
         fn needs_reset(&self) -> bool {
             let n = self.net.lock().unwrap();
-            n.queues.as_ref().unwrap().interrupt.needs_reset()
+            n.common.queues().unwrap().interrupt.needs_reset()
         }
     }
 
