@@ -27,8 +27,10 @@
 //! The TAP is not persistent: it disappears when the VMM, its last holder,
 //! exits. If `create` fails after step 3, [`HostNetwork`]'s drop removes
 //! the ingress qdisc of the interface (and its filter with it). Leftover
-//! state from a previous VMM in the same namespace (an engine may reuse a
-//! namespace for a pod) is replaced, not an error.
+//! tc state from a previous VMM in the same namespace (an engine may reuse
+//! a namespace for a pod) is replaced, not an error; a TAP of a VMM that
+//! still runs there is ([`NetworkError::InUse`]): two VMs cannot share one
+//! interface.
 //!
 //! A spec without a network namespace asks for the host's network, which a
 //! VM cannot share: [`mode`] refuses it. A new namespace (no path), or one
@@ -95,6 +97,16 @@ pub enum NetworkError {
         what: String,
         /// Why.
         source: NetlinkError,
+    },
+    /// Another VM container's TAP is in the namespace (containers of one
+    /// pod sharing a network namespace).
+    #[error(
+        "network namespace {path}: another VM container already uses it ({TAP_NAME} exists): \
+         VM containers cannot share a network namespace (e.g. in one pod)"
+    )]
+    InUse {
+        /// The namespace.
+        path: PathBuf,
     },
     /// The TAP cannot be made.
     #[error("network namespace {path}: {source}")]
@@ -237,6 +249,10 @@ pub fn prepare(netns: &Path) -> Result<Option<HostNetwork>, NetworkError> {
         let Some(engine) = read_engine_interface(&mut nl).map_err(nl_err(&path, "read"))? else {
             return Ok(None);
         };
+        // The TAP lives as long as a VMM holds it: one here is a live VM's.
+        if link_index(&mut nl, TAP_NAME).is_ok() {
+            return Err(NetworkError::InUse { path: path.clone() });
+        }
         let tap = Tap::create(TAP_NAME).map_err(|source| NetworkError::Tap {
             path: path.clone(),
             source,
@@ -720,6 +736,9 @@ mod tests {
         // A second `prepare` in the same namespace (a reused pod
         // namespace) while the first is kept: the stale qdisc is replaced.
         net.keep();
+        // While its VMM holds the TAP, the namespace is taken.
+        let busy = prepare(&path).unwrap_err();
+        assert!(matches!(busy, NetworkError::InUse { .. }), "{busy}");
         drop(net);
         let again = prepare(&path).unwrap().expect("an interface");
         // Not kept: dropping it removes the ingress qdisc from eth0.
