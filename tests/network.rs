@@ -33,6 +33,7 @@ macro_rules! with_each_runtime {
 with_each_runtime!(
     podman_published_port_serves_the_host,
     podman_network_reaches_the_gateway_and_a_peer,
+    podman_network_none_has_loopback_up,
     ctr_run_has_loopback_up,
     docker_network_serves_and_reaches_a_peer,
 );
@@ -256,8 +257,50 @@ fn podman_network_reaches_the_gateway_and_a_peer(rt: Runtime) {
     assert_eq!(server.join().unwrap(), 1);
 }
 
+/// The script of the loopback-only tests: `lo` and the number of links.
+const LO_SCRIPT: &str = "ip addr show lo; echo links=$(ip link | grep -c '^[0-9]')";
+
+/// `lo` is up with 127.0.0.1/8 and is the only link, as under runc.
+fn assert_loopback_only(cmd: &std::process::Command, out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(cmd, out));
+    assert!(
+        stdout.contains("LOOPBACK,UP"),
+        "lo is not up: {}",
+        describe(cmd, out)
+    );
+    assert!(stdout.contains("127.0.0.1/8"), "{}", describe(cmd, out));
+    assert!(
+        stdout.contains("links=1"),
+        "more links than lo: {}",
+        describe(cmd, out)
+    );
+}
+
+/// `podman run --network none` (a namespace with only `lo`): `lo` is up
+/// and alone.
+fn podman_network_none_has_loopback_up(rt: Runtime) {
+    let _slot = container_slot();
+    let name = container_name("none-lo", rt);
+    let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
+    let mut cmd = podman(rt);
+    cmd.args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        "--cidfile",
+    ])
+    .arg(guard.cidfile())
+    .args([BUSYBOX, "sh", "-c", LO_SCRIPT]);
+    let out = run(&mut cmd, None);
+    assert_loopback_only(&cmd, &out);
+}
+
 /// `ctr run` (a new network namespace with only `lo`): `lo` is up in the
-/// container.
+/// container and alone.
 fn ctr_run_has_loopback_up(rt: Runtime) {
     let _slot = container_slot();
     let e = engines();
@@ -273,22 +316,9 @@ fn ctr_run_has_loopback_up(rt: Runtime) {
     let mut cmd = e.command("ctr");
     cmd.args(["run", "--rm", "--runc-binary"])
         .arg(rt.binary())
-        .args([
-            BUSYBOX,
-            &name,
-            "sh",
-            "-c",
-            "ip addr show lo; ip link | grep -c '^[0-9]'",
-        ]);
+        .args([BUSYBOX, &name, "sh", "-c", LO_SCRIPT]);
     let out = run(&mut cmd, None);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", describe(&cmd, &out));
-    assert!(
-        stdout.contains("LOOPBACK,UP"),
-        "lo is not up: {}",
-        describe(&cmd, &out)
-    );
-    assert!(stdout.contains("127.0.0.1/8"), "{}", describe(&cmd, &out));
+    assert_loopback_only(&cmd, &out);
 }
 
 /// `--network host` with capsa: a clear error at create, nothing left.
