@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod fixtures;
 mod launch;
+mod net;
 mod report;
 mod stats;
 mod vmms;
@@ -33,6 +34,10 @@ enum Cmd {
     /// Boot latency per phase, CPU time, RSS overhead and parallel
     /// launches/s of capsa, and the boot comparison with peer VMMs.
     Boot(BootArgs),
+    /// TCP bulk transfer host <-> container on podman's network, runc vs
+    /// capsa in one run (needs scripts/engines.sh's podman and the
+    /// busybox image of scripts/images.sh).
+    Net(net::NetArgs),
     /// Re-renders table.md and boot.png of a results directory from its
     /// results.json.
     Report {
@@ -423,6 +428,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Boot(args) => boot(args),
+        Cmd::Net(args) => net::run(args),
         Cmd::Report { dir } => rerender(&dir),
     };
     match result {

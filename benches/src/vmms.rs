@@ -373,6 +373,7 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
         mounts: Vec::new(),
         stdin: false,
         pid_namespace: false,
+        network: None,
     }
 }
 

@@ -11,8 +11,9 @@
 //! - [`legacy`]: the 8250 UART (serial console) and the i8042 controller
 //!   (guest reset), both on `vm-superio`.
 //! - [`boot_timer`]: the register the guest init writes to when it starts.
-//! - [`virtio`]: the virtio-mmio transport and the virtio devices (blk,
-//!   vsock with the hybrid Unix-socket backend, rng, fs over vhost-user).
+//! - [`virtio`]: the virtio-mmio transport and the virtio devices (net on
+//!   a TAP, blk, vsock with the hybrid Unix-socket backend, rng, fs over
+//!   vhost-user).
 #![deny(missing_docs)]
 // No function over 80 lines (clippy.toml): each does one step a reader can follow.
 #![warn(clippy::too_many_lines)]

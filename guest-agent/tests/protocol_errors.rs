@@ -226,3 +226,40 @@ fn vanishing_clients_do_not_hurt_the_server() {
     assert!(exit.exit_code.is_some() || exit.signal.is_some());
     assert!(c.hello(Duration::from_secs(5)).is_ok());
 }
+
+#[test]
+fn create_checks_the_network_and_hands_it_to_the_platform() {
+    let fx = start("network");
+    let client = fx.client();
+    let iface = InterfaceSpec {
+        name: "eth0".into(),
+        mac: "02:42:ac:11:00:02".into(),
+        mtu: 1500,
+        addresses: vec!["10.88.0.5/16".into()],
+        routes: vec![RouteSpec {
+            destination: "0.0.0.0/0".into(),
+            gateway: Some("10.88.0.1".into()),
+            metric: None,
+        }],
+    };
+    // A bad address: INVALID_PARAMS naming the field, nothing created.
+    let mut bad = create_params(&["true"]);
+    let mut wrong = iface.clone();
+    wrong.addresses = vec!["10.88.0.5".into()];
+    bad.network = Some(NetworkSpec {
+        interfaces: vec![wrong],
+    });
+    let e = client.create(&bad).unwrap_err();
+    assert_eq!(e.rpc_code(), Some(ErrorCode::InvalidParams));
+    assert!(e.to_string().contains("addresses[0]"), "{e}");
+    assert!(fx.platform.network.lock().unwrap().is_none());
+    // A good one reaches the platform, checked.
+    let mut good = create_params(&["true"]);
+    good.network = Some(NetworkSpec {
+        interfaces: vec![iface],
+    });
+    client.create(&good).unwrap();
+    let plan = fx.platform.network.lock().unwrap().clone().unwrap();
+    assert_eq!(plan.interfaces[0].mac, [0x02, 0x42, 0xac, 0x11, 0, 2]);
+    assert_eq!(plan.interfaces[0].routes.len(), 1);
+}

@@ -50,7 +50,10 @@ pub fn vm_config(args: &[&str]) -> Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}
-        ]
+        ],
+        // A new network namespace, as `runc spec` writes: loopback only.
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                                 {"type": "uts"}, {"type": "mount"}]}
     })
 }
 

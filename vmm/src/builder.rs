@@ -1,6 +1,7 @@
 //! Building a micro-VM from a [`VmConfig`]: a short recipe of small steps,
 //! each of which fails with an error that says what could not be done.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -11,6 +12,7 @@ use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
 use capsa_devices::virtio::block::{Block, BlockConfig};
 use capsa_devices::virtio::fs::{Fs, DEFAULT_BACKEND_TIMEOUT};
+use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
 use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -92,6 +94,9 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
+    /// The network device cannot be created (no TAP).
+    #[error("net: {0}")]
+    Net(String),
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
@@ -205,7 +210,7 @@ impl FatalExit {
 }
 
 /// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device, the
-/// rng and the virtio-fs shares.
+/// rng, the virtio-fs shares and the network device.
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -273,6 +278,9 @@ fn attach_virtio_devices(
         .map_err(|e| fs_err(e.to_string()))?;
         devices.attach_virtio(&vm.fd, mem, event_loop, fs)?;
     }
+    if let Some(net) = &config.net {
+        devices.attach_virtio(&vm.fd, mem, event_loop, net_device(net)?)?;
+    }
     Ok(())
 }
 
@@ -294,6 +302,51 @@ fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
     // connection, inherited for that use only: nothing else in this
     // process owns it, and the configuration is built once.
     Ok(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+/// The virtio-net device of `config`, over its TAP.
+fn net_device(config: &config::NetConfig) -> Result<Net, BuildError> {
+    let tap = match (config.tap_fd, &config.tap_name) {
+        (Some(fd), _) => {
+            // SAFETY: F_GETFD only queries the descriptor.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(BuildError::Net(format!(
+                    "tap_fd {fd} is not an open descriptor"
+                )));
+            }
+            // SAFETY: the descriptor is open (checked above) and was
+            // inherited for this VMM alone (`--keep-fd`); nothing else in
+            // this process owns it.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            Tap::from_fd(owned)
+        }
+        (None, Some(name)) => Tap::create(name),
+        (None, None) => return Err(BuildError::Net("no TAP given".into())),
+    }
+    .map_err(|e| BuildError::Net(e.to_string()))?;
+    let mac = match &config.mac {
+        Some(m) => {
+            config::parse_mac(m).ok_or_else(|| BuildError::Net(format!("invalid MAC {m:?}")))?
+        }
+        None => random_mac().map_err(|e| BuildError::Net(e.to_string()))?,
+    };
+    tracing::info!(tap = tap.name(), "virtio-net on a TAP");
+    Net::new(
+        Box::new(tap),
+        NetDeviceConfig {
+            mac,
+            mtu: config.mtu,
+        },
+    )
+    .map_err(|e| BuildError::Net(e.to_string()))
+}
+
+/// A random unicast, locally administered MAC address.
+fn random_mac() -> std::io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    capsa_devices::virtio::rng::fill_random(&mut mac)?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
 }
 
 /// The i8042 (for guest resets) and, when asked for, the serial console.

@@ -98,6 +98,9 @@ pub struct VmConfig {
     /// virtio-fs shares served by vhost-user backends (virtiofsd).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// A network device (virtio-net backed by a TAP).
+    #[serde(default)]
+    pub net: Option<NetConfig>,
 }
 
 /// A virtio-fs device served by a vhost-user backend (virtiofsd); the
@@ -147,6 +150,42 @@ impl std::str::FromStr for FsConfig {
         }
         Ok(fs)
     }
+}
+
+/// A virtio-net device backed by a TAP interface (one of `tap_name` and
+/// `tap_fd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Attach to (or create) the TAP interface of this name in the VMM's
+    /// network namespace (needs `CAP_NET_ADMIN`, or a persistent TAP
+    /// owned by the VMM's user, e.g. `ip tuntap add NAME mode tap user U
+    /// vnet_hdr`).
+    #[serde(default)]
+    pub tap_name: Option<String>,
+    /// An inherited TAP descriptor (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`),
+    /// as `capsa create` hands the one it made to the jailed VMM.
+    #[serde(default)]
+    pub tap_fd: Option<i32>,
+    /// The guest's MAC address, `aa:bb:cc:dd:ee:ff`; a random locally
+    /// administered one when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// The MTU offered to the guest (68 to 65532).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+/// Default MTU of the guest's network device.
+pub const DEFAULT_MTU: u16 = 1500;
+
+fn default_mtu() -> u16 {
+    DEFAULT_MTU
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    capsa_agent::server::network::parse_mac(s)
 }
 
 /// A virtio-blk disk backed by a host file.
@@ -290,6 +329,7 @@ impl VmConfig {
             vsock: None,
             rng: true,
             fs: Vec::new(),
+            net: None,
         }
     }
 
@@ -393,24 +433,10 @@ impl VmConfig {
             }
         }
         if let Some(vsock) = &self.vsock {
-            // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
-            if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
-                return Err(ConfigError::new(
-                    "vsock.guest_cid",
-                    format!("{} is reserved (use 3 to 4294967294)", vsock.guest_cid),
-                ));
-            }
-            if vsock.uds_path.as_os_str().is_empty() {
-                return Err(ConfigError::new("vsock.uds_path", "is required"));
-            }
-            // sockaddr_un holds 108 bytes including the NUL, and guest
-            // connections use `<uds_path>_<port>` (up to 11 more bytes).
-            if vsock.uds_path.as_os_str().len() > 107 - 11 {
-                return Err(ConfigError::new(
-                    "vsock.uds_path",
-                    "is too long for a Unix socket path (at most 96 bytes)",
-                ));
-            }
+            vsock.validate()?;
+        }
+        if let Some(net) = &self.net {
+            net.validate()?;
         }
         self.validate_fs()?;
         if let Some(cmdline) = &self.cmdline {
@@ -420,6 +446,75 @@ impl VmConfig {
                     "must not contain NUL or newline characters",
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl VsockConfig {
+    /// Checks the CID and the socket path (errors name `vsock.<field>`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
+        if self.guest_cid < 3 || self.guest_cid == u32::MAX {
+            return Err(ConfigError::new(
+                "vsock.guest_cid",
+                format!("{} is reserved (use 3 to 4294967294)", self.guest_cid),
+            ));
+        }
+        if self.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("vsock.uds_path", "is required"));
+        }
+        // sockaddr_un holds 108 bytes including the NUL, and guest
+        // connections use `<uds_path>_<port>` (up to 11 more bytes).
+        if self.uds_path.as_os_str().len() > 107 - 11 {
+            return Err(ConfigError::new(
+                "vsock.uds_path",
+                "is too long for a Unix socket path (at most 96 bytes)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NetConfig {
+    /// Checks the TAP (exactly one of name and fd), the MAC and the MTU
+    /// (errors name `net.<field>`).
+    fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tap_name, self.tap_fd) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::new(
+                    "net",
+                    "give exactly one of tap_name and tap_fd",
+                ))
+            }
+            (Some(name), None) if !capsa_devices::virtio::net::tap::valid_name(name) => {
+                return Err(ConfigError::new(
+                    "net.tap_name",
+                    format!("{name:?} is not an interface name (1 to 15 bytes)"),
+                ))
+            }
+            (None, Some(fd)) if fd < 3 => {
+                return Err(ConfigError::new(
+                    "net.tap_fd",
+                    format!("{fd} is a standard stream, not a TAP"),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(mac) = &self.mac {
+            if parse_mac(mac).is_none() {
+                return Err(ConfigError::new(
+                    "net.mac",
+                    format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                ));
+            }
+        }
+        let max = (capsa_devices::virtio::net::MAX_FRAME_LEN - 18) as u16;
+        if !(capsa_devices::virtio::net::MIN_MTU..=max).contains(&self.mtu) {
+            return Err(ConfigError::new(
+                "net.mtu",
+                format!("{} is outside 68 to {max}", self.mtu),
+            ));
         }
         Ok(())
     }
@@ -571,6 +666,38 @@ mod tests {
         let j = VmConfig::from_json(r#"{"kernel":"/k","fs":[{"tag":"t","socket":"/s","x":1}]}"#)
             .unwrap_err();
         assert!(j.starts_with("fs"), "{j}");
+    }
+
+    #[test]
+    fn net_validation() {
+        let mut c = VmConfig::new("/k");
+        let net = NetConfig {
+            tap_name: Some("tap0".into()),
+            tap_fd: None,
+            mac: Some("02:00:00:00:00:01".into()),
+            mtu: 1500,
+        };
+        c.net = Some(net.clone());
+        assert_eq!(c.validate(1024), Ok(()));
+        let with = |f: &dyn Fn(&mut NetConfig)| {
+            let mut c = c.clone();
+            f(c.net.as_mut().unwrap());
+            c.validate(1024).unwrap_err().field
+        };
+        assert_eq!(with(&|n| n.tap_fd = Some(5)), "net");
+        assert_eq!(with(&|n| n.tap_name = None), "net");
+        assert_eq!(with(&|n| n.tap_name = Some("x".repeat(16))), "net.tap_name");
+        assert_eq!(
+            with(&|n| {
+                n.tap_name = None;
+                n.tap_fd = Some(1)
+            }),
+            "net.tap_fd"
+        );
+        assert_eq!(with(&|n| n.mac = Some("02:00".into())), "net.mac");
+        assert_eq!(with(&|n| n.mtu = 10), "net.mtu");
+        let j = VmConfig::from_json(r#"{"kernel":"/k","net":{"tap_fd":4}}"#).unwrap();
+        assert_eq!(j.net.unwrap().mtu, DEFAULT_MTU);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use event_manager::EventOps;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::activation::{Activation, QUEUE_TOKEN_BASE};
-use super::queue::{self, Chain, DeviceQueues};
+use super::queue::{self, Chain, DeviceQueues, QueueError};
+use virtio_queue::Queue;
+
 use super::{ActivateError, ActivateParams, GuestMemory};
 
 /// Chains a device serves from one queue per event before it yields to
@@ -167,6 +169,34 @@ impl VirtioCommon {
     /// The active queues, unless a ring error failed the device.
     pub fn queues(&self) -> Option<&DeviceQueues> {
         self.queues.as_ref()
+    }
+
+    /// Serves queue `idx` with `f`, for work that
+    /// [`VirtioCommon::drain_queue`]'s one chain at a time cannot express:
+    /// virtio-net's receive path, where one frame takes several chains
+    /// published together (§5.1.6.4). `f` pops and returns chains itself
+    /// (`queue::pop`, `add_used`, `add_used_many`), bounds its own work,
+    /// and returns whether it used any chain; the guest is then notified
+    /// (unless it suppressed notifications). A ring error fails the device
+    /// (`DEVICE_NEEDS_RESET`). Nothing happens before activation or once
+    /// the device failed.
+    pub fn serve_queue(
+        &mut self,
+        idx: usize,
+        f: impl FnOnce(&mut Queue, &GuestMemory) -> Result<bool, QueueError>,
+    ) {
+        let Some(dq) = self.queues.as_mut().filter(|dq| !dq.broken) else {
+            return;
+        };
+        if idx >= dq.queues.len() {
+            return;
+        }
+        let mem = dq.mem.clone();
+        match f(&mut dq.queues[idx], &mem) {
+            Ok(true) => dq.notify(idx),
+            Ok(false) => {}
+            Err(e) => dq.fail(&e),
+        }
     }
 
     /// Serves queue `idx` with `handler`: at most

@@ -2,6 +2,7 @@
 //!
 //! - [`mmio`]: the virtio-mmio transport (§4.2.2, register layout version 2),
 //!   a [`BusDevice`](crate::BusDevice) that the vCPU threads call.
+//! - [`net`]: virtio-net (§5.1) backed by a TAP device.
 //! - [`block`]: virtio-blk (§5.2) backed by a host file.
 //! - [`vsock`]: virtio-vsock (§5.10) with Firecracker's hybrid Unix-socket
 //!   backend.
@@ -52,6 +53,7 @@ pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
@@ -105,6 +107,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device IDs (§5, `include/uapi/linux/virtio_ids.h`).
 pub mod device_type {
+    /// virtio-net.
+    pub const NET: u32 = 1;
     /// virtio-blk.
     pub const BLOCK: u32 = 2;
     /// virtio-rng (entropy).

@@ -88,3 +88,47 @@ pub fn add_used(
 ) -> Result<(), QueueError> {
     queue.add_used(mem, head, len).map_err(QueueError::UsedRing)
 }
+
+/// Returns several chains on the used ring and publishes them with one
+/// update of the used index, so that the driver never sees some of them
+/// without the others (§5.1.6.4: the buffers of one merged packet).
+/// Entries are `(head, written length)`.
+pub fn add_used_many(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    used: &[(u16, u32)],
+) -> Result<(), QueueError> {
+    use std::num::Wrapping;
+    use std::sync::atomic::Ordering;
+    use vm_memory::{Address, Bytes, GuestAddress};
+    // §2.7.8: struct virtq_used { le16 flags; le16 idx; virtq_used_elem ring[]; }
+    // with virtq_used_elem { le32 id; le32 len; }.
+    const RING_OFFSET: u64 = 4;
+    const ELEM_LEN: u64 = 8;
+    let size = queue.size();
+    let ring = GuestAddress(queue.used_ring());
+    let ring_err = |e| QueueError::UsedRing(virtio_queue::Error::GuestMemory(e));
+    let mut next = Wrapping(queue.next_used());
+    for &(head, len) in used {
+        if head >= size {
+            return Err(QueueError::UsedRing(
+                virtio_queue::Error::InvalidDescriptorIndex,
+            ));
+        }
+        let offset = RING_OFFSET + u64::from(next.0 % size) * ELEM_LEN;
+        let addr = ring
+            .checked_add(offset)
+            .ok_or(QueueError::UsedRing(virtio_queue::Error::AddressOverflow))?;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        mem.write_slice(&elem, addr).map_err(ring_err)?;
+        next += Wrapping(1);
+    }
+    queue.set_next_used(next.0);
+    let idx = ring
+        .checked_add(2)
+        .ok_or(QueueError::UsedRing(virtio_queue::Error::AddressOverflow))?;
+    mem.store(u16::to_le(next.0), idx, Ordering::Release)
+        .map_err(ring_err)
+}

@@ -10,6 +10,7 @@
 
 pub mod init;
 pub mod mounts;
+pub mod network;
 pub mod storage;
 pub mod vsock;
 

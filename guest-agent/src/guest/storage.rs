@@ -21,6 +21,7 @@ use super::{mount, mounts};
 use crate::agent_log;
 use crate::protocol::{MountSpec, RootfsSpec, RootfsType, ShareSpec};
 use crate::server::cgroup::Cgroup;
+use crate::server::network::NetworkPlan;
 use crate::server::spawn::ChildMount;
 use crate::server::{AgentError, Platform};
 
@@ -254,6 +255,10 @@ impl Platform for GuestPlatform {
             return Err(AgentError::last_os("sethostname"));
         }
         Ok(())
+    }
+
+    fn configure_network(&self, plan: &NetworkPlan) -> Result<(), AgentError> {
+        super::network::configure(plan)
     }
 
     fn container_cgroup(&self) -> Option<Cgroup> {

@@ -249,6 +249,57 @@ pub struct CreateParams {
     /// namespace with the agent.
     #[serde(default)]
     pub pid_namespace: bool,
+    /// The container's network. The agent always brings `lo` up; each
+    /// interface here is configured on the guest's virtio-net device of
+    /// the same MAC address. Absent: loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// The container's network as its engine made it on the host (read by
+/// `capsa create` from the container's network namespace).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The interfaces (capsa carries one: the engine's `eth0`).
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+}
+
+/// One network interface of the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterfaceSpec {
+    /// Name in the guest (the engine's name, e.g. `eth0`); 1 to 15 bytes.
+    pub name: String,
+    /// MAC address, `aa:bb:cc:dd:ee:ff`: also the guest device's, which
+    /// is how the agent finds it.
+    pub mac: String,
+    /// MTU in bytes (68 to 65535).
+    pub mtu: u32,
+    /// Addresses with their prefix length, IPv4 or IPv6:
+    /// `"10.88.0.5/16"`, `"fd00::5/64"`. Each one also gives the guest the
+    /// route to its own prefix.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Routes through this interface, beyond the prefix routes of its
+    /// addresses.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One route (`ip route add DESTINATION [via GATEWAY] [metric METRIC] dev IF`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Destination prefix, `"0.0.0.0/0"`, `"10.1.0.0/16"`, `"::/0"`.
+    pub destination: String,
+    /// Next hop, same family; absent for a directly connected prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Route metric (priority); absent: the kernel's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
 }
 
 fn default_true() -> bool {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
+use super::network::NetworkPlan;
 use super::processes::Pending;
 use super::spawn::{self, ChildMount, PidNamespace, Plan, SpawnOptions, Spawned};
 use super::streams::PreparedStdio;
@@ -52,9 +53,9 @@ impl Service for Agent {
         })
     }
 
-    /// `create`: mounts, hostname, the init process's stdio, and the init
-    /// process itself, spawned and set up up to `execve` (so that a
-    /// command that cannot be run fails here, as with runc), waiting for
+    /// `create`: mounts, hostname, network, the init process's stdio, and
+    /// the init process itself, spawned and set up up to `execve` (so that
+    /// a command that cannot be run fails here, as with runc), waiting for
     /// `start`.
     fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
         let mut phase = self.container.lock();
@@ -64,8 +65,9 @@ impl Service for Agent {
             _ => return Err(AgentError::InvalidState("container already created".into())),
         }
         validate_create(&p)?;
-        // Validate the process before touching anything.
+        // Validate the process and the network before touching anything.
         Plan::new(&p.process, Path::new("/"))?;
+        let network = NetworkPlan::parse(p.network.as_ref())?;
         let platform = &self.container.platform;
         let root = match platform
             .mount_shares(&p.shares)
@@ -83,6 +85,7 @@ impl Service for Agent {
                 Some(h) if !h.is_empty() => platform.set_hostname(h).map(|_| deferred),
                 _ => Ok(deferred),
             })
+            .and_then(|deferred| platform.configure_network(&network).map(|_| deferred))
             .and_then(|deferred| {
                 self.streams
                     .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)

@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod container;
 pub mod error;
 pub mod handlers;
+pub mod network;
 pub mod platform;
 pub mod processes;
 pub mod reaper;

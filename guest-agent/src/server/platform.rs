@@ -5,7 +5,7 @@
 //! (real mounts, a cgroup2 mount of its own, `sethostname`, `reboot`);
 //! [`DirectoryPlatform`] uses a plain host directory as the rootfs, an
 //! existing host cgroup v2 group if the test gives one, and only records
-//! mounts, hostname and power-off, so protocol tests run the real server
+//! mounts, hostname, network and power-off, so protocol tests run the real server
 //! without touching the host's mounts.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use super::cgroup::Cgroup;
 use super::error::AgentError;
+use super::network::NetworkPlan;
 use super::spawn::ChildMount;
 use crate::protocol::{MountSpec, RootfsSpec, ShareSpec};
 
@@ -38,6 +39,9 @@ pub trait Platform: Send + Sync + 'static {
     ) -> Result<Vec<ChildMount>, AgentError>;
     /// Sets the hostname.
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError>;
+    /// Brings `lo` up and configures the container's interfaces
+    /// (`create`'s `network`, checked).
+    fn configure_network(&self, plan: &NetworkPlan) -> Result<(), AgentError>;
     /// Prepares the cgroup v2 group that every container process joins
     /// before `execve` and that `pause` freezes. `None` when the machine has
     /// none: processes then run outside any group and `pause`/`resume` fail
@@ -68,6 +72,8 @@ pub struct DirectoryPlatform {
     pub shares: Mutex<Vec<ShareSpec>>,
     /// Hostname received by `create`.
     pub hostname: Mutex<Option<String>>,
+    /// Network plan received by `create`.
+    pub network: Mutex<Option<NetworkPlan>>,
     /// Whether `power_off` was called.
     pub powered_off: AtomicBool,
     /// What `oom_kills` returns.
@@ -120,6 +126,13 @@ impl Platform for DirectoryPlatform {
     fn set_hostname(&self, hostname: &str) -> Result<(), AgentError> {
         if let Ok(mut h) = self.hostname.lock() {
             *h = Some(hostname.to_string());
+        }
+        Ok(())
+    }
+
+    fn configure_network(&self, plan: &NetworkPlan) -> Result<(), AgentError> {
+        if let Ok(mut n) = self.network.lock() {
+            *n = Some(plan.clone());
         }
         Ok(())
     }

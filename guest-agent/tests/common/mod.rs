@@ -102,6 +102,7 @@ pub fn create_params(args: &[&str]) -> CreateParams {
         }],
         stdin: true,
         pid_namespace: false,
+        network: None,
     }
 }
 

@@ -7,7 +7,8 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, FsConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BootProtocol, DiskConfig, FsConfig, HostQuirks, NetConfig, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID, DEFAULT_MTU,
 };
 
 use super::EXIT_GUEST_FAILURE;
@@ -64,6 +65,20 @@ pub struct VmmArgs {
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Add a virtio-net device on the TAP interface NAME (created in the
+    /// VMM's network namespace if it does not exist; needs CAP_NET_ADMIN
+    /// or a persistent TAP of the caller's).
+    #[arg(long, value_name = "NAME")]
+    tap: Option<String>,
+    /// Add a virtio-net device on the inherited TAP descriptor FD.
+    #[arg(long, value_name = "FD", conflicts_with = "tap")]
+    tap_fd: Option<i32>,
+    /// The guest's MAC address (with --tap/--tap-fd; default: random).
+    #[arg(long, value_name = "MAC")]
+    mac: Option<String>,
+    /// The guest's MTU (with --tap/--tap-fd; default 1500).
+    #[arg(long, value_name = "BYTES")]
+    mtu: Option<u16>,
     /// Boot the guest agent as /init: an initramfs built from the agent
     /// binary (found as docs/cli.md says), instead of --initramfs.
     #[arg(long, conflicts_with = "initramfs")]
@@ -116,6 +131,24 @@ impl VmmArgs {
         }
         if self.no_rng {
             config.rng = false;
+        }
+        if self.tap.is_some() || self.tap_fd.is_some() {
+            config.net = Some(NetConfig {
+                tap_name: self.tap,
+                tap_fd: self.tap_fd,
+                mac: None,
+                mtu: DEFAULT_MTU,
+            });
+        }
+        if let Some(net) = config.net.as_mut() {
+            if self.mac.is_some() {
+                net.mac = self.mac;
+            }
+            if let Some(mtu) = self.mtu {
+                net.mtu = mtu;
+            }
+        } else if self.mac.is_some() || self.mtu.is_some() {
+            anyhow::bail!("--mac and --mtu need --tap or --tap-fd");
         }
         if self.agent {
             let agent = capsa_vmm::guest_agent::locate()?;

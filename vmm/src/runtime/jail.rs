@@ -7,12 +7,13 @@
 //! [`uid_for`]), without capabilities, with `no_new_privs` and a seccomp
 //! deny list, in a new mount namespace whose root is
 //! `<state dir>/capsa/vm/root` ([`Jail::root`]) and a new network
-//! namespace with no device (the VMM needs no network: the guest's only
-//! channel to the host is the hybrid vsock Unix socket).
+//! namespace with no device (the VMM needs no network of its own: its
+//! control channel is the hybrid vsock Unix socket, and the guest's network
+//! device is a TAP descriptor it inherits, made by `create` in the
+//! container's namespace).
 //!
 //! What the VMM reads and writes lives in that root: its inputs
-//! (`vmm-inputs.json`, the binds disk) are placed there
-//! by `create`; the kernel, the initramfs and the rootfs image are
+//! (`vmm-inputs.json`) are placed there by `create`; the kernel, the initramfs and the rootfs image are
 //! bind-mounted read-only by the jailer; the VMM creates `vsock`,
 //! `console.log`, `vmm.log` and `exit` there. The host reads those files
 //! as written by an untrusted process: no symlink followed, bounded

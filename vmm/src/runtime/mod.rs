@@ -35,6 +35,7 @@ pub mod container;
 pub mod host_process;
 pub mod id_lock;
 pub mod jail;
+pub mod network;
 pub mod rootfs;
 pub mod runc;
 pub mod signal;

@@ -10,19 +10,20 @@
 use std::path::PathBuf;
 
 use capsa_agent::protocol::{
-    ConsoleSize, CreateParams, MountSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType, ShareSpec,
-    User, SHARES_DIR,
+    ConsoleSize, CreateParams, MountSpec, NetworkSpec, ProcessSpec, Rlimit, RootfsSpec, RootfsType,
+    ShareSpec, User, SHARES_DIR,
 };
 use oci_spec::runtime::{LinuxResources, Process, Spec};
 
 use super::bundle::{Bundle, RootfsTransport};
+use super::network::{self, GuestNetwork, NetworkMode};
 use super::virtiofsd::Share;
 use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{
-    guest_disk_device, DiskConfig, FsConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
-    DEFAULT_VCPUS,
+    guest_disk_device, DiskConfig, FsConfig, HostQuirks, NetConfig, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID, DEFAULT_VCPUS,
 };
 
 /// Smallest guest RAM capsa gives a container, MiB (more than the
@@ -315,6 +316,9 @@ pub struct VmSpec {
     /// Whether the container gets a PID namespace of its own
     /// ([`wants_pid_namespace`]).
     pub pid_namespace: bool,
+    /// The network: the engine's namespace to carry into the guest, or
+    /// loopback only (a host-network spec is refused).
+    pub network: NetworkMode,
 }
 
 /// What a disk is for in the guest.
@@ -361,6 +365,9 @@ pub struct Machine {
     /// The connection to the container's virtiofsd that the VMM process
     /// inherits, when anything is shared (the rootfs, bind mounts).
     pub fs_socket_fd: Option<i32>,
+    /// The engine's interface carried into the guest, on the TAP the VMM
+    /// process inherits.
+    pub network: Option<GuestNetwork>,
 }
 
 impl Machine {
@@ -400,6 +407,12 @@ impl Machine {
             })
             .into_iter()
             .collect();
+        config.net = self.network.as_ref().map(|n| NetConfig {
+            tap_name: None,
+            tap_fd: Some(n.tap_fd),
+            mac: Some(n.interface.mac.clone()),
+            mtu: u16::try_from(n.interface.mtu).unwrap_or(u16::MAX),
+        });
         config
     }
 }
@@ -442,6 +455,10 @@ impl VmSpec {
             readonly_root,
             mounts: mounts(spec, readonly_root),
             pid_namespace: wants_pid_namespace(spec),
+            network: network::mode(spec).map_err(|e| RuntimeError::Bundle {
+                bundle: bundle.dir.clone(),
+                message: e.to_string(),
+            })?,
         })
     }
 
@@ -497,6 +514,9 @@ impl VmSpec {
             mounts: self.mounts.mounts,
             stdin: true,
             pid_namespace: self.pid_namespace,
+            network: machine.network.as_ref().map(|n| NetworkSpec {
+                interfaces: vec![n.interface.clone()],
+            }),
         };
         Ok(VmmInputs {
             vm,
@@ -578,6 +598,7 @@ mod tests {
             host_quirks: HostQuirks::Off,
             console_fd: None,
             fs_socket_fd,
+            network: None,
         }
     }
 
@@ -592,7 +613,46 @@ mod tests {
             readonly_root,
             mounts: plan,
             pid_namespace: true,
+            network: NetworkMode::LoopbackOnly,
         }
+    }
+
+    #[test]
+    fn the_network_goes_to_the_vmm_and_the_agent() {
+        let mut spec = vm_spec(RootfsTransport::Block, false, MountPlan::default());
+        spec.network = NetworkMode::Join("/run/netns/x".into());
+        let interface = capsa_agent::protocol::InterfaceSpec {
+            name: "eth0".into(),
+            mac: "02:42:0a:58:00:05".into(),
+            mtu: 1500,
+            addresses: vec!["10.88.0.5/16".into()],
+            routes: Vec::new(),
+        };
+        let disk = MachineDisk {
+            role: DiskRole::Rootfs,
+            path: "/rootfs.ext4".into(),
+            read_only: true,
+        };
+        let mut with_net = machine(vec![disk.clone()], None);
+        with_net.network = Some(GuestNetwork {
+            tap_fd: 7,
+            interface: interface.clone(),
+        });
+        let inputs = spec.vmm_inputs("c", &with_net).unwrap();
+        // The TAP for the VMM, the interface for the agent.
+        let net = inputs.vm.net.as_ref().unwrap();
+        assert_eq!(
+            (net.tap_fd, net.mac.as_deref(), net.mtu),
+            (Some(7), Some("02:42:0a:58:00:05"), 1500)
+        );
+        assert_eq!(
+            inputs.container.network.as_ref().unwrap().interfaces,
+            [interface]
+        );
+        // Without a network namespace to join: loopback only.
+        let plain = vm_spec(RootfsTransport::Block, false, MountPlan::default());
+        let inputs = plain.vmm_inputs("c", &machine(vec![disk], None)).unwrap();
+        assert!(inputs.vm.net.is_none() && inputs.container.network.is_none());
     }
 
     #[test]

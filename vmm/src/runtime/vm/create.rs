@@ -8,7 +8,8 @@
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
 //!    rootfs image (`block` transport), the container's virtiofsd serving
 //!    the rootfs directory and the bind-mounted files and directories, the
-//!    pty of `--console-socket`;
+//!    pty of `--console-socket`, the engine's network interface carried to
+//!    a TAP ([`network`]);
 //! 5. [`plan_machine`], then [`VmSpec::vmm_inputs`]: the machine as the
 //!    VMM will see it, and the VM configuration (finished, then validated)
 //!    with the agent's `create` parameters;
@@ -37,6 +38,7 @@ use crate::runtime::bundle::RootfsTransport;
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
+use crate::runtime::network::{self, HostNetwork, NetworkMode};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
 use crate::runtime::virtiofsd::{self, Share};
 use crate::runtime::vm_spec::{DiskRole, Machine, MachineDisk, VmSpec, ROOTFS_ENTRY};
@@ -63,7 +65,7 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
     placement.relay_oom_to(bundle);
-    let resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts)?;
+    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
@@ -76,9 +78,15 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
         (file_size_limit, dir),
         opts.foreground,
     )?;
-    // The VMM process has its own copy of the pty slave now.
+    // The VMM process has its own copies of the pty slave and the TAP now;
+    // the network setup stays only if the container is recorded.
+    let mut network = resources.network.take();
     drop(resources);
-    record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())
+    let child = record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())?;
+    if let Some(n) = network.as_mut() {
+        n.keep();
+    }
+    Ok(child)
 }
 
 /// The files capsa ships that every VM boots from, as host paths.
@@ -170,8 +178,7 @@ impl Placement {
     }
 }
 
-/// What `create` prepared on the host for the VM (later also a TAP
-/// device).
+/// What `create` prepared on the host for the VM.
 struct HostResources {
     /// The disks, in guest order, as the VMM sees them.
     disks: Vec<MachineDisk>,
@@ -181,14 +188,17 @@ struct HostResources {
     /// The container's virtiofsd, when anything is shared: the VMM process
     /// inherits its connection.
     virtiofsd: Option<virtiofsd::Started>,
+    /// The engine's interface joined to a TAP in its namespace (see
+    /// [`network`]); dropped before being kept, it undoes that.
+    network: Option<HostNetwork>,
 }
 
 impl HostResources {
     /// Builds the rootfs image (`block` transport; cached by content),
     /// starts virtiofsd on the shares (the rootfs directory with the
     /// `virtiofs` transport, the bind mounts' files and directories; its
-    /// share tree and record in the state directory `dir`), and opens the
-    /// console's pty.
+    /// share tree and record in the state directory `dir`), opens the
+    /// console's pty and carries the engine's network interface to a TAP.
     fn prepare(
         bundle: &Bundle,
         spec: &VmSpec,
@@ -236,10 +246,17 @@ impl HostResources {
             }
             _ => None,
         };
+        let network = match &spec.network {
+            NetworkMode::Join(netns) => network::prepare(netns).map_err(|e| {
+                RuntimeError::Failed(format!("cannot set up the container's network: {e}"))
+            })?,
+            NetworkMode::LoopbackOnly => None,
+        };
         Ok(HostResources {
             disks,
             console,
             virtiofsd,
+            network,
         })
     }
 
@@ -249,6 +266,7 @@ impl HostResources {
             .iter()
             .map(AsRawFd::as_raw_fd)
             .chain(self.virtiofsd.iter().map(|v| v.conn.as_raw_fd()))
+            .chain(self.network.iter().map(|n| n.tap.as_raw_fd()))
             .collect()
     }
 }
@@ -277,6 +295,7 @@ fn plan_machine(
         },
         console_fd: resources.console.as_ref().map(AsRawFd::as_raw_fd),
         fs_socket_fd: resources.virtiofsd.as_ref().map(|v| v.conn.as_raw_fd()),
+        network: resources.network.as_ref().map(HostNetwork::guest),
     }
 }
 

@@ -89,6 +89,7 @@ mod tests {
                 mounts: Vec::new(),
                 stdin: true,
                 pid_namespace: true,
+                network: None,
             },
             console_fd: Some(5),
         };
