@@ -95,6 +95,35 @@ pub struct VmConfig {
     /// Offer a virtio-rng device fed from the host's getrandom.
     #[serde(default = "default_true")]
     pub rng: bool,
+    /// Sample where the vCPUs spend their time and write a report when the
+    /// VM ends (docs/kernel.md, "Profiling the boot").
+    #[serde(default)]
+    pub profile: Option<ProfileConfig>,
+}
+
+/// The guest profiler (`vmm/src/profile/`): every `interval_ms`, each
+/// vCPU's instruction pointer is sampled; at the end of the VM the samples
+/// are named with the kernel's `System.map` and written to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The report file (created or truncated).
+    pub path: PathBuf,
+    /// Sampling interval in milliseconds, 1 to 10000.
+    #[serde(default = "default_profile_interval_ms")]
+    pub interval_ms: u32,
+    /// The kernel's `System.map`; by default the one next to the kernel
+    /// (as `kernel-config/build.sh` leaves it). Without one, kernel
+    /// addresses stay unnamed.
+    #[serde(default)]
+    pub system_map: Option<PathBuf>,
+}
+
+/// Default sampling interval of the guest profiler, ms.
+pub const DEFAULT_PROFILE_INTERVAL_MS: u32 = 10;
+
+fn default_profile_interval_ms() -> u32 {
+    DEFAULT_PROFILE_INTERVAL_MS
 }
 
 /// A virtio-blk disk backed by a host file.
@@ -237,6 +266,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             rng: true,
+            profile: None,
         }
     }
 
@@ -325,6 +355,17 @@ impl VmConfig {
                 ));
             }
         }
+        if let Some(profile) = &self.profile {
+            if profile.path.as_os_str().is_empty() {
+                return Err(ConfigError::new("profile.path", "is required"));
+            }
+            if !(1..=10_000).contains(&profile.interval_ms) {
+                return Err(ConfigError::new(
+                    "profile.interval_ms",
+                    format!("{} is outside 1 to 10000", profile.interval_ms),
+                ));
+            }
+        }
         if let Some(cmdline) = &self.cmdline {
             if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
                 return Err(ConfigError::new(
@@ -399,6 +440,13 @@ mod tests {
         assert_eq!(c.validate(1024).unwrap_err().field, "cmdline");
         let c = VmConfig::new("");
         assert_eq!(c.validate(1024).unwrap_err().field, "kernel");
+        let mut c = ok.clone();
+        c.profile = Some(ProfileConfig {
+            path: "/tmp/p".into(),
+            interval_ms: 0,
+            system_map: None,
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "profile.interval_ms");
     }
 
     #[test]

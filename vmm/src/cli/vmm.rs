@@ -7,7 +7,8 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    BootProtocol, DiskConfig, HostQuirks, ProfileConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    DEFAULT_PROFILE_INTERVAL_MS,
 };
 
 use super::EXIT_GUEST_FAILURE;
@@ -64,6 +65,18 @@ pub struct VmmArgs {
     /// binary (found as docs/cli.md says), instead of --initramfs.
     #[arg(long, conflicts_with = "initramfs")]
     agent: bool,
+    /// Sample the vCPUs' instruction pointers while the guest runs and
+    /// write a report to FILE when it ends: where guest time went, by
+    /// kernel function (docs/kernel.md, "Profiling the boot").
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Sampling interval of --profile, ms.
+    #[arg(long, value_name = "MS", requires = "profile")]
+    profile_interval_ms: Option<u32>,
+    /// System.map that names kernel addresses in the --profile report
+    /// (default: System.map next to the kernel).
+    #[arg(long, value_name = "PATH", requires = "profile")]
+    system_map: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -119,6 +132,21 @@ impl VmmArgs {
                 capsa_vmm::guest_agent::initramfs(&agent, &cache)
                     .context("--agent: cannot build the agent initramfs")?,
             );
+        }
+        if let Some(path) = self.profile {
+            let mut profile = config.profile.take().unwrap_or(ProfileConfig {
+                path: PathBuf::new(),
+                interval_ms: DEFAULT_PROFILE_INTERVAL_MS,
+                system_map: None,
+            });
+            profile.path = path;
+            if let Some(ms) = self.profile_interval_ms {
+                profile.interval_ms = ms;
+            }
+            if self.system_map.is_some() {
+                profile.system_map = self.system_map;
+            }
+            config.profile = Some(profile);
         }
         config.serial_console |= self.serial_console;
         config.boot_timer |= self.boot_timer;

@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::boot::LoadedKernel;
+use crate::profile::Profiler;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +170,8 @@ pub struct VcpuShared {
     pub unhandled_accesses: AtomicU64,
     /// VMM process start, for the first-`KVM_RUN` log line.
     pub start: Instant,
+    /// The guest profiler, when one was asked for.
+    pub profiler: Option<Arc<Profiler>>,
 }
 
 /// A vCPU, configured and ready to run.
@@ -252,6 +255,9 @@ impl Vcpu {
             );
         }
         while !shared.stop.load(Ordering::Acquire) {
+            if let Some(profiler) = &shared.profiler {
+                profiler.sample_if_requested(self.index, &self.fd, &shared.mem);
+            }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !shared.pio.read(u64::from(port), data) {
