@@ -56,6 +56,12 @@ pub struct Sample {
     pub at: Duration,
     /// vCPU index.
     pub cpu: u8,
+    /// CPU time the vCPU's thread had used when the sample was taken
+    /// (`CLOCK_THREAD_CPUTIME_ID`). Where guest kernel mode is emulated by
+    /// the host, the emulation counts here too, so the difference between
+    /// two samples of a vCPU is what the guest's work between them cost
+    /// the host, whatever else the host was running.
+    pub cpu_time: Duration,
     /// What it was doing.
     pub what: Where,
     /// In kernel mode: the words of the kernel stack above the stack
@@ -112,6 +118,7 @@ impl Profiler {
             return;
         }
         let at = self.start.elapsed();
+        let cpu_time = thread_cpu_time();
         let (what, rsp) = read_where(fd);
         let stack = match (what, rsp) {
             (Where::Running { cpl: 0, .. }, Some(rsp)) => scan_stack(fd, mem, rsp),
@@ -120,6 +127,7 @@ impl Profiler {
         lock(&self.samples).push(Sample {
             at,
             cpu,
+            cpu_time,
             what,
             stack,
         });
@@ -228,6 +236,22 @@ pub const REWRITE_EVERY: Duration = Duration::from_secs(2);
 
 /// Time step of the report's timeline.
 pub const TIMELINE_SLICE: Duration = Duration::from_millis(500);
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
 
 /// What the vCPU is doing, and its stack pointer.
 fn read_where(fd: &VcpuFd) -> (Where, Option<u64>) {
