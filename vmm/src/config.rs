@@ -19,7 +19,7 @@ pub const MIN_MEMORY_MIB: u32 = 32;
 /// (devices, console, host quirks).
 pub const DEFAULT_CMDLINE: &str =
     "reboot=k panic=-1 nomodule i8042.noaux no_timer_check tsc=reliable \
-     init_on_alloc=0 rcupdate.rcu_expedited=1 quiet";
+     init_on_alloc=0 rcupdate.rcu_expedited=1 noreplace-smp quiet";
 
 /// How to pick the kernel's entry point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
