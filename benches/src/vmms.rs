@@ -34,6 +34,9 @@ pub const PHASES: &[(&str, &str)] = &[
 pub enum Vmm {
     Capsa,
     Qemu(PathBuf),
+    /// QEMU (the first path) booting a reference kernel (the second) with
+    /// the same initramfs and command line: `--reference-kernel`.
+    Reference(PathBuf, PathBuf),
     Firecracker(PathBuf),
     CloudHypervisor(PathBuf),
 }
@@ -43,11 +46,15 @@ impl Vmm {
         match self {
             Vmm::Capsa => "capsa",
             Vmm::Qemu(_) => "qemu-microvm",
+            Vmm::Reference(..) => REFERENCE,
             Vmm::Firecracker(_) => "firecracker",
             Vmm::CloudHypervisor(_) => "cloud-hypervisor",
         }
     }
 }
+
+/// The name of the reference kernel's launches (booted by QEMU).
+pub const REFERENCE: &str = "reference-kernel";
 
 /// `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -189,19 +196,83 @@ fn finish_record(w: &mut Watched, rec: &mut LaunchRecord, deadline: Instant) -> 
 /// rootfs disk; the host connects, `hello`, `create` + `start` a process
 /// that echoes one line, reads its first stdout byte, `wait`s for it and
 /// asks the agent to `shutdown`; the VMM then exits.
+/// What a capsa container launch runs: the `launch` workload (one vCPU,
+/// `busybox echo`) or `smp` (two vCPUs, [`SMP_SCRIPT`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchKind {
+    /// The timed container launch.
+    Echo,
+    /// The SMP speed-up: a CPU-bound shell loop on one thread, then the
+    /// same work split over two threads, in a 2-vCPU guest.
+    Smp,
+}
+
+/// Loop iterations of the SMP workload's single thread (each of its two
+/// threads runs half): about 1.5 s of busybox `sh` on an idle core here.
+pub const SMP_ITERATIONS: u64 = 1_000_000;
+
+/// The SMP workload's container process (busybox `sh -c`): prints
+/// [`CONTAINER_OUTPUT`], then `capsa-bench-smp A B C` with the guest's
+/// `/proc/uptime` before the single-thread loop, between, and after the
+/// two-thread run. The loops are shell builtins only: no system calls,
+/// so they run in guest user mode at full speed even where guest kernel
+/// mode is emulated.
+pub fn smp_script() -> String {
+    let half = SMP_ITERATIONS / 2;
+    format!(
+        "l() {{ i=0; while [ $i -lt $1 ]; do i=$((i+1)); done; }}; \
+         u() {{ read a b < /proc/uptime; echo $a; }}; \
+         echo '{CONTAINER_OUTPUT}'; a=$(u); l {SMP_ITERATIONS}; b=$(u); \
+         l {half} & l {half} & wait; c=$(u); echo \"capsa-bench-smp $a $b $c\""
+    )
+}
+
+impl LaunchKind {
+    fn workload(self) -> &'static str {
+        match self {
+            LaunchKind::Echo => "launch",
+            LaunchKind::Smp => "smp",
+        }
+    }
+
+    fn vcpus(self) -> u8 {
+        match self {
+            LaunchKind::Echo => 1,
+            LaunchKind::Smp => 2,
+        }
+    }
+
+    fn args(self) -> Vec<String> {
+        match self {
+            LaunchKind::Echo => vec![
+                "/bin/busybox".into(),
+                "echo".into(),
+                CONTAINER_OUTPUT.into(),
+            ],
+            LaunchKind::Smp => vec![
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                smp_script(),
+            ],
+        }
+    }
+}
+
 pub fn capsa_launch(
     fx: &Fixtures,
     work: &Path,
     tag: &str,
     memory_mib: u32,
     timeout: Duration,
+    kind: LaunchKind,
 ) -> LaunchRecord {
     let mut rec = LaunchRecord {
         vmm: "capsa".into(),
-        workload: "launch".into(),
+        workload: kind.workload().into(),
         ..Default::default()
     };
-    if let Err(e) = capsa_launch_inner(fx, work, tag, memory_mib, timeout, &mut rec) {
+    if let Err(e) = capsa_launch_inner(fx, work, tag, memory_mib, timeout, kind, &mut rec) {
         rec.error = Some(format!("{e:#}"));
     }
     rec
@@ -213,6 +284,7 @@ fn capsa_launch_inner(
     tag: &str,
     memory_mib: u32,
     timeout: Duration,
+    kind: LaunchKind,
     rec: &mut LaunchRecord,
 ) -> anyhow::Result<()> {
     let uds = work.join(format!("vsock-{tag}.sock"));
@@ -226,10 +298,11 @@ fn capsa_launch_inner(
         .arg("--disk")
         .arg(&disk)
         .arg("--boot-timer")
+        .args(["--vcpus", &kind.vcpus().to_string()])
         .args(["--memory-mib", &memory_mib.to_string()]);
     let mut w = Watched::spawn(cmd, memory_mib)?;
     let deadline = w.t0 + timeout;
-    let result = drive_agent(&mut w, &uds, deadline, rec);
+    let result = drive_agent(&mut w, &uds, deadline, kind.args(), rec);
     if result.is_err() {
         w.kill();
     }
@@ -237,15 +310,42 @@ fn capsa_launch_inner(
     collect_capsa_marks(&w, rec, true);
     let _ = std::fs::remove_file(&uds);
     let _ = std::fs::remove_file(&disk);
-    result.and(finished)
+    let out = result.and_then(|out| finished.map(|()| out))?;
+    if kind == LaunchKind::Smp {
+        record_smp(&out, rec)?;
+    }
+    Ok(())
 }
 
+/// The SMP workload's times from its output line, into `extra_ms`:
+/// `one_thread`, `two_threads` (guest clock).
+fn record_smp(out: &str, rec: &mut LaunchRecord) -> anyhow::Result<()> {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("capsa-bench-smp "))
+        .ok_or_else(|| anyhow!("no capsa-bench-smp line in {out:?}"))?;
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("capsa-bench-smp line {line:?}"))?;
+    let [a, b, c] = t[..] else {
+        bail!("capsa-bench-smp line {line:?}: three times expected");
+    };
+    rec.extra_ms.insert("one_thread".into(), (b - a) * 1e3);
+    rec.extra_ms.insert("two_threads".into(), (c - b) * 1e3);
+    Ok(())
+}
+
+/// Connects to the agent, runs one container process (`args`) to its
+/// end, shuts the guest down; returns the process's stdout.
 fn drive_agent(
     w: &mut Watched,
     uds: &Path,
     deadline: Instant,
+    args: Vec<String>,
     rec: &mut LaunchRecord,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let connector = HybridVsockConnector::new(uds);
     // Retry until the agent answers `hello`, as Client::connect_retry does,
     // but stop as soon as the VMM has died.
@@ -282,11 +382,7 @@ fn drive_agent(
             tag: None,
         },
         process: ProcessSpec {
-            args: vec![
-                "/bin/busybox".into(),
-                "echo".into(),
-                CONTAINER_OUTPUT.into(),
-            ],
+            args,
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             ..Default::default()
@@ -337,7 +433,7 @@ fn drive_agent(
     // The agent answers, then reboots the guest; the answer may be lost
     // with the connection.
     let _ = client.call::<method::Shutdown>(&Empty {}, rpc_timeout);
-    Ok(())
+    Ok(out.into_owned())
 }
 
 /// The command of the boot comparison for `vmm`.
@@ -352,36 +448,8 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
                 .args(["--memory-mib", &memory_mib.to_string()]);
             cmd
         }
-        Vmm::Qemu(bin) => {
-            // QEMU's microvm machine without legacy devices but the serial
-            // port, PVH entry of the vmlinux (docs/performance.md, Peers).
-            let mut cmd = Command::new(bin);
-            cmd.args([
-                "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=off,pic=off,pit=off",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "qemu64,-cx16,+tsc-deadline,+xsaveerptr",
-                "-smp",
-                "1",
-                "-m",
-                &memory_mib.to_string(),
-                "-display",
-                "none",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-                "-kernel",
-            ])
-            .arg(&fx.kernel)
-            .arg("-initrd")
-            .arg(&fx.boot_initramfs)
-            .arg("-append")
-            .arg(&cmdline);
-            cmd
-        }
+        Vmm::Qemu(bin) => qemu_command(bin, &fx.kernel, fx, memory_mib, &cmdline),
+        Vmm::Reference(bin, kernel) => qemu_command(bin, kernel, fx, memory_mib, &cmdline),
         Vmm::Firecracker(bin) => {
             let config = json!({
                 "boot-source": {
@@ -412,6 +480,44 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
             cmd
         }
     }
+}
+
+/// QEMU's microvm machine without legacy devices but the serial port,
+/// booting `kernel` through its PVH entry with the comparison's initramfs
+/// (docs/performance.md, Peers).
+fn qemu_command(
+    bin: &Path,
+    kernel: &Path,
+    fx: &Fixtures,
+    memory_mib: u32,
+    cmdline: &str,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=off,pic=off,pit=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "qemu64,-cx16,+tsc-deadline,+xsaveerptr",
+        "-smp",
+        "1",
+        "-m",
+        &memory_mib.to_string(),
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ])
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(&fx.boot_initramfs)
+    .arg("-append")
+    .arg(cmdline);
+    cmd
 }
 
 /// A boot-comparison launch running (for the parallel rounds).
