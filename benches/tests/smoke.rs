@@ -18,6 +18,8 @@ fn one_iteration_writes_json_and_chart() {
             "none",
             "--parallel",
             "0",
+            "--smp-iterations",
+            "0",
             "--timeout-s",
             "240",
             "--out",
