@@ -14,6 +14,7 @@ const INIT: &str = "/bin/busybox mount -t devtmpfs dev /dev\n\
     /bin/busybox echo INIT REACHED\n\
     /bin/busybox mount -t proc proc /proc\n\
     /bin/busybox echo \"UPTIME $(/bin/busybox cat /proc/uptime)\"\n\
+    /bin/busybox mount -t sysfs sys /sys\n\
     /bin/busybox echo \"NPROC $(/bin/busybox nproc)\"\n\
     /bin/busybox echo \"ONLINE $(/bin/busybox cat /sys/devices/system/cpu/online)\"\n\
     /bin/busybox reboot -f\n";
