@@ -89,7 +89,7 @@ fn read_cidfile(path: &Path) -> String {
         .to_owned()
 }
 
-/// `podman run --rm --cpus 2 IMAGE sh -c 'echo hi; nproc; exit 3'` prints
+/// `podman run --rm --cpus 2 --memory 128m IMAGE sh -c 'echo hi; nproc; exit 3'` prints
 /// hi and the CPUs the container can use, exits 3 (on the Debian image),
 /// and leaves nothing behind. With runc, `--cpus` is a CFS quota and
 /// `nproc` shows every host CPU; capsa sizes the VM from the quota, so the
@@ -99,10 +99,15 @@ fn podman_run_prints_and_exits_with_the_status(rt: Runtime) {
     let name = container_name("exit", rt);
     let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
     let mut cmd = podman_run(rt, &mut guard);
+    // 128 MiB keeps the 2-vCPU guest's boot inside podman's 240 s create
+    // limit on a loaded host that emulates guest kernel mode (the default
+    // 512 MiB guest did not make it there at load ~9 on 2 cores).
     cmd.args([
         "--rm",
         "--cpus",
         "2",
+        "--memory",
+        "128m",
         DEBIAN,
         "sh",
         "-c",

@@ -16,10 +16,15 @@ pub const DEFAULT_MEMORY_MIB: u32 = 128;
 /// Smallest guest memory in MiB that the shipped kernel boots with.
 pub const MIN_MEMORY_MIB: u32 = 32;
 /// Default kernel command line, before capsa adds its own parameters
-/// (devices, console, host quirks).
+/// (devices, console, host quirks). `noreplace-smp` and `rodata=off` are
+/// boot-time cuts (docs/kernel.md, "The boot diet"): no LOCK-prefix
+/// patching on one vCPU, and no read-only remapping of the kernel image
+/// (`mark_rodata_ro`, ~5% of a boot where guest kernel mode is emulated;
+/// the hypervisor, not the guest kernel's own page protections, is the
+/// isolation boundary).
 pub const DEFAULT_CMDLINE: &str =
     "reboot=k panic=-1 nomodule i8042.noaux no_timer_check tsc=reliable \
-     init_on_alloc=0 rcupdate.rcu_expedited=1 noreplace-smp quiet";
+     init_on_alloc=0 rcupdate.rcu_expedited=1 noreplace-smp rodata=off quiet";
 
 /// How to pick the kernel's entry point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
