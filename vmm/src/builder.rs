@@ -71,9 +71,6 @@ pub enum BuildError {
         /// Why.
         message: String,
     },
-    /// The root disk's image cannot be used.
-    #[error("root_disk: {0}")]
-    RootDisk(String),
     /// The vsock device cannot be created (e.g. its socket cannot be bound).
     #[error("vsock: {0}")]
     Vsock(String),
@@ -126,7 +123,17 @@ pub fn build_microvm(
     let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
     attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config)?;
 
-    let cmdline = kernel_cmdline(config, &devices, quirks)?;
+    let (quirk_params, quirk_clear) = pvm::kernel_params();
+    let params: &[&str] = if quirks { quirk_params } else { &[] };
+    let cmdline = cmdline::build(
+        config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
+        &cmdline::CmdlineParts {
+            serial_console: config.serial_console || config.serial_log.is_some(),
+            devices: &devices.virtio_devices,
+            params,
+            clearcpuid: if quirks { quirk_clear } else { &[] },
+        },
+    )?;
     tracing::debug!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
     boot::configure(&mem, &kernel, &cmdline, initramfs, mem_bytes)?;
     mptable::setup_mptable(&mem, config.vcpus)?;
@@ -135,7 +142,22 @@ pub fn build_microvm(
         .map(|i| Vcpu::new(&vm.kvm, &vm.fd, &mem, i, config.vcpus, &kernel, quirks))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let profile = profile_output(config, start);
+    let profile = config.profile.as_ref().map(|p| {
+        Arc::new(ProfileOutput {
+            profiler: Arc::new(Profiler::new(
+                config.vcpus,
+                Duration::from_millis(u64::from(p.interval_ms)),
+                start,
+            )),
+            path: p.path.clone(),
+            kernel: config.kernel.clone(),
+            system_map: p
+                .system_map
+                .clone()
+                .or_else(|| profile::symbols::beside(&config.kernel)),
+            vcpus: config.vcpus,
+        })
+    });
     let (exits_tx, exits_rx) = channel();
     let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
     let shared = Arc::new(VcpuShared {
@@ -158,56 +180,8 @@ pub fn build_microvm(
     Ok((vmm, marks_rx))
 }
 
-/// The kernel command line: the user's (or [`DEFAULT_CMDLINE`]) with the
-/// console, the virtio-mmio announcements, the root disk and, when
-/// `quirks`, the PVM host's parameters.
-fn kernel_cmdline(
-    config: &VmConfig,
-    devices: &DeviceManager,
-    quirks: bool,
-) -> Result<linux_loader::cmdline::Cmdline, BuildError> {
-    let (quirk_params, quirk_clear) = pvm::kernel_params();
-    let params: &[&str] = if quirks { quirk_params } else { &[] };
-    // The root disk comes right after the disks (attach_virtio_devices).
-    let root_device = config::guest_disk_device(config.disks.len());
-    Ok(cmdline::build(
-        config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
-        &cmdline::CmdlineParts {
-            serial_console: config.serial_console || config.serial_log.is_some(),
-            devices: &devices.virtio_devices,
-            params,
-            clearcpuid: if quirks { quirk_clear } else { &[] },
-            root: config.root_disk.as_ref().map(|r| cmdline::RootParams {
-                device: &root_device,
-                fstype: &r.fstype,
-                init: &r.init,
-            }),
-        },
-    )?)
-}
-
-/// The profiler and where its report goes, when `config` asks for one.
-fn profile_output(config: &VmConfig, start: Instant) -> Option<Arc<ProfileOutput>> {
-    config.profile.as_ref().map(|p| {
-        Arc::new(ProfileOutput {
-            profiler: Arc::new(Profiler::new(
-                config.vcpus,
-                Duration::from_millis(u64::from(p.interval_ms)),
-                start,
-            )),
-            path: p.path.clone(),
-            kernel: config.kernel.clone(),
-            system_map: p
-                .system_map
-                .clone()
-                .or_else(|| profile::symbols::beside(&config.kernel)),
-            vcpus: config.vcpus,
-        })
-    })
-}
-
-/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the root disk after
-/// them, the vsock device and the rng.
+/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device and
+/// the rng.
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -225,15 +199,6 @@ fn attach_virtio_devices(
             index,
             message: e.to_string(),
         })?;
-        devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
-    }
-    if let Some(root) = &config.root_disk {
-        let block = Block::new(&BlockConfig {
-            path: root.path.clone(),
-            read_only: true,
-            serial: None,
-        })
-        .map_err(|e| BuildError::RootDisk(e.to_string()))?;
         devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
     }
     if let Some(vsock) = &config.vsock {

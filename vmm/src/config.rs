@@ -62,12 +62,6 @@ pub struct VmConfig {
     /// Initramfs (a cpio archive), loaded at the top of low memory.
     #[serde(default)]
     pub initramfs: Option<PathBuf>,
-    /// A read-only disk that the kernel mounts as `/` and whose `init` it
-    /// runs as PID 1, instead of an initramfs (which the kernel would
-    /// first copy, byte by byte, into its page cache). Attached after
-    /// `disks`, which keep their names.
-    #[serde(default)]
-    pub root_disk: Option<RootDiskConfig>,
     /// Kernel command line; [`DEFAULT_CMDLINE`] when absent. capsa appends
     /// the device announcements and, on PVM hosts, the quirk parameters.
     #[serde(default)]
@@ -188,67 +182,6 @@ pub fn guest_disk_device(index: usize) -> String {
     format!("/dev/vd{}", String::from_utf8_lossy(&suffix))
 }
 
-/// The guest's root filesystem on a read-only virtio-blk disk: capsa
-/// attaches it after the `disks` and adds `root=/dev/vdX ro
-/// rootfstype=<fstype> init=<init>` to the command line (Linux
-/// Documentation/admin-guide/kernel-parameters.txt).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RootDiskConfig {
-    /// The filesystem image (its size is the disk's capacity).
-    pub path: PathBuf,
-    /// Its filesystem type, as `rootfstype=` names it.
-    #[serde(default = "default_root_fstype")]
-    pub fstype: String,
-    /// The program the kernel runs as PID 1, an absolute path in the image.
-    #[serde(default = "default_root_init")]
-    pub init: String,
-}
-
-impl RootDiskConfig {
-    /// Checks the fields, and that there is no initramfs (`with_initramfs`)
-    /// too; the error names the field (`root_disk.init`, …).
-    fn validate(&self, with_initramfs: bool) -> Result<(), ConfigError> {
-        if with_initramfs {
-            return Err(ConfigError::new(
-                "root_disk",
-                "cannot be given together with an initramfs",
-            ));
-        }
-        if self.path.as_os_str().is_empty() {
-            return Err(ConfigError::new("root_disk.path", "is required"));
-        }
-        let word = |s: &str| !s.is_empty() && !s.bytes().any(|b| b <= b' ' || b == 0x7f);
-        if !word(&self.fstype) {
-            return Err(ConfigError::new(
-                "root_disk.fstype",
-                format!("{:?} is not a filesystem type", self.fstype),
-            ));
-        }
-        if !self.init.starts_with('/') || !word(&self.init) {
-            return Err(ConfigError::new(
-                "root_disk.init",
-                format!("{:?} is not an absolute path without spaces", self.init),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Default [`RootDiskConfig::fstype`]: erofs, read-only and with nothing to
-/// replay or check at mount.
-pub const DEFAULT_ROOT_FSTYPE: &str = "erofs";
-/// Default [`RootDiskConfig::init`].
-pub const DEFAULT_ROOT_INIT: &str = "/init";
-
-fn default_root_fstype() -> String {
-    DEFAULT_ROOT_FSTYPE.into()
-}
-
-fn default_root_init() -> String {
-    DEFAULT_ROOT_INIT.into()
-}
-
 /// The guest CID capsa gives a VM unless told otherwise.
 pub const DEFAULT_GUEST_CID: u32 = 3;
 
@@ -327,7 +260,6 @@ impl VmConfig {
         Self {
             kernel: kernel.into(),
             initramfs: None,
-            root_disk: None,
             cmdline: None,
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
@@ -407,9 +339,6 @@ impl VmConfig {
             if disk.path.as_os_str().is_empty() {
                 return Err(ConfigError::new("disks", "a disk has an empty path"));
             }
-        }
-        if let Some(root) = &self.root_disk {
-            root.validate(self.initramfs.is_some())?;
         }
         if let Some(vsock) = &self.vsock {
             // CIDs 0-2 are the hypervisor, local and host; u32::MAX is "any".
@@ -534,39 +463,6 @@ mod tests {
         assert_eq!(guest_disk_device(27), "/dev/vdab");
         assert_eq!(guest_disk_device(701), "/dev/vdzz");
         assert_eq!(guest_disk_device(702), "/dev/vdaaa");
-    }
-
-    #[test]
-    fn root_disk_is_validated() {
-        let c =
-            VmConfig::from_json(r#"{"kernel": "/k", "root_disk": {"path": "/a.erofs"}}"#).unwrap();
-        let root = c.root_disk.clone().unwrap();
-        assert_eq!(
-            (root.fstype.as_str(), root.init.as_str()),
-            ("erofs", "/init")
-        );
-        assert_eq!(c.validate(1024), Ok(()));
-        let mut bad = c.clone();
-        bad.initramfs = Some("/i.cpio".into());
-        assert_eq!(bad.validate(1024).unwrap_err().field, "root_disk");
-        for (init, fstype, field) in [
-            ("init", "erofs", "root_disk.init"),
-            ("/a b", "erofs", "root_disk.init"),
-            ("/init", "", "root_disk.fstype"),
-            ("/init", "ext4 x", "root_disk.fstype"),
-        ] {
-            let mut bad = c.clone();
-            bad.root_disk = Some(RootDiskConfig {
-                path: "/a.erofs".into(),
-                fstype: fstype.into(),
-                init: init.into(),
-            });
-            assert_eq!(
-                bad.validate(1024).unwrap_err().field,
-                field,
-                "{init:?} {fstype:?}"
-            );
-        }
     }
 
     #[test]

@@ -1,12 +1,5 @@
 //! The guest agent on the host side: finding its binary and packing it as
-//! the `/init` of a read-only root filesystem image (erofs) that the guest
-//! kernel mounts as `/` from a virtio-blk disk, or of an uncompressed
-//! initramfs; both cached by content.
-//!
-//! The disk is what containers boot: the kernel reads only the pages of
-//! the agent that run, through virtio-blk, where an initramfs is first
-//! copied whole into the kernel's page cache by guest kernel code (seconds
-//! where guest kernel mode is emulated; docs/kernel.md).
+//! the `/init` of an uncompressed initramfs, cached by content.
 
 use std::hash::{Hash, Hasher};
 use std::io;
@@ -132,67 +125,6 @@ pub fn initramfs(agent: &Path, cache_dir: &Path) -> io::Result<PathBuf> {
     Ok(out)
 }
 
-/// Directories of the root disk: the mount points the agent uses. The
-/// image is read-only; the kernel mounts devtmpfs on `/dev` itself
-/// (`CONFIG_DEVTMPFS_MOUNT`) before it runs init, and the agent puts
-/// everything it writes on the tmpfs it mounts on `/run`.
-pub const ROOT_DISK_DIRS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "mnt"];
-
-/// Bumped when the layout of [`root_disk`]'s image changes, so that cached
-/// images of an older layout are not reused.
-const ROOT_DISK_LAYOUT: u32 = 1;
-
-/// The erofs image whose `/init` is `agent` (plus [`ROOT_DISK_DIRS`]),
-/// built once into `cache_dir` with `mkfs.erofs` (erofs-utils, installed by
-/// scripts/setup.sh) and reused while the agent binary's content is the
-/// same. Uncompressed, so the guest kernel only copies blocks.
-pub fn root_disk(agent: &Path, cache_dir: &Path) -> io::Result<PathBuf> {
-    let bytes = std::fs::read(agent)
-        .map_err(|e| io::Error::new(e.kind(), format!("guest agent {}: {e}", agent.display())))?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ROOT_DISK_LAYOUT.hash(&mut h);
-    bytes.hash(&mut h);
-    let out = cache_dir.join(format!("agent-{:016x}.erofs", h.finish()));
-    if out.is_file() {
-        return Ok(out);
-    }
-    std::fs::create_dir_all(cache_dir)?;
-    let stage = cache_dir.join(format!(".stage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&stage);
-    let result = write_root_disk(&bytes, &stage, &out);
-    let _ = std::fs::remove_dir_all(&stage);
-    result.map(|()| out)
-}
-
-fn write_root_disk(agent: &[u8], stage: &Path, out: &Path) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(stage)?;
-    for dir in ROOT_DISK_DIRS {
-        std::fs::create_dir(stage.join(dir))?;
-    }
-    let init = stage.join("init");
-    std::fs::write(&init, agent)?;
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
-    let status = std::process::Command::new("mkfs.erofs")
-        .args(["--quiet", "--all-root", "-T0"])
-        .arg(&tmp)
-        .arg(stage)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot run mkfs.erofs ({e}): install erofs-utils (scripts/setup.sh)"),
-            )
-        })?;
-    if !status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io::Error::other(format!("mkfs.erofs failed ({status})")));
-    }
-    std::fs::rename(&tmp, out)
-}
-
 /// capsa's cache directory: `$CAPSA_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/capsa`, else `~/.cache/capsa`.
 pub fn cache_dir() -> PathBuf {
@@ -224,30 +156,6 @@ mod tests {
         if Path::new("/bin/busybox").is_file() {
             assert!(is_static_elf(Path::new("/bin/busybox")).unwrap());
         }
-    }
-
-    #[test]
-    fn root_disk_is_an_erofs_image_cached_by_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, b"\x7fELF fake agent").unwrap();
-        let a = root_disk(&agent, dir.path()).unwrap();
-        assert_eq!(root_disk(&agent, dir.path()).unwrap(), a);
-        let image = std::fs::read(&a).unwrap();
-        // The erofs superblock sits at byte 1024: magic 0xE0F5E1E2.
-        assert_eq!(&image[1024..1028], &0xE0F5_E1E2u32.to_le_bytes());
-        assert!(image.windows(15).any(|w| w == b"\x7fELF fake agent"));
-        std::fs::write(&agent, b"\x7fELF another agent").unwrap();
-        assert_ne!(root_disk(&agent, dir.path()).unwrap(), a);
-        // Nothing but the images is left behind.
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(
-            names.iter().all(|n| n == "agent" || n.ends_with(".erofs")),
-            "{names:?}"
-        );
     }
 
     #[test]

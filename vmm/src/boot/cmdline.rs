@@ -38,19 +38,6 @@ pub struct CmdlineParts<'a> {
     pub params: &'a [&'a str],
     /// CPU features to hide, merged with any `clearcpuid=` of the user.
     pub clearcpuid: &'a [&'a str],
-    /// The root filesystem to mount instead of using the initramfs.
-    pub root: Option<RootParams<'a>>,
-}
-
-/// Where the kernel finds its root filesystem and init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RootParams<'a> {
-    /// The block device, e.g. `/dev/vdb`.
-    pub device: &'a str,
-    /// `rootfstype=`, e.g. `erofs`.
-    pub fstype: &'a str,
-    /// `init=`, e.g. `/init`.
-    pub init: &'a str,
 }
 
 /// Builds the full command line from the user's part `base`.
@@ -82,12 +69,6 @@ pub fn build(base: &str, parts: &CmdlineParts<'_>) -> Result<Cmdline, CmdlineErr
             dev.irq,
             None,
         )?;
-    }
-    if let Some(root) = parts.root {
-        cmdline.insert("root", root.device)?;
-        cmdline.insert_str("ro")?;
-        cmdline.insert("rootfstype", root.fstype)?;
-        cmdline.insert("init", root.init)?;
     }
     for param in parts.params {
         cmdline.insert_str(param)?;
@@ -176,27 +157,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s(&c), "clearcpuid=avx console=ttyS0");
-    }
-
-    #[test]
-    fn root_disk_parameters() {
-        let c = build(
-            "quiet",
-            &CmdlineParts {
-                serial_console: true,
-                root: Some(RootParams {
-                    device: "/dev/vdb",
-                    fstype: "erofs",
-                    init: "/init",
-                }),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            s(&c),
-            "quiet console=ttyS0 root=/dev/vdb ro rootfstype=erofs init=/init"
-        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, HostQuirks, ProfileConfig, RootDiskConfig, VmConfig, VsockConfig,
-    DEFAULT_GUEST_CID, DEFAULT_PROFILE_INTERVAL_MS, DEFAULT_ROOT_FSTYPE, DEFAULT_ROOT_INIT,
+    BootProtocol, DiskConfig, HostQuirks, ProfileConfig, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    DEFAULT_PROFILE_INTERVAL_MS,
 };
 
 use super::EXIT_GUEST_FAILURE;
@@ -61,9 +61,8 @@ pub struct VmmArgs {
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     no_rng: bool,
-    /// Boot the guest agent as init from a read-only root disk: an erofs
-    /// image built from the agent binary (found as docs/cli.md says),
-    /// instead of --initramfs.
+    /// Boot the guest agent as /init: an initramfs built from the agent
+    /// binary (found as docs/cli.md says), instead of --initramfs.
     #[arg(long, conflicts_with = "initramfs")]
     agent: bool,
     /// Sample the vCPUs' instruction pointers while the guest runs and
@@ -128,14 +127,11 @@ impl VmmArgs {
         }
         if self.agent {
             let agent = capsa_vmm::guest_agent::locate()?;
-            let cache = capsa_vmm::guest_agent::cache_dir().join("agent");
-            config.initramfs = None;
-            config.root_disk = Some(RootDiskConfig {
-                path: capsa_vmm::guest_agent::root_disk(&agent, &cache)
-                    .context("--agent: cannot build the agent's root disk")?,
-                fstype: DEFAULT_ROOT_FSTYPE.into(),
-                init: DEFAULT_ROOT_INIT.into(),
-            });
+            let cache = capsa_vmm::guest_agent::cache_dir().join("initramfs");
+            config.initramfs = Some(
+                capsa_vmm::guest_agent::initramfs(&agent, &cache)
+                    .context("--agent: cannot build the agent initramfs")?,
+            );
         }
         if let Some(path) = self.profile {
             let mut profile = config.profile.take().unwrap_or(ProfileConfig {

@@ -12,7 +12,7 @@
 //!
 //! What the VMM reads and writes lives in that root: its inputs
 //! (`vmm-inputs.json`, the binds disk) are placed there
-//! by `create`; the kernel, the agent's root disk and the rootfs image are
+//! by `create`; the kernel, the initramfs and the rootfs image are
 //! bind-mounted read-only by the jailer; the VMM creates `vsock`,
 //! `console.log`, `vmm.log` and `exit` there. The host reads those files
 //! as written by an untrusted process: no symlink followed, bounded

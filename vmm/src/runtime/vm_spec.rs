@@ -2,7 +2,7 @@
 //! [`VmSpec::from_bundle`] reads what the bundle asks for (vCPUs and memory
 //! from `linux.resources`, the process, hostname and mounts), and
 //! [`VmSpec::vmm_inputs`] combines it with the [`Machine`] `create`
-//! prepared (kernel, the agent's root disk, disks, vsock, as the VMM sees them) into
+//! prepared (kernel, initramfs, disks, vsock, as the VMM sees them) into
 //! the [`VmmInputs`]: the finished [`VmConfig`], validated, and the agent's
 //! `create` parameters. See docs/runtime.md for what each field of
 //! `config.json` does in a VM.
@@ -19,8 +19,8 @@ use super::vmm_process::VmmInputs;
 use super::{Result, RuntimeError};
 use crate::arch::x86_64::mptable::MAX_CPUS;
 use crate::config::{
-    guest_disk_device, DiskConfig, HostQuirks, RootDiskConfig, VmConfig, VsockConfig,
-    DEFAULT_GUEST_CID, DEFAULT_ROOT_FSTYPE, DEFAULT_ROOT_INIT, DEFAULT_VCPUS,
+    guest_disk_device, DiskConfig, HostQuirks, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+    DEFAULT_VCPUS,
 };
 
 /// Smallest guest RAM capsa gives a container, MiB (more than the
@@ -332,9 +332,8 @@ pub struct MachineDisk {
 pub struct Machine {
     /// Guest kernel.
     pub kernel: PathBuf,
-    /// The agent's root disk (`guest_agent::root_disk`), attached after
-    /// [`Machine::disks`] so that their names do not move.
-    pub agent_disk: PathBuf,
+    /// Agent initramfs.
+    pub initramfs: PathBuf,
     /// The disks, in the order the guest sees them
     /// ([`guest_disk_device`]).
     pub disks: Vec<MachineDisk>,
@@ -362,11 +361,7 @@ impl Machine {
     /// this machine.
     fn vm_config(&self, spec: &VmSpec) -> VmConfig {
         let mut config = VmConfig::new(&self.kernel);
-        config.root_disk = Some(RootDiskConfig {
-            path: self.agent_disk.clone(),
-            fstype: DEFAULT_ROOT_FSTYPE.into(),
-            init: DEFAULT_ROOT_INIT.into(),
-        });
+        config.initramfs = Some(self.initramfs.clone());
         config.vcpus = spec.vcpus;
         config.memory_mib = spec.memory_mib;
         config.disks = self
@@ -546,7 +541,7 @@ mod tests {
         };
         let machine = Machine {
             kernel: "/vmlinux".into(),
-            agent_disk: "/agent.erofs".into(),
+            initramfs: "/initramfs.cpio".into(),
             disks: vec![
                 disk(DiskRole::Rootfs, "/rootfs.ext4"),
                 disk(DiskRole::Binds, "/binds.ext4"),

@@ -2,7 +2,7 @@
 //!
 //! 1. [`VmSpec::from_bundle`]: what the bundle asks for (vCPUs, memory,
 //!    process, mounts);
-//! 2. [`ShippedFiles::locate`]: the guest kernel and the agent's root disk;
+//! 2. [`ShippedFiles::locate`]: the guest kernel and the agent's initramfs;
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
@@ -72,20 +72,20 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
 /// The files capsa ships that every VM boots from, as host paths.
 struct ShippedFiles {
     kernel: PathBuf,
-    agent_disk: PathBuf,
+    initramfs: PathBuf,
 }
 
 impl ShippedFiles {
-    /// Finds the guest kernel and the agent, and packs the agent as the
-    /// `/init` of a read-only erofs root disk (cached by content).
+    /// Finds the guest kernel and the agent, and packs the agent as an
+    /// initramfs (cached by content).
     fn locate() -> Result<ShippedFiles> {
         let kernel = crate::install::kernel().map_err(|e| RuntimeError::Failed(e.to_string()))?;
         let agent =
             crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        let cache = crate::guest_agent::cache_dir().join("agent");
-        let agent_disk = crate::guest_agent::root_disk(&agent, &cache)
-            .map_err(|e| RuntimeError::io("cannot build the agent's root disk", e))?;
-        Ok(ShippedFiles { kernel, agent_disk })
+        let cache = crate::guest_agent::cache_dir().join("initramfs");
+        let initramfs = crate::guest_agent::initramfs(&agent, &cache)
+            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
+        Ok(ShippedFiles { kernel, initramfs })
     }
 }
 
@@ -229,7 +229,7 @@ fn plan_machine(
 ) -> Machine {
     Machine {
         kernel: placement.read_only(&shipped.kernel, "vmlinux"),
-        agent_disk: placement.read_only(&shipped.agent_disk, "agent.erofs"),
+        initramfs: placement.read_only(&shipped.initramfs, "initramfs.cpio"),
         disks: resources.disks.clone(),
         vsock: placement.inside("vsock"),
         // The guest's console (kernel warnings and panics; the agent logs
