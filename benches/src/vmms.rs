@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use capsa_agent::client::{attach_stream, Client, HybridVsockConnector};
-use capsa_agent::protocol::{method, CreateParams, Empty, ProcessSpec, RootfsSpec, RootfsType};
+use capsa_agent::protocol::{
+    method, CreateParams, Empty, MountSpec, ProcessSpec, RootfsSpec, RootfsType,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -388,7 +390,13 @@ fn drive_agent(
             ..Default::default()
         },
         hostname: None,
-        mounts: Vec::new(),
+        // /proc for the SMP workload's clock (/proc/uptime).
+        mounts: vec![MountSpec {
+            destination: "/proc".into(),
+            kind: Some("proc".into()),
+            source: Some("proc".into()),
+            options: Vec::new(),
+        }],
         stdin: false,
     };
     let created = client
