@@ -1,7 +1,9 @@
 //! Booting the real guest kernel with `capsa vmm`: init is reached (seen
-//! through the boot timer and the serial console), the guest's reset ends
-//! the VM with exit 0, both entry points work, guest crashes end it with a
-//! clear message and a non-zero exit, and bad input is refused cleanly.
+//! through the boot timer and the serial console) on 1, 2 and 4 vCPUs, all
+//! of which the guest uses, the guest's reset ends the VM with exit 0, both
+//! entry points work, the guest profiler names kernel functions, guest
+//! crashes end the VM with a clear message and a non-zero exit, and bad
+//! input is refused cleanly.
 
 use std::time::Instant;
 
@@ -12,26 +14,46 @@ const INIT: &str = "/bin/busybox mount -t devtmpfs dev /dev\n\
     /bin/busybox echo INIT REACHED\n\
     /bin/busybox mount -t proc proc /proc\n\
     /bin/busybox echo \"UPTIME $(/bin/busybox cat /proc/uptime)\"\n\
+    /bin/busybox mount -t sysfs sys /sys\n\
+    /bin/busybox echo \"NPROC $(/bin/busybox nproc)\"\n\
+    /bin/busybox echo \"ONLINE $(/bin/busybox cat /sys/devices/system/cpu/online)\"\n\
     /bin/busybox reboot -f\n";
 
-fn boot(protocol: &str) {
+/// Boots busybox as init through `protocol` on `vcpus` vCPUs (plus
+/// `extra` flags) and checks that init ran, saw `vcpus` CPUs online, and
+/// that the guest's reset ended the VM cleanly. Returns stdout and stderr.
+fn boot(protocol: &str, vcpus: u8, extra: &[&str]) -> (String, String) {
     require_kvm();
     let kernel = guest_kernel();
     let dir = tempfile::tempdir().unwrap();
     let initrd = busybox_initramfs(dir.path(), &INIT.replace("MARK", MARK_INIT_REACHED));
+    let vcpus_arg = vcpus.to_string();
+    let mut args = vec![
+        "--boot-timer",
+        "--boot-protocol",
+        protocol,
+        "--vcpus",
+        &vcpus_arg,
+    ];
+    args.extend_from_slice(extra);
     let started = Instant::now();
     let out = capsa_with_env(
-        &vmm_args(
-            kernel,
-            &initrd,
-            &["--boot-timer", "--boot-protocol", protocol],
-        ),
+        &vmm_args(kernel, &initrd, &args),
         &[("CAPSA_LOG", "capsa_vmm=info")],
-        300,
+        600,
     );
     let wall = started.elapsed();
     let (stdout, stderr) = exited_with(&out, 0);
     assert!(stdout.contains("INIT REACHED"), "stdout:\n{stdout}");
+    let nproc = stdout.lines().find_map(|l| l.strip_prefix("NPROC "));
+    assert_eq!(
+        nproc,
+        Some(vcpus_arg.as_str()),
+        "the guest does not use all {vcpus} vCPUs:\n{stdout}"
+    );
+    let online = format!("ONLINE 0-{}", vcpus - 1);
+    let online = if vcpus == 1 { "ONLINE 0" } else { &online };
+    assert!(stdout.lines().any(|l| l == online), "stdout:\n{stdout}");
     let init_us = boot_timer_us(&stderr, "guest init reached")
         .unwrap_or_else(|| panic!("no boot-timer mark in stderr:\n{stderr}"));
     let uptime = stdout
@@ -45,22 +67,74 @@ fn boot(protocol: &str) {
     );
     // Reported, not asserted: performance lives in benches/.
     println!(
-        "[{protocol}] host setup to first KVM_RUN: {:.1} ms; time to guest init (boot timer): \
-         {:.3} s; guest uptime at init: {uptime}; wall time including reset: {:.3} s",
+        "[{protocol}, {vcpus} vCPUs] host setup to first KVM_RUN: {:.1} ms; time to guest init \
+         (boot timer): {:.3} s; guest uptime at init: {uptime}; wall time including reset: \
+         {:.3} s",
         first_run_us.unwrap_or(0) as f64 / 1e3,
         init_us as f64 / 1e6,
         wall.as_secs_f64()
     );
+    (stdout, stderr)
 }
 
 #[test]
 fn boots_to_init_through_the_pvh_entry_and_resets_cleanly() {
-    boot("pvh");
+    boot("pvh", 1, &[]);
 }
 
 #[test]
-fn boots_to_init_through_the_64bit_entry_and_resets_cleanly() {
-    boot("linux64");
+fn boots_to_init_through_the_64bit_entry_on_two_vcpus() {
+    boot("linux64", 2, &[]);
+}
+
+/// Four vCPUs (more than this development host's two cores), profiled:
+/// the report names guest kernel functions from the System.map next to
+/// the kernel, and every application processor was seen running.
+#[test]
+fn boots_on_four_vcpus_with_the_guest_profiler() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("profile.txt");
+    boot(
+        "pvh",
+        4,
+        &[
+            "--profile",
+            report.to_str().unwrap(),
+            "--profile-interval-ms",
+            "20",
+        ],
+    );
+    let text = std::fs::read_to_string(&report).expect("the profile report is written");
+    assert!(
+        text.contains("text symbols)"),
+        "no System.map used:\n{text}"
+    );
+    let samples: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# seconds"))
+        .skip(1)
+        .collect();
+    assert!(samples.len() > 100, "{} samples", samples.len());
+    // Kernel-mode samples (CPL 0) are named by function.
+    let named = samples
+        .iter()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&"0") && f.get(5).is_some_and(|w| !w.starts_with('['))
+        })
+        .count();
+    assert!(
+        named * 2 > samples.len(),
+        "only {named} of {} samples name a kernel function:\n{text}",
+        samples.len()
+    );
+    for cpu in 1..4 {
+        let running = samples.iter().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(1) == Some(&cpu.to_string().as_str()) && f.get(3) != Some(&"-")
+        });
+        assert!(running, "vCPU {cpu} never seen running:\n{text}");
+    }
 }
 
 /// A minimal ELF64 "kernel" whose entry point executes `ud2`: with no IDT

@@ -89,19 +89,40 @@ fn read_cidfile(path: &Path) -> String {
         .to_owned()
 }
 
-/// `podman run --rm IMAGE sh -c 'echo hi; exit 3'` prints hi and exits 3
-/// (on the Debian image), and leaves nothing behind.
+/// `podman run --rm --cpus 2 --memory 128m IMAGE sh -c 'echo hi; nproc; exit 3'` prints
+/// hi and the CPUs the container can use, exits 3 (on the Debian image),
+/// and leaves nothing behind. With runc, `--cpus` is a CFS quota and
+/// `nproc` shows every host CPU; capsa sizes the VM from the quota, so the
+/// container sees 2 vCPUs (fewer only on a host with fewer CPUs).
 fn podman_run_prints_and_exits_with_the_status(rt: Runtime) {
     let _slot = container_slot();
     let name = container_name("exit", rt);
     let mut guard = Container::new(Engine::Podman, &name, rt, &rt.default_root());
     let mut cmd = podman_run(rt, &mut guard);
-    cmd.args(["--rm", DEBIAN, "sh", "-c", "echo hi; exit 3"]);
+    // 128 MiB keeps the 2-vCPU guest's boot inside podman's 240 s create
+    // limit on a loaded host that emulates guest kernel mode (the default
+    // 512 MiB guest did not make it there at load ~9 on 2 cores).
+    cmd.args([
+        "--rm",
+        "--cpus",
+        "2",
+        "--memory",
+        "128m",
+        DEBIAN,
+        "sh",
+        "-c",
+        "echo hi; nproc; exit 3",
+    ]);
     let out = run(&mut cmd, None);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&cmd, &out));
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = match rt {
+        Runtime::Runc => host_cpus,
+        Runtime::Capsa => host_cpus.min(2),
+    };
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "hi\n",
+        format!("hi\n{cpus}\n"),
         "{}",
         describe(&cmd, &out)
     );

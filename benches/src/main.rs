@@ -51,6 +51,10 @@ struct BootArgs {
     /// Launches per VMM and workload.
     #[arg(long, default_value_t = 10)]
     iterations: usize,
+    /// Launches of the SMP workload: a 2-vCPU container runs a CPU-bound
+    /// loop on one thread, then the same work on two (0: skip).
+    #[arg(long, default_value_t = 1)]
+    smp_iterations: usize,
     /// VMs at once in the launches/s round (0: skip the round).
     #[arg(long, default_value_t = 2)]
     parallel: usize,
@@ -62,6 +66,12 @@ struct BootArgs {
     /// qemu, firecracker, cloud-hypervisor.
     #[arg(long, default_value = "auto")]
     peers: String,
+    /// A reference guest kernel (uncompressed vmlinux with a PVH entry)
+    /// that QEMU boots with the comparison's busybox initramfs, each
+    /// iteration, to set capsa's container launch against (ratios
+    /// capsa / reference; docs/performance.md). Needs qemu-system-x86_64.
+    #[arg(long, value_name = "VMLINUX")]
+    reference_kernel: Option<PathBuf>,
     /// Guest memory, MiB.
     #[arg(long, default_value_t = 128)]
     memory_mib: u32,
@@ -198,7 +208,17 @@ fn describe(rec: &LaunchRecord) -> String {
 
 fn boot(args: BootArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.iterations >= 1, "--iterations must be at least 1");
-    let (peers, skipped) = select_peers(&args.peers)?;
+    let (mut peers, skipped) = select_peers(&args.peers)?;
+    if let Some(kernel) = &args.reference_kernel {
+        anyhow::ensure!(
+            kernel.is_file(),
+            "--reference-kernel: {} is not a file",
+            kernel.display()
+        );
+        let qemu = vmms::which("qemu-system-x86_64")
+            .context("--reference-kernel: qemu-system-x86_64 is not on PATH")?;
+        peers.push(Vmm::Reference(qemu, kernel.clone()));
+    }
     let out = args.out.clone().unwrap_or_else(|| {
         fixtures::workspace_root()
             .join("benches/results")
@@ -236,7 +256,7 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
     };
     let per_iter = launch_kinds.len() + vmms_in_comparison.len();
     let parallel_rounds = usize::from(args.parallel > 0);
-    let total = (args.iterations * per_iter + parallel_rounds) as u64;
+    let total = (args.iterations * per_iter + parallel_rounds + args.smp_iterations) as u64;
     let pb = ProgressBar::new(total);
     pb.set_style(
         ProgressStyle::with_template(
@@ -274,6 +294,23 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
             launches.push(rec);
             pb.inc(1);
         }
+    }
+    for i in 0..args.smp_iterations {
+        pb.set_message(format!("capsa SMP launch #{i}"));
+        let tag = format!("s{i}");
+        let spec = LaunchSpec {
+            work: work.path(),
+            tag: &tag,
+            memory_mib: mem,
+            timeout,
+            job: Job::Smp,
+            transport: Transport::Block,
+        };
+        let mut rec = vmms::capsa_launch(&fx, spec);
+        rec.iteration = i;
+        say(&pb, describe(&rec));
+        launches.push(rec);
+        pb.inc(1);
     }
     let mut parallel = Vec::new();
     if args.parallel > 0 {
@@ -320,9 +357,12 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
             "iterations": args.iterations,
             "rootfs_transports": args.rootfs_transports,
             "parallel": args.parallel,
+            "smp_iterations": args.smp_iterations,
+            "smp_script": vmms::smp_script(),
             "memory_mib": mem,
             "timeout_s": args.timeout_s,
             "peers": peer_names,
+            "reference_kernel": args.reference_kernel,
             "skipped_peers": skipped,
             "kernel": fx.kernel,
             "comparison_cmdline": vmms::comparison_cmdline(),
@@ -359,6 +399,8 @@ fn render(
     let rows = report::summarize_rows(launches);
     let mut ratios = report::ratios(launches, peer_names);
     ratios.extend(report::transport_ratios(launches));
+    ratios.extend(report::reference_ratios(launches));
+    ratios.extend(report::smp_speedup(launches));
     let table = report::markdown(&rows, &ratios, parallel, &machine_line(machine));
     let png = out.join("boot.png");
     let title = format!(

@@ -256,6 +256,71 @@ pub fn ratios(launches: &[LaunchRecord], peers: &[String]) -> Vec<Ratio> {
     out
 }
 
+/// capsa's container launch against the reference kernel's bare boot
+/// ([`crate::vmms::REFERENCE`]), per iteration: capsa launch mark / the
+/// reference's `→ guest /init`. Empty without reference launches.
+pub fn reference_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
+    let reference: BTreeMap<usize, f64> = launches
+        .iter()
+        .filter(|l| l.vmm == crate::vmms::REFERENCE && l.error.is_none())
+        .filter_map(|l| Some((l.iteration, *l.marks_ms.get("init")?)))
+        .collect();
+    let marks = [
+        (
+            "first_output",
+            "capsa launch → container output ÷ reference → /init",
+        ),
+        ("init", "capsa launch → guest /init ÷ reference → /init"),
+    ];
+    let mut out = Vec::new();
+    for (mark, what) in marks {
+        let r: Vec<f64> = launches
+            .iter()
+            .filter(|l| l.vmm == "capsa" && l.workload == "launch" && l.error.is_none())
+            .filter_map(|l| {
+                let base = reference.get(&l.iteration)?;
+                (*base > 0.0).then_some(l.marks_ms.get(mark)? / base)
+            })
+            .collect();
+        if let Some(s) = summarize(&r) {
+            out.push(Ratio {
+                peer: "capsa / reference-kernel".into(),
+                what: what.into(),
+                median_ratio: s.median,
+                min_ratio: s.min,
+                max_ratio: s.max,
+                pairs: s.n,
+            });
+        }
+    }
+    out
+}
+
+/// The SMP speed-up of the `smp` launches: the single-thread loop's time
+/// over the two-thread run's (same total work), per launch.
+pub fn smp_speedup(launches: &[LaunchRecord]) -> Vec<Ratio> {
+    let r: Vec<f64> = launches
+        .iter()
+        .filter(|l| l.workload == "smp" && l.error.is_none())
+        .filter_map(|l| {
+            let one = l.extra_ms.get("one_thread")?;
+            let two = l.extra_ms.get("two_threads")?;
+            (*two > 0.0).then_some(one / two)
+        })
+        .collect();
+    summarize(&r)
+        .map(|s| Ratio {
+            peer: "capsa, 2 vCPUs".into(),
+            what: "SMP speed-up: CPU-bound loop on 1 thread ÷ the same work on 2 threads".into(),
+            median_ratio: s.median,
+            min_ratio: s.min,
+            max_ratio: s.max,
+            pairs: s.n,
+        })
+        .into_iter()
+        .collect()
+}
+
 fn s(ms: f64) -> String {
     format!("{:.2}", ms / 1e3)
 }
@@ -267,6 +332,7 @@ fn workload_name(w: &str) -> &str {
         "smallfiles-block" => "small files, block rootfs",
         "smallfiles-virtiofs" => "small files, virtiofs rootfs",
         "boot" => "boot comparison",
+        "smp" => "SMP loop, 2 vCPUs",
         other => other,
     }
 }
@@ -359,9 +425,10 @@ pub fn markdown(
     if !peers.is_empty() {
         let _ = writeln!(
             md,
-            "\nBoot comparison, peer / capsa, per pair (median, [min, max] over the pairs):\n"
+            "\nBoot comparison, peer / capsa per pair unless the row says otherwise (median, \
+             [min, max] over the pairs):\n"
         );
-        let _ = writeln!(md, "| peer | measure | ratio to capsa | pairs |");
+        let _ = writeln!(md, "| peer | measure | ratio | pairs |");
         let _ = writeln!(md, "|---|---|---:|---:|");
         for r in peers {
             let _ = writeln!(
@@ -536,4 +603,60 @@ pub fn chart(rows: &[RowSummary], title: &str, path: &Path) -> anyhow::Result<bo
     }
     root.present()?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(vmm: &str, workload: &str, iteration: usize, marks: &[(&str, f64)]) -> LaunchRecord {
+        LaunchRecord {
+            vmm: vmm.into(),
+            workload: workload.into(),
+            iteration,
+            marks_ms: marks.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn capsa_launch_against_the_reference_boot_per_iteration() {
+        let launches = vec![
+            rec(
+                "capsa",
+                "launch",
+                0,
+                &[("init", 5.0), ("first_output", 10.0)],
+            ),
+            rec(crate::vmms::REFERENCE, "boot", 0, &[("init", 20.0)]),
+            rec(
+                "capsa",
+                "launch",
+                1,
+                &[("init", 6.0), ("first_output", 12.0)],
+            ),
+            rec(crate::vmms::REFERENCE, "boot", 1, &[("init", 16.0)]),
+            // No reference launch in iteration 2: no pair.
+            rec("capsa", "launch", 2, &[("first_output", 1.0)]),
+        ];
+        let r = reference_ratios(&launches);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].pairs, 2);
+        assert_eq!((r[0].min_ratio, r[0].max_ratio), (0.5, 0.75));
+        assert_eq!(r[1].max_ratio, 6.0 / 16.0);
+        assert!(reference_ratios(&launches[..1]).is_empty());
+    }
+
+    #[test]
+    fn smp_speedup_is_one_thread_over_two() {
+        let mut l = rec("capsa", "smp", 0, &[]);
+        l.extra_ms.insert("one_thread".into(), 3000.0);
+        l.extra_ms.insert("two_threads".into(), 1600.0);
+        let mut failed = l.clone();
+        failed.error = Some("x".into());
+        let r = smp_speedup(&[l, failed]);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].pairs, 1);
+        assert!((r[0].median_ratio - 1.875).abs() < 1e-9);
+    }
 }

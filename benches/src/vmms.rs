@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use capsa_agent::client::{attach_stream, Client, HybridVsockConnector};
-use capsa_agent::protocol::{method, CreateParams, Empty, ProcessSpec, RootfsSpec, RootfsType};
+use capsa_agent::protocol::{
+    method, CreateParams, Empty, MountSpec, ProcessSpec, RootfsSpec, RootfsType,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -35,6 +37,9 @@ pub const PHASES: &[(&str, &str)] = &[
 pub enum Vmm {
     Capsa,
     Qemu(PathBuf),
+    /// QEMU (the first path) booting a reference kernel (the second) with
+    /// the same initramfs and command line: `--reference-kernel`.
+    Reference(PathBuf, PathBuf),
     Firecracker(PathBuf),
     CloudHypervisor(PathBuf),
 }
@@ -44,11 +49,15 @@ impl Vmm {
         match self {
             Vmm::Capsa => "capsa",
             Vmm::Qemu(_) => "qemu-microvm",
+            Vmm::Reference(..) => REFERENCE,
             Vmm::Firecracker(_) => "firecracker",
             Vmm::CloudHypervisor(_) => "cloud-hypervisor",
         }
     }
 }
+
+/// The name of the reference kernel's launches (booted by QEMU).
+pub const REFERENCE: &str = "reference-kernel";
 
 /// `name` on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -205,6 +214,39 @@ pub enum Job {
     /// Reads the rootfs's small files, writes [`WRITTEN_FILES`] small
     /// files to `/tmp`, then echoes the line.
     SmallFiles,
+    /// The SMP speed-up, in a 2-vCPU guest: a CPU-bound shell loop on one
+    /// thread, then the same work split over two threads ([`smp_script`]).
+    Smp,
+}
+
+impl Job {
+    /// The guest's vCPUs for this job.
+    fn vcpus(self) -> u8 {
+        match self {
+            Job::Smp => 2,
+            Job::Echo | Job::SmallFiles => 1,
+        }
+    }
+}
+
+/// Loop iterations of the SMP workload's single thread (each of its two
+/// threads runs half): about 1.5 s of busybox `sh` on an idle core here.
+pub const SMP_ITERATIONS: u64 = 1_000_000;
+
+/// The SMP workload's container process (busybox `sh -c`): prints
+/// [`CONTAINER_OUTPUT`], then `capsa-bench-smp A B C` with the guest's
+/// `/proc/uptime` before the single-thread loop, between, and after the
+/// two-thread run. The loops are shell builtins only: no system calls,
+/// so they run in guest user mode at full speed even where guest kernel
+/// mode is emulated.
+pub fn smp_script() -> String {
+    let half = SMP_ITERATIONS / 2;
+    format!(
+        "l() {{ i=0; while [ $i -lt $1 ]; do i=$((i+1)); done; }}; \
+         u() {{ read a b < /proc/uptime; echo $a; }}; \
+         echo '{CONTAINER_OUTPUT}'; a=$(u); l {SMP_ITERATIONS}; b=$(u); \
+         l {half} & l {half} & wait; c=$(u); echo \"capsa-bench-smp $a $b $c\""
+    )
 }
 
 /// The `workload` name of a launch: `launch` (the echo on a block rootfs,
@@ -216,6 +258,7 @@ pub fn launch_workload(job: Job, transport: Transport) -> &'static str {
         (Job::Echo, Transport::Virtiofs) => "launch-virtiofs",
         (Job::SmallFiles, Transport::Block) => "smallfiles-block",
         (Job::SmallFiles, Transport::Virtiofs) => "smallfiles-virtiofs",
+        (Job::Smp, _) => "smp",
     }
 }
 
@@ -297,6 +340,7 @@ fn capsa_launch_inner(
         .arg("--vsock-uds")
         .arg(&uds)
         .arg("--boot-timer")
+        .args(["--vcpus", &spec.job.vcpus().to_string()])
         .args(["--memory-mib", &spec.memory_mib.to_string()]);
     let socket = work.join(format!("virtiofsd-{tag}.sock"));
     // Started before the clock: the runtime starts it before the VMM too.
@@ -327,7 +371,31 @@ fn capsa_launch_inner(
     for i in 0..WRITTEN_FILES {
         let _ = std::fs::remove_file(fx.rootfs_tree.join(format!("tmp/w{i}")));
     }
-    result.and(finished)
+    let out = result.and_then(|out| finished.map(|()| out))?;
+    if spec.job == Job::Smp {
+        record_smp(&out, rec)?;
+    }
+    Ok(())
+}
+
+/// The SMP workload's times from its output line, into `extra_ms`:
+/// `one_thread`, `two_threads` (guest clock).
+fn record_smp(out: &str, rec: &mut LaunchRecord) -> anyhow::Result<()> {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("capsa-bench-smp "))
+        .ok_or_else(|| anyhow!("no capsa-bench-smp line in {out:?}"))?;
+    let t: Vec<f64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("capsa-bench-smp line {line:?}"))?;
+    let [a, b, c] = t[..] else {
+        bail!("capsa-bench-smp line {line:?}: three times expected");
+    };
+    rec.extra_ms.insert("one_thread".into(), (b - a) * 1e3);
+    rec.extra_ms.insert("two_threads".into(), (c - b) * 1e3);
+    Ok(())
 }
 
 /// The virtio-fs tag of the rootfs share in the launches.
@@ -342,6 +410,7 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
              while [ $i -lt {WRITTEN_FILES} ]; do echo x > /tmp/w$i; i=$((i+1)); done && \
              echo '{CONTAINER_OUTPUT}'"
         ),
+        Job::Smp => smp_script(),
     };
     let rootfs = match spec.transport {
         // As the runtime mounts `io.capsa.rootfs=block`: read-only image,
@@ -370,7 +439,17 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
         },
         hostname: None,
         shares: Vec::new(),
-        mounts: Vec::new(),
+        // /proc for the SMP workload's clock (/proc/uptime).
+        mounts: if spec.job == Job::Smp {
+            vec![MountSpec {
+                destination: "/proc".into(),
+                kind: Some("proc".into()),
+                source: Some("proc".into()),
+                options: Vec::new(),
+            }]
+        } else {
+            Vec::new()
+        },
         stdin: false,
         pid_namespace: false,
         network: None,
@@ -383,7 +462,7 @@ fn drive_agent(
     deadline: Instant,
     spec: LaunchSpec,
     rec: &mut LaunchRecord,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let connector = HybridVsockConnector::new(uds);
     // Retry until the agent answers `hello`, as Client::connect_retry does,
     // but stop as soon as the VMM has died.
@@ -455,7 +534,7 @@ fn drive_agent(
     // The agent answers, then reboots the guest; the answer may be lost
     // with the connection.
     let _ = client.call::<method::Shutdown>(&Empty {}, rpc_timeout);
-    Ok(())
+    Ok(out.into_owned())
 }
 
 /// The command of the boot comparison for `vmm`.
@@ -470,36 +549,8 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
                 .args(["--memory-mib", &memory_mib.to_string()]);
             cmd
         }
-        Vmm::Qemu(bin) => {
-            // QEMU's microvm machine without legacy devices but the serial
-            // port, PVH entry of the vmlinux (docs/performance.md, Peers).
-            let mut cmd = Command::new(bin);
-            cmd.args([
-                "-M",
-                "microvm,x-option-roms=off,isa-serial=on,rtc=off,pic=off,pit=off",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "qemu64,-cx16,+tsc-deadline,+xsaveerptr",
-                "-smp",
-                "1",
-                "-m",
-                &memory_mib.to_string(),
-                "-display",
-                "none",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-                "-kernel",
-            ])
-            .arg(&fx.kernel)
-            .arg("-initrd")
-            .arg(&fx.boot_initramfs)
-            .arg("-append")
-            .arg(&cmdline);
-            cmd
-        }
+        Vmm::Qemu(bin) => qemu_command(bin, &fx.kernel, fx, memory_mib, &cmdline),
+        Vmm::Reference(bin, kernel) => qemu_command(bin, kernel, fx, memory_mib, &cmdline),
         Vmm::Firecracker(bin) => {
             let config = json!({
                 "boot-source": {
@@ -530,6 +581,44 @@ fn boot_command(vmm: &Vmm, fx: &Fixtures, work: &Path, tag: &str, memory_mib: u3
             cmd
         }
     }
+}
+
+/// QEMU's microvm machine without legacy devices but the serial port,
+/// booting `kernel` through its PVH entry with the comparison's initramfs
+/// (docs/performance.md, Peers).
+fn qemu_command(
+    bin: &Path,
+    kernel: &Path,
+    fx: &Fixtures,
+    memory_mib: u32,
+    cmdline: &str,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=off,pic=off,pit=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "qemu64,-cx16,+tsc-deadline,+xsaveerptr",
+        "-smp",
+        "1",
+        "-m",
+        &memory_mib.to_string(),
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-kernel",
+    ])
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(&fx.boot_initramfs)
+    .arg("-append")
+    .arg(cmdline);
+    cmd
 }
 
 /// A boot-comparison launch running (for the parallel rounds).

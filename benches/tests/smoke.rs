@@ -20,6 +20,8 @@ fn one_iteration_writes_json_and_chart() {
             "0",
             "--rootfs-transports",
             "block",
+            "--smp-iterations",
+            "0",
             "--timeout-s",
             "240",
             "--out",

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
 use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
@@ -24,6 +24,7 @@ use crate::boot::{self, cmdline, BootError};
 use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
 use crate::device_manager::{self, shared, DeviceError, DeviceManager};
 use crate::logger::{CappedWriter, CONSOLE_LOG_LIMITS};
+use crate::profile::{self, ProfileOutput, Profiler};
 use crate::pvm;
 use crate::vmm::{EventLoop, ExitEvents, Vmm};
 use crate::vstate::memory::{self, MemoryError};
@@ -168,6 +169,22 @@ pub fn build_microvm(
         .map(|i| Vcpu::new(&vm.kvm, &vm.fd, &mem, i, config.vcpus, &kernel, quirks))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let profile = config.profile.as_ref().map(|p| {
+        Arc::new(ProfileOutput {
+            profiler: Arc::new(Profiler::new(
+                config.vcpus,
+                Duration::from_millis(u64::from(p.interval_ms)),
+                start,
+            )),
+            path: p.path.clone(),
+            kernel: config.kernel.clone(),
+            system_map: p
+                .system_map
+                .clone()
+                .or_else(|| profile::symbols::beside(&config.kernel)),
+            vcpus: config.vcpus,
+        })
+    });
     let shared = Arc::new(VcpuShared {
         pio: devices.pio.clone(),
         mmio: devices.mmio.clone(),
@@ -177,13 +194,14 @@ pub fn build_microvm(
         stop: AtomicBool::new(false),
         unhandled_accesses: AtomicU64::new(0),
         start,
+        profiler: profile.as_ref().map(|p| p.profiler.clone()),
     });
     let exit_events = ExitEvents {
         exits: exits_rx,
         exit_evt,
         reset_evt,
     };
-    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events);
+    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events, profile);
     Ok((vmm, marks_rx))
 }
 

@@ -16,10 +16,15 @@ pub const DEFAULT_MEMORY_MIB: u32 = 128;
 /// Smallest guest memory in MiB that the shipped kernel boots with.
 pub const MIN_MEMORY_MIB: u32 = 32;
 /// Default kernel command line, before capsa adds its own parameters
-/// (devices, console, host quirks).
+/// (devices, console, host quirks). `noreplace-smp` and `rodata=off` are
+/// boot-time cuts (docs/kernel.md, "The boot diet"): no LOCK-prefix
+/// patching on one vCPU, and no read-only remapping of the kernel image
+/// (`mark_rodata_ro`, ~5% of a boot where guest kernel mode is emulated;
+/// the hypervisor, not the guest kernel's own page protections, is the
+/// isolation boundary).
 pub const DEFAULT_CMDLINE: &str =
     "reboot=k panic=-1 nomodule i8042.noaux no_timer_check tsc=reliable \
-     init_on_alloc=0 rcupdate.rcu_expedited=1 quiet";
+     init_on_alloc=0 rcupdate.rcu_expedited=1 noreplace-smp rodata=off quiet";
 
 /// How to pick the kernel's entry point.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +106,10 @@ pub struct VmConfig {
     /// A network device (virtio-net backed by a TAP).
     #[serde(default)]
     pub net: Option<NetConfig>,
+    /// Sample where the vCPUs spend their time and write a report when the
+    /// VM ends (docs/kernel.md, "Profiling the boot").
+    #[serde(default)]
+    pub profile: Option<ProfileConfig>,
 }
 
 /// A virtio-fs device served by a vhost-user backend (virtiofsd); the
@@ -186,6 +195,31 @@ fn default_mtu() -> u16 {
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     capsa_agent::server::network::parse_mac(s)
+}
+
+/// The guest profiler (`vmm/src/profile/`): every `interval_ms`, each
+/// vCPU's instruction pointer is sampled; at the end of the VM the samples
+/// are named with the kernel's `System.map` and written to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// The report file (created or truncated).
+    pub path: PathBuf,
+    /// Sampling interval in milliseconds, 1 to 10000.
+    #[serde(default = "default_profile_interval_ms")]
+    pub interval_ms: u32,
+    /// The kernel's `System.map`; by default the one next to the kernel
+    /// (as `kernel-config/build.sh` leaves it). Without one, kernel
+    /// addresses stay unnamed.
+    #[serde(default)]
+    pub system_map: Option<PathBuf>,
+}
+
+/// Default sampling interval of the guest profiler, ms.
+pub const DEFAULT_PROFILE_INTERVAL_MS: u32 = 10;
+
+fn default_profile_interval_ms() -> u32 {
+    DEFAULT_PROFILE_INTERVAL_MS
 }
 
 /// A virtio-blk disk backed by a host file.
@@ -330,6 +364,7 @@ impl VmConfig {
             rng: true,
             fs: Vec::new(),
             net: None,
+            profile: None,
         }
     }
 
@@ -439,6 +474,17 @@ impl VmConfig {
             net.validate()?;
         }
         self.validate_fs()?;
+        if let Some(profile) = &self.profile {
+            if profile.path.as_os_str().is_empty() {
+                return Err(ConfigError::new("profile.path", "is required"));
+            }
+            if !(1..=10_000).contains(&profile.interval_ms) {
+                return Err(ConfigError::new(
+                    "profile.interval_ms",
+                    format!("{} is outside 1 to 10000", profile.interval_ms),
+                ));
+            }
+        }
         if let Some(cmdline) = &self.cmdline {
             if cmdline.bytes().any(|b| b == 0 || b == b'\n') {
                 return Err(ConfigError::new(
@@ -582,6 +628,13 @@ mod tests {
         assert_eq!(c.validate(1024).unwrap_err().field, "cmdline");
         let c = VmConfig::new("");
         assert_eq!(c.validate(1024).unwrap_err().field, "kernel");
+        let mut c = ok.clone();
+        c.profile = Some(ProfileConfig {
+            path: "/tmp/p".into(),
+            interval_ms: 0,
+            system_map: None,
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "profile.interval_ms");
     }
 
     #[test]

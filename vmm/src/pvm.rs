@@ -27,9 +27,14 @@ pub const KERNEL_PARAM: &str = "capsa_pvm";
 
 /// CPU features whose instructions the PVM CPL0 emulator cannot execute:
 /// `xsave` (XSAVE/XRSTOR), `cx16` (CMPXCHG16B in SLUB), `smap` (CLAC/STAC),
-/// `popcnt`; `erms` and `fsrm` are not required but make string copies take
-/// a path that emulates faster (~2 s less boot time).
-pub const CLEARCPUID: &[&str] = &["xsave", "cx16", "smap", "popcnt", "erms", "fsrm"];
+/// `popcnt`, `fsgsbase` (with it, the entry of NMIs and other paranoid
+/// exceptions reads the CPU number with LSL, which the emulator cannot
+/// run: an NMI backtrace of an SMP guest ended in an emulation failure);
+/// `erms` and `fsrm` are not required but make string copies take a path
+/// that emulates faster (~2 s less boot time).
+pub const CLEARCPUID: &[&str] = &[
+    "xsave", "cx16", "smap", "popcnt", "fsgsbase", "erms", "fsrm",
+];
 
 /// Kernel parameter that the kernel hands to init as an environment
 /// variable (it is no kernel parameter): tells glibc not to use AVX (its
@@ -45,13 +50,30 @@ pub const CLEARCPUID: &[&str] = &["xsave", "cx16", "smap", "popcnt", "erms", "fs
 pub const GLIBC_TUNABLES_PARAM: &str = "GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,\
 -AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-FMA,-FMA4,-F16C,-AVX_Fast_Unaligned_Load";
 
+/// No RCU CPU stall warnings. Where guest kernel mode is emulated, a vCPU
+/// that shares a host core with others (more vCPUs than cores, or a busy
+/// host) easily spends the stall timeout (21 s) in one stretch of kernel
+/// code; the warning then sends NMIs for backtraces and prints them
+/// through the emulated console: seconds of boot time for nothing.
+pub const RCU_STALL_PARAM: &str = "rcupdate.rcu_cpu_stall_suppress=1";
+
 /// Parameters the quirks add to the kernel command line.
-pub const KERNEL_PARAMS: &[&str] = &[KERNEL_PARAM, GLIBC_TUNABLES_PARAM];
+pub const KERNEL_PARAMS: &[&str] = &[KERNEL_PARAM, RCU_STALL_PARAM, GLIBC_TUNABLES_PARAM];
 
 /// CPUID.80000008H:EBX bit 2, "XSAVE always saves/restores the error
 /// pointers" (Linux `X86_FEATURE_XSAVEERPTR`): when set, Linux skips the
 /// FNCLEX-based workaround that the emulator cannot execute.
 const XSAVEERPTR: u32 = 1 << 2;
+
+/// CPUID leaf of the KVM paravirtual features (`KVM_CPUID_FEATURES`,
+/// Linux Documentation/virt/kvm/x86/cpuid.rst).
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
+/// `KVM_FEATURE_PV_SEND_IPI` (bit 11): IPIs through the
+/// `KVM_HC_SEND_IPI` hypercall.
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
+/// `KVM_FEATURE_PV_SCHED_YIELD` (bit 13): yielding to a preempted vCPU
+/// through the `KVM_HC_SCHED_YIELD` hypercall.
+const KVM_FEATURE_PV_SCHED_YIELD: u32 = 1 << 13;
 
 /// Whether this host is a PVM host.
 pub fn is_pvm_host() -> bool {
@@ -74,11 +96,21 @@ pub fn kernel_params() -> (&'static [&'static str], &'static [&'static str]) {
     (KERNEL_PARAMS, CLEARCPUID)
 }
 
-/// CPUID changes for PVM hosts: advertise XSAVEERPTR.
+/// CPUID changes for PVM hosts: advertise XSAVEERPTR, and hide the KVM
+/// paravirtual features that work by hypercall, PV IPIs and PV yield. The
+/// PVM host's `KVM_HC_SEND_IPI` never completes: the vCPU that sends the
+/// first IPI of an SMP boot stays at the hypercall for good (seen with the
+/// guest profiler in `__send_ipi_mask`), and the other vCPUs then wait
+/// for it on a spinlock. Without these features the guest sends IPIs
+/// through its local APIC, as on hardware.
 pub fn adjust_cpuid(cpuid: &mut CpuId) {
     for entry in cpuid.as_mut_slice() {
-        if entry.function == 0x8000_0008 {
-            entry.ebx |= XSAVEERPTR;
+        match entry.function {
+            0x8000_0008 => entry.ebx |= XSAVEERPTR,
+            KVM_CPUID_FEATURES => {
+                entry.eax &= !(KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD)
+            }
+            _ => {}
         }
     }
 }
@@ -109,13 +141,28 @@ mod tests {
     }
 
     #[test]
-    fn xsaveerptr_is_advertised() {
-        let mut cpuid = CpuId::from_entries(&[kvm_cpuid_entry2 {
-            function: 0x8000_0008,
-            ..Default::default()
-        }])
+    fn xsaveerptr_is_advertised_and_hypercall_ipis_hidden() {
+        let mut cpuid = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: KVM_CPUID_FEATURES,
+                // What this PVM host reports: clocksource, async PF, steal
+                // time, PV EOI, PV TLB flush, PV IPI, PV yield, …
+                eax: 0x0100_7efb,
+                ..Default::default()
+            },
+        ])
         .unwrap();
         adjust_cpuid(&mut cpuid);
         assert_eq!(cpuid.as_slice()[0].ebx & XSAVEERPTR, XSAVEERPTR);
+        let kvm = cpuid.as_slice()[1].eax;
+        assert_eq!(
+            kvm & (KVM_FEATURE_PV_SEND_IPI | KVM_FEATURE_PV_SCHED_YIELD),
+            0
+        );
+        assert_eq!(kvm, 0x0100_7efb & !(1 << 11) & !(1 << 13), "others kept");
     }
 }

@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::profile::ProfileOutput;
 use crate::vstate::vcpu::{Vcpu, VcpuShared, VmExit};
 use crate::vstate::vm::Vm;
 
@@ -32,6 +33,7 @@ pub struct Vmm {
     shared: Arc<VcpuShared>,
     event_loop: EventLoop,
     watcher: Arc<Mutex<ExitWatcher>>,
+    profile: Option<Arc<ProfileOutput>>,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
@@ -44,6 +46,7 @@ impl Vmm {
         shared: Arc<VcpuShared>,
         mut event_loop: EventLoop,
         exit_events: ExitEvents,
+        profile: Option<Arc<ProfileOutput>>,
     ) -> Self {
         let watcher = Arc::new(Mutex::new(ExitWatcher {
             exit_evt: exit_events.exit_evt,
@@ -57,6 +60,7 @@ impl Vmm {
             shared,
             event_loop,
             watcher,
+            profile,
             _mem: mem,
             _vm: vm,
         }
@@ -92,6 +96,14 @@ impl Vmm {
                 }
             }
         }
+        let sampler = self.profile.as_ref().and_then(|p| {
+            use std::os::unix::thread::JoinHandleExt;
+            let ids = threads.iter().map(|t| t.as_pthread_t()).collect();
+            p.profiler
+                .start_sampler(ids, kick_signal(), p.clone())
+                .map_err(|e| tracing::warn!("cannot start the guest profiler: {e}"))
+                .ok()
+        });
         let exit = loop {
             if let Err(e) = self.event_loop.run() {
                 tracing::error!("event loop: {e}");
@@ -104,7 +116,20 @@ impl Vmm {
         if unhandled > 0 {
             tracing::debug!(unhandled, "guest accesses to addresses without a device");
         }
+        if let Some(p) = &self.profile {
+            // The sampler signals the vCPU threads: it ends before they do.
+            p.profiler.stop();
+            if let Some(sampler) = sampler {
+                let _ = sampler.join();
+            }
+        }
         self.stop(threads);
+        if let Some(p) = &self.profile {
+            match p.write() {
+                Ok(()) => tracing::info!(path = %p.path.display(), "guest profile written"),
+                Err(e) => tracing::error!("cannot write the guest profile: {e}"),
+            }
+        }
         exit
     }
 

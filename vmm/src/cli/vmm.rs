@@ -7,8 +7,8 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, FsConfig, HostQuirks, NetConfig, VmConfig, VsockConfig,
-    DEFAULT_GUEST_CID, DEFAULT_MTU,
+    BootProtocol, DiskConfig, FsConfig, HostQuirks, NetConfig, ProfileConfig, VmConfig,
+    VsockConfig, DEFAULT_GUEST_CID, DEFAULT_MTU, DEFAULT_PROFILE_INTERVAL_MS,
 };
 
 use super::EXIT_GUEST_FAILURE;
@@ -83,6 +83,18 @@ pub struct VmmArgs {
     /// binary (found as docs/cli.md says), instead of --initramfs.
     #[arg(long, conflicts_with = "initramfs")]
     agent: bool,
+    /// Sample the vCPUs' instruction pointers while the guest runs and
+    /// write a report to FILE when it ends: where guest time went, by
+    /// kernel function (docs/kernel.md, "Profiling the boot").
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
+    /// Sampling interval of --profile, ms.
+    #[arg(long, value_name = "MS", requires = "profile")]
+    profile_interval_ms: Option<u32>,
+    /// System.map that names kernel addresses in the --profile report
+    /// (default: System.map next to the kernel).
+    #[arg(long, value_name = "PATH", requires = "profile")]
+    system_map: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -132,24 +144,7 @@ impl VmmArgs {
         if self.no_rng {
             config.rng = false;
         }
-        if self.tap.is_some() || self.tap_fd.is_some() {
-            config.net = Some(NetConfig {
-                tap_name: self.tap,
-                tap_fd: self.tap_fd,
-                mac: None,
-                mtu: DEFAULT_MTU,
-            });
-        }
-        if let Some(net) = config.net.as_mut() {
-            if self.mac.is_some() {
-                net.mac = self.mac;
-            }
-            if let Some(mtu) = self.mtu {
-                net.mtu = mtu;
-            }
-        } else if self.mac.is_some() || self.mtu.is_some() {
-            anyhow::bail!("--mac and --mtu need --tap or --tap-fd");
-        }
+        apply_net_flags(&mut config, self.tap, self.tap_fd, self.mac, self.mtu)?;
         if self.agent {
             let agent = capsa_vmm::guest_agent::locate()?;
             let cache = capsa_vmm::guest_agent::cache_dir().join("initramfs");
@@ -158,6 +153,12 @@ impl VmmArgs {
                     .context("--agent: cannot build the agent initramfs")?,
             );
         }
+        apply_profile_flags(
+            &mut config,
+            self.profile,
+            self.profile_interval_ms,
+            self.system_map,
+        );
         config.serial_console |= self.serial_console;
         config.boot_timer |= self.boot_timer;
         if let Some(p) = self.boot_protocol {
@@ -175,6 +176,60 @@ impl VmmArgs {
             };
         }
         Ok(config)
+    }
+}
+
+/// `--tap`/`--tap-fd`/`--mac`/`--mtu` over the configuration's `net`.
+fn apply_net_flags(
+    config: &mut VmConfig,
+    tap: Option<String>,
+    tap_fd: Option<i32>,
+    mac: Option<String>,
+    mtu: Option<u16>,
+) -> anyhow::Result<()> {
+    if tap.is_some() || tap_fd.is_some() {
+        config.net = Some(NetConfig {
+            tap_name: tap,
+            tap_fd,
+            mac: None,
+            mtu: DEFAULT_MTU,
+        });
+    }
+    if let Some(net) = config.net.as_mut() {
+        if mac.is_some() {
+            net.mac = mac;
+        }
+        if let Some(mtu) = mtu {
+            net.mtu = mtu;
+        }
+    } else if mac.is_some() || mtu.is_some() {
+        anyhow::bail!("--mac and --mtu need --tap or --tap-fd");
+    }
+    Ok(())
+}
+
+/// `--profile`/`--profile-interval-ms`/`--system-map` over the
+/// configuration's `profile`.
+fn apply_profile_flags(
+    config: &mut VmConfig,
+    profile: Option<PathBuf>,
+    interval_ms: Option<u32>,
+    system_map: Option<PathBuf>,
+) {
+    if let Some(path) = profile {
+        let mut profile = config.profile.take().unwrap_or(ProfileConfig {
+            path: PathBuf::new(),
+            interval_ms: DEFAULT_PROFILE_INTERVAL_MS,
+            system_map: None,
+        });
+        profile.path = path;
+        if let Some(ms) = interval_ms {
+            profile.interval_ms = ms;
+        }
+        if system_map.is_some() {
+            profile.system_map = system_map;
+        }
+        config.profile = Some(profile);
     }
 }
 

@@ -21,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::boot::LoadedKernel;
+use crate::profile::Profiler;
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,8 @@ pub struct VcpuShared {
     pub unhandled_accesses: AtomicU64,
     /// VMM process start, for the first-`KVM_RUN` log line.
     pub start: Instant,
+    /// The guest profiler, when one was asked for.
+    pub profiler: Option<Arc<Profiler>>,
 }
 
 /// A vCPU, configured and ready to run.
@@ -188,8 +191,9 @@ pub struct Vcpu {
 impl Vcpu {
     /// Creates vCPU `index` and configures it: CPUID (normalised for
     /// `count` vCPUs, adjusted for PVM hosts when `pvm_quirks`), MSRs, FPU,
-    /// local APIC (LINT0 ExtINT, LINT1 NMI) and, for the boot vCPU, the
-    /// registers at the kernel's entry.
+    /// local APIC (LINT0 ExtINT, LINT1 NMI) and, for the boot vCPU (index
+    /// 0), the registers at the kernel's entry; the others wait for the
+    /// guest to start them (INIT, STARTUP IPI).
     pub fn new(
         kvm: &Kvm,
         vm: &VmFd,
@@ -237,12 +241,22 @@ impl Vcpu {
         }
         fd.set_fpu(&regs::boot_fpu()).map_err(err("KVM_SET_FPU"))?;
 
-        let mut sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-        regs::setup_sregs(mem, kernel.mode, &mut sregs)
-            .map_err(|source| VcpuError::Regs { cpu: index, source })?;
-        fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
-        fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry))
-            .map_err(err("KVM_SET_REGS"))?;
+        if index == 0 {
+            // The boot processor starts at the kernel's entry. Application
+            // processors keep their reset state: with the in-kernel local
+            // APIC, KVM leaves every vCPU but the first in
+            // KVM_MP_STATE_UNINITIALIZED, where KVM_RUN waits for the
+            // INIT and STARTUP IPIs that the guest kernel's SMP boot sends
+            // (Intel SDM vol. 3A, §8.4 "Multiple-Processor (MP)
+            // Initialization"); the STARTUP IPI sets CS:IP to the guest's
+            // real-mode trampoline.
+            let mut sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+            regs::setup_sregs(mem, kernel.mode, &mut sregs)
+                .map_err(|source| VcpuError::Regs { cpu: index, source })?;
+            fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
+            fd.set_regs(&regs::boot_regs(kernel.mode, kernel.entry))
+                .map_err(err("KVM_SET_REGS"))?;
+        }
 
         let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
         setup_lint(&mut lapic);
@@ -260,6 +274,9 @@ impl Vcpu {
             );
         }
         while !shared.stop.load(Ordering::Acquire) {
+            if let Some(profiler) = &shared.profiler {
+                profiler.sample_if_requested(self.index, &self.fd, &shared.mem);
+            }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !shared.pio.read(u64::from(port), data) {
