@@ -77,6 +77,33 @@ fn make_mount_point(target: &Path, bind_source: Option<&str>) {
     }
 }
 
+/// A `cgroup` or `cgroup2` mount of the spec (engines ask for one at
+/// `/sys/fs/cgroup`) as a bind mount of the container's own cgroup v2
+/// group `group`, with the spec's flags: the container sees its group as
+/// the root of its hierarchy, as with runc and a private cgroup namespace
+/// on a cgroup v2 host. A fresh cgroup v1 mount would instead bind the
+/// guest's controllers to a v1 hierarchy (the memory controller among
+/// them, whose v2 `memory.events` counts the container's OOM kills).
+/// `None` for any other mount.
+pub fn cgroup_as_group_bind(spec: &MountSpec, group: &Path) -> Option<MountSpec> {
+    if !matches!(spec.kind.as_deref(), Some("cgroup" | "cgroup2")) {
+        return None;
+    }
+    let mut options: Vec<String> = spec
+        .options
+        .iter()
+        .filter(|o| !matches!(o.as_str(), "bind" | "rbind"))
+        .cloned()
+        .collect();
+    options.push("bind".into());
+    Some(MountSpec {
+        destination: spec.destination.clone(),
+        kind: Some("bind".into()),
+        source: Some(group.to_string_lossy().into_owned()),
+        options,
+    })
+}
+
 /// Whether the container's init must make `spec` itself, from inside its
 /// new PID namespace: a `proc` mount, or any mount below the destination
 /// of an earlier one (`deferred`: the destinations deferred so far).
@@ -215,6 +242,31 @@ fn populate_dev(dev: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_mount_binds_the_container_group_with_its_flags() {
+        let spec = |kind: &str| MountSpec {
+            destination: "/sys/fs/cgroup".into(),
+            kind: Some(kind.into()),
+            source: Some("cgroup".into()),
+            options: ["rprivate", "nosuid", "noexec", "nodev", "relatime", "ro"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let group = Path::new("/run/capsa/cgroup/container");
+        for kind in ["cgroup", "cgroup2"] {
+            let bind = cgroup_as_group_bind(&spec(kind), group).unwrap();
+            assert_eq!(bind.kind.as_deref(), Some("bind"));
+            assert_eq!(bind.source.as_deref(), Some("/run/capsa/cgroup/container"));
+            assert_eq!(bind.destination, "/sys/fs/cgroup");
+            let (flags, _, is_bind) = parse_options(&bind.options);
+            assert!(is_bind);
+            let wanted = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+            assert_eq!(flags & wanted, wanted);
+        }
+        assert!(cgroup_as_group_bind(&spec("sysfs"), group).is_none());
+    }
 
     #[test]
     fn options_split_into_flags_and_data() {

@@ -226,7 +226,13 @@ impl Platform for GuestPlatform {
     ) -> Result<Vec<ChildMount>, AgentError> {
         let mut deferred_at: Vec<PathBuf> = Vec::new();
         let mut deferred = Vec::new();
+        let group = container_group();
         for spec in specs {
+            let as_bind = group
+                .is_dir()
+                .then(|| mounts::cgroup_as_group_bind(spec, &group))
+                .flatten();
+            let spec = as_bind.as_ref().unwrap_or(spec);
             if pid_namespace && mounts::is_deferred(spec, &deferred_at) {
                 let inside = deferred_at
                     .iter()

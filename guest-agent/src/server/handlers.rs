@@ -79,6 +79,10 @@ impl Service for Agent {
                 return Err(e);
             }
         };
+        // The group exists before the container's mounts: a `cgroup` mount
+        // of the spec shows it (see `Platform::apply_mounts`), and its
+        // memory controller is the guest's before anything else takes it.
+        let cgroup = platform.container_cgroup();
         let prepared = platform
             .apply_mounts(&root, &p.mounts, p.pid_namespace)
             .and_then(|deferred| match &p.hostname {
@@ -98,7 +102,7 @@ impl Service for Agent {
                 return Err(e);
             }
         };
-        self.container.set_cgroup(platform.container_cgroup());
+        self.container.set_cgroup(cgroup);
         let init = self.processes.add_starting(stdio.tty_master.clone());
         let pid_ns = if p.pid_namespace {
             PidNamespace::New
