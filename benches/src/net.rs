@@ -267,7 +267,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
                 Ok(())
             })?;
             let u = measure(bytes, || Ok(upload(nc, bytes)?))?;
-            eprintln!("  {label} #{i}: download {d:.1} MiB/s, upload {u:.1} MiB/s");
+            eprintln!("  {label} #{i}: download {d:.3} MiB/s, upload {u:.3} MiB/s");
             down.push(d);
             up.push(u);
         }
@@ -285,8 +285,8 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
     let (rd, ru) = (ratio("download_median"), ratio("upload_median"));
     let table = format!(
         "| TCP bulk, host ↔ container (podman, 127.0.0.1 published port, {} MiB x{}) | runc MiB/s | capsa MiB/s | capsa / runc |\n|---|---|---|---|\n\
-         | container → host (download) | {:.1} | {:.1} | {rd:.3} |\n\
-         | host → container (upload) | {:.1} | {:.1} | {ru:.3} |\n",
+         | container → host (download) | {:.1} | {:.3} | {rd:.2e} |\n\
+         | host → container (upload) | {:.1} | {:.3} | {ru:.2e} |\n",
         args.file_mib,
         args.rounds,
         results[0]["download_median"].as_f64().unwrap_or(f64::NAN),
