@@ -98,6 +98,9 @@ pub enum BuildError {
     /// The network device cannot be created (no TAP).
     #[error("net: {0}")]
     Net(String),
+    /// The seccomp filters cannot be built (a bad `CAPSA_SECCOMP`).
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
@@ -201,7 +204,7 @@ pub fn build_microvm(
         exit_evt,
         reset_evt,
     };
-    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events, profile);
+    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events, profile)?;
     Ok((vmm, marks_rx))
 }
 

@@ -18,5 +18,6 @@ pub mod logger;
 pub mod profile;
 pub mod pvm;
 pub mod runtime;
+pub mod seccomp;
 pub mod vmm;
 pub mod vstate;

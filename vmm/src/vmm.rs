@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::profile::ProfileOutput;
+use crate::seccomp::{Filters, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuShared, VmExit};
 use crate::vstate::vm::Vm;
 
@@ -34,11 +35,14 @@ pub struct Vmm {
     event_loop: EventLoop,
     watcher: Arc<Mutex<ExitWatcher>>,
     profile: Option<Arc<ProfileOutput>>,
+    filters: Arc<Filters>,
     _mem: GuestMemoryMmap,
     _vm: Vm,
 }
 
 impl Vmm {
+    /// Also compiles the seccomp filters ([`Filters::from_env`]): a bad
+    /// `CAPSA_SECCOMP` fails here, before the VM runs.
     pub(crate) fn new(
         vm: Vm,
         mem: GuestMemoryMmap,
@@ -47,7 +51,8 @@ impl Vmm {
         mut event_loop: EventLoop,
         exit_events: ExitEvents,
         profile: Option<Arc<ProfileOutput>>,
-    ) -> Self {
+    ) -> Result<Self, crate::seccomp::SeccompError> {
+        let filters = Arc::new(Filters::from_env()?);
         let watcher = Arc::new(Mutex::new(ExitWatcher {
             exit_evt: exit_events.exit_evt,
             reset_evt: exit_events.reset_evt,
@@ -55,15 +60,16 @@ impl Vmm {
             exit: None,
         }));
         event_loop.add_subscriber(watcher.clone());
-        Self {
+        Ok(Self {
             vcpus,
             shared,
             event_loop,
             watcher,
             profile,
+            filters,
             _mem: mem,
             _vm: vm,
-        }
+        })
     }
 
     /// A handle with which other threads can end the VM.
@@ -73,7 +79,16 @@ impl Vmm {
         }
     }
 
-    /// Runs the VM until it ends; returns why it ended.
+    /// The process's seccomp filters (crate::seccomp), for the threads
+    /// that callers start beside the VM's own.
+    pub fn filters(&self) -> Arc<Filters> {
+        self.filters.clone()
+    }
+
+    /// Runs the VM until it ends; returns why it ended. Each vCPU thread
+    /// installs its seccomp filter before its first `KVM_RUN`, and this
+    /// (the calling) thread installs the event loop's once every thread of
+    /// the VM has started: from then on the process runs confined.
     pub fn run(mut self) -> VmExit {
         extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
         if let Err(e) = register_signal_handler(kick_signal(), noop) {
@@ -82,9 +97,13 @@ impl Vmm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (i, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let shared = self.shared.clone();
+            let filters = self.filters.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("capsa-vcpu{i}"))
-                .spawn(move || vcpu.run(shared));
+                .spawn(move || match filters.install(ThreadKind::Vcpu) {
+                    Ok(()) => vcpu.run(shared),
+                    Err(e) => vcpu.fail(&shared, e.to_string()),
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -100,10 +119,17 @@ impl Vmm {
             use std::os::unix::thread::JoinHandleExt;
             let ids = threads.iter().map(|t| t.as_pthread_t()).collect();
             p.profiler
-                .start_sampler(ids, kick_signal(), p.clone())
+                .start_sampler(ids, kick_signal(), p.clone(), self.filters.clone())
                 .map_err(|e| tracing::warn!("cannot start the guest profiler: {e}"))
                 .ok()
         });
+        if let Err(e) = self.filters.install(ThreadKind::Vmm) {
+            self.stop(threads);
+            return VmExit::Error {
+                cpu: 0,
+                message: e.to_string(),
+            };
+        }
         let exit = loop {
             if let Err(e) = self.event_loop.run() {
                 tracing::error!("event loop: {e}");

@@ -238,8 +238,13 @@ pub fn run(args: VmmArgs, start: Instant) -> anyhow::Result<u8> {
     let config = args.into_config()?;
     let (vmm, marks) = build_microvm(&config, start).context("cannot create the VM")?;
     tracing::info!(setup_us = start.elapsed().as_micros() as u64, "VM created");
+    let filters = vmm.filters();
     let printer = config.boot_timer.then(|| {
         std::thread::spawn(move || {
+            if let Err(e) = filters.install(capsa_vmm::seccomp::ThreadKind::Printer) {
+                eprintln!("capsa: boot-timer: {e}");
+                return;
+            }
             for mark in marks {
                 let what = match mark.value {
                     MAGIC_INIT_REACHED => "guest init reached".to_string(),

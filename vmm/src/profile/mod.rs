@@ -134,7 +134,8 @@ impl Profiler {
     }
 
     /// Starts the sampler thread, which kicks `threads` (the vCPU threads,
-    /// in vCPU order) with `signal` every interval until [`Self::stop`],
+    /// in vCPU order) with `signal` every interval until [`Self::stop`]
+    /// (under the profiler's seccomp filter, from `filters`),
     /// and rewrites `output`'s report every [`REWRITE_EVERY`], so that a
     /// guest that never ends can be profiled too.
     pub fn start_sampler(
@@ -142,11 +143,16 @@ impl Profiler {
         threads: Vec<libc::pthread_t>,
         signal: i32,
         output: Arc<ProfileOutput>,
+        filters: Arc<crate::seccomp::Filters>,
     ) -> std::io::Result<JoinHandle<()>> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("capsa-profiler".into())
             .spawn(move || {
+                if let Err(e) = filters.install(crate::seccomp::ThreadKind::Profiler) {
+                    tracing::error!("guest profiler: {e}");
+                    return;
+                }
                 let symbols = output.symbols();
                 let mut next = Instant::now() + me.interval;
                 let mut next_write = Instant::now() + REWRITE_EVERY;

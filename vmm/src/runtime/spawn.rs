@@ -225,8 +225,14 @@ impl ReportReader {
             Ok(Report::Failed(e)) => Err(RuntimeError::Failed(e)),
             Err(_) => {
                 let status = helper.wait().ok();
+                // A VMM killed by its seccomp filter: say so (SIGSYS).
+                let why = status
+                    .as_ref()
+                    .and_then(crate::seccomp::describe_sigsys)
+                    .map(|w| format!("; {w}"))
+                    .unwrap_or_default();
                 Err(RuntimeError::Failed(format!(
-                    "the helper process ended without reporting ({})",
+                    "the helper process ended without reporting ({}){why}",
                     status.map(|s| s.to_string()).unwrap_or_default()
                 )))
             }

@@ -346,6 +346,16 @@ impl Vcpu {
         }
     }
 
+    /// Ends the VM without running this vCPU (its thread could not be
+    /// set up, e.g. its seccomp filter was refused).
+    pub fn fail(self, shared: &VcpuShared, message: String) {
+        let _ = shared.exits.send(VmExit::Error {
+            cpu: self.index,
+            message,
+        });
+        let _ = shared.exit_evt.write(1);
+    }
+
     fn internal_error(&mut self, mem: &GuestMemoryMmap) -> VmExit {
         // SAFETY: KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, so the exit
         // union of kvm_run holds the `internal` member.

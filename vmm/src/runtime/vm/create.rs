@@ -409,10 +409,11 @@ fn start_vmm(
     let pending = match placement.jail {
         Some(mut j) => {
             j.limit_file_size(file_size_limit);
-            let mut envs: Vec<(String, String)> = ["CAPSA_LOG", "RUST_BACKTRACE"]
-                .into_iter()
-                .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
-                .collect();
+            let mut envs: Vec<(String, String)> =
+                ["CAPSA_LOG", "RUST_BACKTRACE", crate::seccomp::SECCOMP_ENV]
+                    .into_iter()
+                    .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+                    .collect();
             let pending = spawn::spawn_program(
                 j.jailer(),
                 |ready| {

@@ -10,7 +10,8 @@
 //! process's status (128+N for signal N: 137 for an OOM kill).
 //!
 //! Threads: the main thread runs the VM's event loop ([`Vmm::run`]); a
-//! controller thread talks to the agent.
+//! controller thread talks to the agent and starts the stdio relays. Each
+//! runs under its own seccomp allow-list ([`crate::seccomp`]).
 //!
 //! [`Vmm::run`]: crate::vmm::Vmm::run
 
@@ -88,10 +89,15 @@ pub fn run(dir: &Path, start: Instant) -> u8 {
     };
     let (status, vm_ended) = (controller.status.clone(), controller.vm_ended.clone());
     let handle = vmm.handle();
+    let filters = vmm.filters();
     let thread = std::thread::Builder::new()
         .name("capsa-controller".into())
         .spawn(move || {
-            if let Err(e) = controller.run(&mut ready) {
+            // Its relay threads inherit the filter.
+            let confined = filters
+                .install(crate::seccomp::ThreadKind::Controller)
+                .map_err(|e| RuntimeError::Failed(e.to_string()));
+            if let Err(e) = confined.and_then(|()| controller.run(&mut ready)) {
                 tracing::error!("{e}");
                 ready.fail(&e.to_string());
             }
