@@ -109,19 +109,20 @@ pub fn device_nodes(tun: bool) -> Result<Vec<DeviceNode>> {
 }
 
 /// Checks, before anything is created, that the exec file can start in
-/// the jail: a dynamically linked binary needs its interpreter inside
-/// (placed by the caller or reachable through a `--bind`).
-pub fn check_exec_file(exec_file: &Path, paths: &JailPaths, binds: &[BindMount]) -> Result<()> {
+/// the jail: a dynamically linked binary needs its interpreter reachable
+/// through a `--bind` (the jail's root itself is mounted `noexec`, so an
+/// interpreter placed there could not be mapped).
+pub fn check_exec_file(exec_file: &Path, _paths: &JailPaths, binds: &[BindMount]) -> Result<()> {
     let interp = elf::interpreter(exec_file)
         .with_context(|| format!("--exec-file {}: cannot read", exec_file.display()))?;
     if let Some(interp) = interp {
         let bound = binds.iter().any(|b| interp.starts_with(&b.target));
-        if !bound && !paths.host_path(&interp).exists() {
+        if !bound {
             bail!(
                 "--exec-file {}: is dynamically linked (interpreter {}), and the jail holds no \
-                 interpreter or libraries; use a statically linked binary (e.g. built with \
-                 RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu) \
-                 or --bind the library directories",
+                 interpreter or libraries (its root is noexec); use a statically linked binary \
+                 (e.g. built with RUSTFLAGS='-C target-feature=+crt-static' --target \
+                 x86_64-unknown-linux-gnu) or --bind the library directories",
                 exec_file.display(),
                 interp.display()
             );
@@ -222,13 +223,6 @@ pub fn prepare(p: &Prepare<'_>, rollback: &mut Rollback) -> Result<bool> {
         .with_context(|| format!("cannot stat {}", root.display()))?;
     if !meta.is_dir() {
         bail!("{} is not a directory", root.display());
-    }
-    let vfs = statvfs(root).with_context(|| format!("statvfs {}", root.display()))?;
-    if vfs.flags().contains(FsFlags::ST_NOEXEC) {
-        bail!(
-            "--chroot-base-dir: {} is on a noexec file system; the VMM binary could not run",
-            root.display()
-        );
     }
 
     let exec = p.paths.host_path(&p.paths.exec_in_jail());
@@ -340,8 +334,16 @@ pub struct Enter<'a> {
 /// process's `/` and working directory are the jail's root.
 pub fn enter(e: &Enter<'_>) -> Result<()> {
     let root = &e.paths.root;
-    // pivot_root(2) needs the new root to be a mount point.
-    bind(root, root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV).context("the jail's root")?;
+    // pivot_root(2) needs the new root to be a mount point. noexec: no
+    // file in the jail can be executed or mapped executable (the VMM's
+    // binary is exec'd from a descriptor opened on the host, see
+    // `ExecFile`).
+    bind(
+        root,
+        root,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+    .context("the jail's root")?;
 
     let dev = root.join("dev");
     mount(

@@ -29,6 +29,10 @@ use crate::{env, fds, namespaces, privileges, supervisor};
 struct Plan {
     paths: JailPaths,
     exec_file: PathBuf,
+    /// The exec file, opened on the host (`O_PATH`): the child execs it
+    /// through this descriptor after `pivot_root`, so the jail's root can
+    /// be `noexec`.
+    exec_fd: OwnedFd,
     uid: u32,
     gid: u32,
     cgroups: Option<CgroupPlan>,
@@ -127,6 +131,12 @@ fn plan(args: JailArgs) -> Result<Plan> {
     let gid = args.gid.context("--gid is required")?;
     let paths = JailPaths::new(&args.chroot_base_dir, &exec_file, &id)?;
     chroot::check_exec_file(&exec_file, &paths, &args.binds)?;
+    let exec_fd = nix::fcntl::open(
+        &exec_file,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("--exec-file {}: cannot open", exec_file.display()))?;
     let cgroups = if args.cgroups.is_empty() {
         None
     } else {
@@ -170,6 +180,7 @@ fn plan(args: JailArgs) -> Result<Plan> {
         limits: rlimits::effective(&args.resource_limits),
         paths,
         exec_file,
+        exec_fd,
         uid,
         gid,
         cgroups,
@@ -232,8 +243,13 @@ fn child_steps(
         chroot::mount_proc()?;
     }
     rlimits::apply(&plan.limits)?;
+    // A session of its own, always: the VMM has no controlling terminal,
+    // so it can neither be stopped nor hung up by the caller's terminal
+    // nor push input into it (TIOCSTI works only on one's controlling
+    // terminal). The jailer stays in the caller's session and forwards
+    // the terminal's signals.
+    nix::unistd::setsid().context("setsid")?;
     if let Some(null) = &plan.dev_null {
-        nix::unistd::setsid().context("--daemonize: setsid")?;
         for target in [0, 1, 2] {
             // SAFETY: dup2 onto the standard descriptors, which this
             // process owns.
@@ -261,10 +277,19 @@ fn child_steps(
         }
     }
     seccomp::install(&plan.filters)?;
-    let path = plan.argv[0].clone();
-    let e = nix::unistd::execve(&path, &plan.argv, &plan.envp).unwrap_err();
+    // execveat(fd, "", AT_EMPTY_PATH): the binary's own mount on the host
+    // decides whether it may run, not the jail's noexec root.
+    let e = nix::unistd::execveat(
+        &plan.exec_fd,
+        c"",
+        &plan.argv,
+        &plan.envp,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )
+    .unwrap_err();
     Err(anyhow!(
-        "execve {} in the jail: {e}",
+        "execveat {} (as {} in the jail): {e}",
+        plan.exec_file.display(),
         plan.paths.exec_in_jail().display()
     ))
 }

@@ -43,7 +43,18 @@ pub fn block() -> nix::Result<SigSet> {
 pub fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        WaitStatus::Signaled(_, sig, _) => {
+            if sig == nix::sys::signal::Signal::SIGSYS {
+                // Said on the jailer's stderr, so that whoever started it
+                // sees why: the VMM's own filters kill with SIGSYS.
+                eprintln!(
+                    "capsa-jailer: the VMM was killed by SIGSYS: it made a system call that \
+                     its seccomp filter does not allow (the kernel log names it: \
+                     type=1326 ... syscall=N; CAPSA_SECCOMP=trap or log to diagnose)"
+                );
+            }
+            Some(128 + sig as i32)
+        }
         _ => None,
     }
 }
