@@ -450,12 +450,54 @@ fn assert_vmm_is_jailed(root: &Path, id: &str, pid: i32) -> u32 {
     assert_eq!(field("CapBnd:"), ["0000000000000000"]);
     assert_eq!(field("NoNewPrivs:"), ["1"]);
     assert_eq!(field("Seccomp:"), ["2"]);
+    assert_vmm_threads_have_their_own_filters(vmm);
     for ns in ["mnt", "net"] {
         let own = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let its = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).unwrap();
         assert_ne!(own, its, "the VMM has a {ns} namespace of its own");
     }
     leased.parse().unwrap()
+}
+
+/// Issue 14 item 9: every thread of a running VMM (the event loop, each
+/// vCPU, the controller and its relays) is in seccomp filter mode with
+/// its own allow-list on top of the jailer's two filters (deny list and
+/// `clone3`): `Seccomp: 2` and `Seccomp_filters:` ≥ 3 in each
+/// `/proc/<vmm>/task/<tid>/status` (KVM's kernel workers aside).
+fn assert_vmm_threads_have_their_own_filters(vmm: i32) {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{vmm}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue; // a relay thread that just ended
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let name = field("Name:");
+        if name.starts_with("kvm-") {
+            // KVM's own worker (kvm-nx-lpage-recovery): a kernel thread
+            // counted in the process, which makes no system calls.
+            continue;
+        }
+        assert_eq!(field("Seccomp:"), "2", "thread {name}: {status}");
+        let filters: u32 = field("Seccomp_filters:").parse().unwrap_or(0);
+        assert!(
+            filters >= 3,
+            "thread {name} has {filters} seccomp filters: the jailer's 2 and its own allow-list"
+        );
+        names.push(name);
+    }
+    for kind in ["capsa-vcpu0", "capsa-controlle"] {
+        assert!(
+            names.iter().any(|n| n == kind),
+            "no {kind} thread in {names:?}"
+        );
+    }
 }
 
 /// Waits until `path` has more than `n` lines.
