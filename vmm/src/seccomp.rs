@@ -225,7 +225,7 @@ impl Filters {
 
 /// Whether threads of `kind` start threads (and get the `clone3` filter).
 fn kind_starts_threads(kind: ThreadKind) -> bool {
-    kind == ThreadKind::Controller
+    matches!(kind, ThreadKind::Controller | ThreadKind::Vmm)
 }
 
 fn compile(
@@ -329,6 +329,12 @@ fn allowed(kind: ThreadKind, pid: u32) -> Rules {
             allow(&mut rules, FILES);
             allow_unix_sockets(&mut rules);
             allow_ioctls(&mut rules, &[ioctls::FIONBIO]);
+            // The main thread was seen starting a thread after its filter
+            // (a real-guest run, `capsa run`): threads only, no processes.
+            // TODO: find which event-loop path spawns it, and drop this.
+            allow(&mut rules, THREADS);
+            allow(&mut rules, &[libc::SYS_clone3]);
+            allow_thread_clone(&mut rules);
         }
         ThreadKind::Vcpu => {
             allow(&mut rules, VCPU);
