@@ -225,7 +225,10 @@ impl Filters {
 
 /// Whether threads of `kind` start threads (and get the `clone3` filter).
 fn kind_starts_threads(kind: ThreadKind) -> bool {
-    matches!(kind, ThreadKind::Controller | ThreadKind::Vmm)
+    matches!(
+        kind,
+        ThreadKind::Controller | ThreadKind::Vmm | ThreadKind::Vcpu
+    )
 }
 
 fn compile(
@@ -329,9 +332,13 @@ fn allowed(kind: ThreadKind, pid: u32) -> Rules {
             allow(&mut rules, FILES);
             allow_unix_sockets(&mut rules);
             allow_ioctls(&mut rules, &[ioctls::FIONBIO]);
-            // The main thread was seen starting a thread after its filter
-            // (a real-guest run, `capsa run`): threads only, no processes.
-            // TODO: find which event-loop path spawns it, and drop this.
+            // The virtio-fs frontend runs each vhost-user exchange under a
+            // watchdog thread (`Session::guarded`, devices/src/virtio/fs/
+            // frontend.rs: a scoped thread that shuts the socket down when
+            // the backend misses its deadline); the device's activation
+            // (`Fs::start`) runs on this thread, so it starts one per
+            // activation. Threads only, no processes. The watchdog
+            // inherits this list (it needs `shutdown`, in EVENT_LOOP).
             allow(&mut rules, THREADS);
             allow(&mut rules, &[libc::SYS_clone3]);
             allow_thread_clone(&mut rules);
@@ -339,6 +346,20 @@ fn allowed(kind: ThreadKind, pid: u32) -> Rules {
         ThreadKind::Vcpu => {
             allow(&mut rules, VCPU);
             allow_ioctls(&mut rules, &ioctls::vcpu());
+            // A virtio-fs reset (the guest wrote status 0 to a running
+            // device) runs on the vCPU thread and stops the backend under
+            // the frontend's watchdog thread (see the main thread's list):
+            // threads only (unnamed: no prctl), clone3 → ENOSYS.
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_set_robust_list,
+                    libc::SYS_rseq,
+                    libc::SYS_sched_getaffinity,
+                    libc::SYS_clone3,
+                ],
+            );
+            allow_thread_clone(&mut rules);
         }
         ThreadKind::Controller => {
             allow(&mut rules, CONTROLLER);
@@ -448,6 +469,7 @@ const VCPU: &[libc::c_long] = &[
     libc::SYS_recvmsg,  // vhost-user replies
     libc::SYS_sendto,   // the same on a socket
     libc::SYS_recvfrom, // the same on a socket
+    libc::SYS_shutdown, // the virtio-fs watchdog (a thread of this one) ends a late exchange
 ];
 
 /// The controller: the agent client over the hybrid vsock socket, the
@@ -469,7 +491,7 @@ const CONTROLLER: &[libc::c_long] = &[
     libc::SYS_fcntl,      // F_DUPFD_CLOEXEC, O_NONBLOCK
 ];
 
-/// Starting threads (the controller's relays).
+/// Starting threads (the controller's relays, the virtio-fs watchdog).
 const THREADS: &[libc::c_long] = &[
     libc::SYS_set_robust_list,   // glibc, in each new thread
     libc::SYS_rseq,              // glibc registers rseq in each new thread
@@ -730,6 +752,25 @@ mod tests {
             t.join().unwrap_or(5)
         });
         assert_eq!(status, 0, "a thread of the controller: {status:#x}");
+        // The virtio-fs watchdog: a scoped thread started by the main
+        // thread (activation) or a vCPU thread (reset), which may shut the
+        // vhost-user socket down.
+        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+            let status = in_child(Mode::Kill, kind, || {
+                std::thread::scope(|s| {
+                    // SAFETY: shutdown(2) on a bad descriptor: EBADF.
+                    s.spawn(|| unsafe { libc::shutdown(-1, libc::SHUT_RDWR) })
+                        .join()
+                        .map_or(6, |_| 0)
+                })
+            });
+            assert_eq!(
+                status,
+                0,
+                "a watchdog of a {} thread: {status:#x}",
+                kind.name()
+            );
+        }
     }
 
     #[test]
