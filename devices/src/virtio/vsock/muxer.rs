@@ -553,6 +553,28 @@ impl Muxer {
         self.graveyard.clear();
     }
 
+    /// The sockets of host clients in their handshake and of connections,
+    /// in fd order (the fuzz harness plays the event loop with them).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn socket_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .handshakes
+            .keys()
+            .chain(self.conn_fds.keys())
+            .copied()
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// What [`Muxer::apply_epoll`] does without an epoll: closes the
+    /// sockets that wait for their deregistration.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn close_graveyard(&mut self) {
+        self.dirty.clear();
+        self.graveyard.clear();
+    }
+
     /// Device reset: drops every connection; host clients still waiting
     /// for `OK` get an `ERR` line. Host `CONNECT`s are refused until the
     /// driver is ready again.
