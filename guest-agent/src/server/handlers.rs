@@ -410,7 +410,7 @@ impl Agent {
 }
 
 /// Checks `create`'s rootfs and shares before anything is touched.
-fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
+pub(crate) fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
     match p.rootfs.fstype {
         RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
             return Err(AgentError::InvalidParams(
