@@ -411,7 +411,6 @@ impl Agent {
     }
 }
 
-/// Checks `create`'s rootfs and shares before anything is touched.
 /// Sets `create`'s `sysctl`, in key order (keys checked by
 /// [`validate_create`]).
 fn set_sysctls(platform: &dyn Platform, p: &CreateParams) -> Result<(), AgentError> {
@@ -422,7 +421,9 @@ fn set_sysctls(platform: &dyn Platform, p: &CreateParams) -> Result<(), AgentErr
     Ok(())
 }
 
-fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
+/// Checks `create`'s rootfs, shares and sysctl keys before anything is
+/// touched.
+pub(crate) fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
     match p.rootfs.fstype {
         RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
             return Err(AgentError::InvalidParams(
