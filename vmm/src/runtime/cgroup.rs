@@ -67,7 +67,7 @@ pub const DEFAULT_PARENT: &str = "/capsa";
 
 /// `pids.max` of a VM container's cgroup: tasks (threads count) of the
 /// jailer, the VMM (main, controller, one per vCPU, stdio relays) and
-/// virtiofsd (two processes and their threads). Seen: 14 with 1 vCPU
+/// virtiofsd (two processes and their threads). Seen: 12 with 1 vCPU
 /// and a virtiofsd (docs/runtime.md); the limit leaves room for 32 vCPUs
 /// and stops a runaway thread loop of a compromised VMM.
 pub const PIDS_MAX: u64 = 256;
