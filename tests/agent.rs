@@ -69,6 +69,7 @@ fn agent_runs_container_processes_in_the_real_guest() {
             stdin: false,
             pid_namespace: false,
             network: None,
+            sysctl: Default::default(),
         })
         .expect("create");
     assert!(

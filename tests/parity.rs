@@ -206,6 +206,36 @@ fn podman_busybox_applets_exit_as_under_runc() {
     assert_eq!(stdout(&capsa), stdout(&runc));
 }
 
+/// `linux.sysctl` (podman's `--sysctl`, and its default
+/// `net.ipv4.ping_group_range`) is set in the guest as runc sets it in the
+/// container's namespaces; a parameter the kernel does not have fails
+/// `create` under both, and capsa names it.
+#[test]
+fn podman_sysctls_are_set_as_under_runc() {
+    let flags = [
+        "--sysctl",
+        "net.ipv4.ip_forward=1",
+        "--sysctl",
+        "kernel.msgmax=12345",
+    ];
+    let script = "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/ping_group_range \
+                  /proc/sys/kernel/msgmax";
+    let args = ["sh", "-c", script];
+    let runc = podman_run(Runtime::Runc, "sysctl", &flags, &args);
+    let capsa = podman_run(Runtime::Capsa, "sysctl", &flags, &args);
+    assert!(runc.status.success() && capsa.status.success());
+    assert!(stdout(&runc).starts_with("1\n"), "{}", stdout(&runc));
+    assert!(stdout(&runc).ends_with("12345\n"), "{}", stdout(&runc));
+    assert_eq!(stdout(&capsa), stdout(&runc));
+
+    let bad = ["--sysctl", "net.ipv4.no_such_param=1"];
+    let runc = podman_run(Runtime::Runc, "sysctl-bad", &bad, &["true"]);
+    let capsa = podman_run(Runtime::Capsa, "sysctl-bad", &bad, &["true"]);
+    assert!(!runc.status.success() && !capsa.status.success());
+    let err = String::from_utf8_lossy(&capsa.stderr);
+    assert!(err.contains("net/ipv4/no_such_param"), "{err}");
+}
+
 /// Where docker's runc shim keeps the runtime's state
 /// (`--root` of its runtime calls, under `CAPSA_ENGINES_RUN`).
 const DOCKER_ROOT: &str = "docker/runtime-runc/moby";

@@ -453,6 +453,7 @@ fn create_params(spec: LaunchSpec) -> CreateParams {
         stdin: false,
         pid_namespace: false,
         network: None,
+        sysctl: Default::default(),
     }
 }
 

@@ -18,6 +18,8 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod client;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod guest;
 pub mod log;
 pub mod protocol;

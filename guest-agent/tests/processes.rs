@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use capsa_agent::client::Notification;
 use capsa_agent::protocol::*;
+use capsa_agent::server::DirectoryPlatform;
 use common::*;
 
 #[test]
@@ -391,4 +392,58 @@ fn signal_all_and_output_before_attach_is_kept() {
     );
     let text = reader.join().unwrap();
     assert_eq!(text.trim_end().len(), 100_000);
+}
+
+#[test]
+fn sysctls_are_set_in_key_order_and_a_failure_names_the_key() {
+    let fx = start("sysctl");
+    let c = fx.client();
+    let mut p = create_params(&["true"]);
+    p.sysctl = [
+        ("net.ipv4.ip_forward", "1"),
+        ("kernel.msgmax", "12345"),
+        ("net/ipv4/conf/eth0.100/rp_filter", "2"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    c.create(&p).unwrap();
+    assert_eq!(
+        *fx.platform.sysctls.lock().unwrap(),
+        [
+            ("kernel/msgmax".to_string(), "12345".to_string()),
+            ("net/ipv4/ip_forward".to_string(), "1".to_string()),
+            (
+                "net/ipv4/conf/eth0.100/rp_filter".to_string(),
+                "2".to_string()
+            ),
+        ]
+    );
+
+    // A key outside /proc/sys is refused before anything is done.
+    let fx = start("sysctl-bad");
+    let c = fx.client();
+    let mut p = create_params(&["true"]);
+    p.sysctl.insert("net/../../etc/passwd".into(), "x".into());
+    let e = c.create(&p).unwrap_err();
+    assert_eq!(e.rpc_code(), Some(ErrorCode::InvalidParams));
+    assert!(e.to_string().contains("net/../../etc/passwd"), "{e}");
+    assert!(fx.platform.mounts.lock().unwrap().is_empty());
+
+    // A parameter the kernel does not have fails `create`, named.
+    let fx = start_with(
+        "sysctl-missing",
+        DirectoryPlatform {
+            missing_sysctl: Some("net/ipv4/no_such".into()),
+            ..Default::default()
+        },
+    );
+    let c = fx.client();
+    let mut p = create_params(&["true"]);
+    p.sysctl.insert("net.ipv4.no_such".into(), "1".into());
+    let e = c.create(&p).unwrap_err();
+    assert!(e.to_string().contains("/proc/sys/net/ipv4/no_such"), "{e}");
+    // Nothing was started: a second create is allowed.
+    p.sysctl.clear();
+    c.create(&p).unwrap();
 }

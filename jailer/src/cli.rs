@@ -107,6 +107,11 @@ pub struct JailArgs {
     #[arg(long)]
     pub new_pid_ns: bool,
 
+    /// Run the VMM in a new IPC namespace (no System V IPC objects or
+    /// POSIX message queues shared with the host).
+    #[arg(long)]
+    pub new_ipc_ns: bool,
+
     /// Start the VMM in a new session with stdin/stdout/stderr on
     /// /dev/null, and exit 0 once it runs (its pid is in
     /// `<DIR>/<exec-file name>/<id>/<exec-file name>.pid`).
@@ -474,6 +479,7 @@ mod tests {
                 "--resource-limit",
                 "no-file=1024",
                 "--new-pid-ns",
+                "--new-ipc-ns",
                 "--bind",
                 "/tmp:/run/vsock:ro",
                 "--env",
@@ -495,7 +501,7 @@ mod tests {
         assert_eq!(j.parent_cgroup, "capsa");
         assert_eq!(j.cgroups.len(), 2);
         assert_eq!(j.cgroup_version, Some(CgroupVersion::V2));
-        assert!(j.new_pid_ns && !j.daemonize);
+        assert!(j.new_pid_ns && j.new_ipc_ns && !j.daemonize);
         assert_eq!(
             j.binds,
             [BindMount {

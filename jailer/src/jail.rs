@@ -44,6 +44,7 @@ struct Plan {
     limits: Vec<ResourceLimit>,
     keep_fds: Vec<i32>,
     new_pid_ns: bool,
+    new_ipc_ns: bool,
     daemonize: bool,
     exit_markers: Vec<ExitMarker>,
     dev_null: Option<OwnedFd>,
@@ -191,6 +192,7 @@ fn plan(args: JailArgs) -> Result<Plan> {
         new_net_ns: args.new_net_ns,
         keep_fds: args.keep_fds,
         new_pid_ns: args.new_pid_ns,
+        new_ipc_ns: args.new_ipc_ns,
         daemonize: args.daemonize,
         exit_markers: args.exit_markers,
         dev_null,
@@ -229,6 +231,9 @@ fn child_steps(
     }
     if plan.new_net_ns {
         namespaces::new_net_ns()?;
+    }
+    if plan.new_ipc_ns {
+        namespaces::new_ipc_ns()?;
     }
     namespaces::new_private_mount_ns()?;
     chroot::enter(&chroot::Enter {

@@ -1,7 +1,7 @@
 //! Namespaces of the VMM: a new private mount namespace (always), the
 //! network namespace given by `--netns` or a new one with `--new-net-ns`,
-//! and a new pid namespace with
-//! `--new-pid-ns` (namespaces(7)).
+//! a new pid namespace with `--new-pid-ns` and a new IPC namespace with
+//! `--new-ipc-ns` (namespaces(7)).
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -33,6 +33,12 @@ pub fn join_netns(fd: &OwnedFd, path: &Path) -> Result<()> {
 /// loopback that is down, so the VMM reaches no network.
 pub fn new_net_ns() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNET).context("--new-net-ns: unshare(CLONE_NEWNET)")
+}
+
+/// Enters a new IPC namespace (`--new-ipc-ns`): System V IPC objects and
+/// POSIX message queues of its own, none of the host's.
+pub fn new_ipc_ns() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWIPC).context("--new-ipc-ns: unshare(CLONE_NEWIPC)")
 }
 
 /// Enters a new mount namespace and makes every mount in it private, so

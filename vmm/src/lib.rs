@@ -15,6 +15,7 @@ pub mod device_manager;
 pub mod guest_agent;
 pub mod install;
 pub mod logger;
+pub mod pid1;
 pub mod profile;
 pub mod pvm;
 pub mod runtime;

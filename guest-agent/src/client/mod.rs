@@ -145,13 +145,30 @@ pub enum Notification {
     Exit(ProcessExit),
 }
 
-type Reply = Result<Value, RpcError>;
+/// What a caller gets: the result, or the agent's error object.
+pub(crate) type Reply = Result<Value, RpcError>;
 
-struct Shared {
-    pending: Mutex<HashMap<i64, SyncSender<Reply>>>,
+/// What the caller threads and the reader thread share.
+pub(crate) struct Shared {
+    /// The calls in flight, by request id.
+    pub(crate) pending: Mutex<HashMap<i64, SyncSender<Reply>>>,
     closed: AtomicBool,
-    bad_messages: AtomicU64,
-    dropped_notifications: AtomicU64,
+    /// Lines skipped as malformed.
+    pub(crate) bad_messages: AtomicU64,
+    /// Notifications dropped.
+    pub(crate) dropped_notifications: AtomicU64,
+}
+
+impl Shared {
+    /// No call in flight, nothing counted.
+    pub(crate) fn new() -> Shared {
+        Shared {
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            bad_messages: AtomicU64::new(0),
+            dropped_notifications: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A control connection to the agent.
@@ -209,12 +226,7 @@ impl Client {
     /// Wraps an already connected control stream and starts the reader thread.
     pub fn new(stream: UnixStream) -> io::Result<Client> {
         let reader = stream.try_clone()?;
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
-            bad_messages: AtomicU64::new(0),
-            dropped_notifications: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::sync_channel(MAX_QUEUED_NOTIFICATIONS);
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -537,7 +549,9 @@ struct ExitNotification {
     params: ProcessExit,
 }
 
-fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) {
+/// Handles one line of the agent: a reply to a call in flight, a kept
+/// notification, or something counted and dropped.
+pub(crate) fn handle_line(line: &[u8], shared: &Shared, notify: &SyncSender<Notification>) {
     let bad = || {
         shared.bad_messages.fetch_add(1, Ordering::Relaxed);
     };

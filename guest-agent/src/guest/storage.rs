@@ -267,6 +267,16 @@ impl Platform for GuestPlatform {
         super::network::configure(plan)
     }
 
+    fn set_sysctl(&self, path: &str, value: &str) -> Result<(), AgentError> {
+        let file = Path::new("/proc/sys").join(path);
+        // procfs takes a parameter in one write, as sysctl(8) does it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+            .map_err(|e| AgentError::from_io(format!("sysctl {}", file.display()), &e))
+    }
+
     fn container_cgroup(&self) -> Option<Cgroup> {
         let group = container_group();
         let mount_point = group.parent()?;

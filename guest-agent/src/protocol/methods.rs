@@ -6,6 +6,8 @@
 //! result fields. Process fields follow the OCI runtime spec, `config.md`
 //! § "Process" (v1.2).
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +256,32 @@ pub struct CreateParams {
     /// the same MAC address. Absent: loopback only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// Kernel parameters to set in the guest before the init process is
+    /// spawned (OCI `linux.sysctl`, config-linux.md § "Sysctl"), after the
+    /// network, in key order. A key is dotted (`net.ipv4.ip_forward`,
+    /// each `.` a directory level, as runc reads it) or, when it holds a
+    /// `/`, a path below `/proc/sys` as is (`net/ipv4/conf/eth0.100/rp_filter`);
+    /// see [`sysctl_path`]. A key that names no parameter, or a value the
+    /// kernel refuses, fails `create` with the key in the message.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctl: BTreeMap<String, String>,
+}
+
+/// The path below `/proc/sys` of the sysctl `key` (see
+/// [`CreateParams::sysctl`]): `None` for a key that is empty, has an empty,
+/// `.` or `..` component, or holds a NUL byte, so that no key reaches
+/// outside `/proc/sys`.
+pub fn sysctl_path(key: &str) -> Option<String> {
+    let path = if key.contains('/') {
+        key.to_string()
+    } else {
+        key.replace('.', "/")
+    };
+    let ok = !key.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    ok.then_some(path)
 }
 
 /// The container's network as its engine made it on the host (read by
@@ -538,6 +566,32 @@ mod tests {
         assert!(ShareSpec::mount_point("a.b_c-9").is_some());
         for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(37)] {
             assert_eq!(ShareSpec::mount_point(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sysctl_keys_stay_below_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").as_deref(),
+            Some("net/ipv4/ip_forward")
+        );
+        // A path form keeps its dots (an interface named eth0.100).
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.100/rp_filter").as_deref(),
+            Some("net/ipv4/conf/eth0.100/rp_filter")
+        );
+        for bad in [
+            "",
+            ".",
+            "net..ipv4",
+            "net.ipv4.",
+            ".net",
+            "/net/ipv4",
+            "net/../../etc",
+            "net/./x",
+            "a\0b",
+        ] {
+            assert_eq!(sysctl_path(bad), None, "{bad:?}");
         }
     }
 

@@ -9,6 +9,7 @@ use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
 use super::network::NetworkPlan;
+use super::platform::Platform;
 use super::processes::Pending;
 use super::spawn::{self, ChildMount, PidNamespace, Plan, SpawnOptions, Spawned};
 use super::streams::PreparedStdio;
@@ -90,6 +91,7 @@ impl Service for Agent {
                 _ => Ok(deferred),
             })
             .and_then(|deferred| platform.configure_network(&network).map(|_| deferred))
+            .and_then(|deferred| set_sysctls(platform.as_ref(), &p).map(|_| deferred))
             .and_then(|deferred| {
                 self.streams
                     .prepare(p.process.terminal, p.stdin, p.process.console_size, &root)
@@ -409,8 +411,19 @@ impl Agent {
     }
 }
 
-/// Checks `create`'s rootfs and shares before anything is touched.
-fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
+/// Sets `create`'s `sysctl`, in key order (keys checked by
+/// [`validate_create`]).
+fn set_sysctls(platform: &dyn Platform, p: &CreateParams) -> Result<(), AgentError> {
+    for (key, value) in &p.sysctl {
+        let path = sysctl_path(key).unwrap_or_default();
+        platform.set_sysctl(&path, value)?;
+    }
+    Ok(())
+}
+
+/// Checks `create`'s rootfs, shares and sysctl keys before anything is
+/// touched.
+pub(crate) fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
     match p.rootfs.fstype {
         RootfsType::Virtiofs if p.rootfs.tag.is_none() => {
             return Err(AgentError::InvalidParams(
@@ -432,6 +445,15 @@ fn validate_create(p: &CreateParams) -> Result<(), AgentError> {
         return Err(AgentError::InvalidParams(format!(
             "shares: bad tag {:?} (1 to 36 bytes of letters, digits, '.', '_', '-')",
             bad.tag
+        )));
+    }
+    if let Some((key, _)) = p
+        .sysctl
+        .iter()
+        .find(|(k, v)| sysctl_path(k).is_none() || v.contains('\0'))
+    {
+        return Err(AgentError::InvalidParams(format!(
+            "sysctl: bad key {key:?} or its value (a dotted name or a path below /proc/sys)"
         )));
     }
     Ok(())

@@ -258,15 +258,15 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
 
 /// A request read from a line: its id (`None`: a notification), method
 /// and params.
-struct Incoming {
-    id: Option<Id>,
-    method: String,
-    params: Value,
+pub(crate) struct Incoming {
+    pub(crate) id: Option<Id>,
+    pub(crate) method: String,
+    pub(crate) params: Value,
 }
 
 /// Reads one request line (JSON-RPC 2.0 §4); an error is the response to
 /// send (with id `null` when the id could not be read).
-fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
+pub(crate) fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
     let invalid = |id, message: &str| {
         let error = RpcError::new(ErrorCode::InvalidRequest, message);
         Box::new(Response::err(id, error))
@@ -292,21 +292,25 @@ fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
     Ok(Incoming { id, method, params })
 }
 
-/// Answers `id` (nothing for a notification).
-fn answer(writer: &SharedWriter, id: Option<Id>, result: Result<Value, RpcError>) {
-    if id.is_none() {
-        return;
-    }
-    let resp = match result {
+/// The response to request `id` (none for a notification).
+pub(crate) fn response(id: Option<Id>, result: Result<Value, RpcError>) -> Option<Response> {
+    id.as_ref()?;
+    Some(match result {
         Ok(v) => Response::ok(id, v),
         Err(e) => Response::err(id, e),
-    };
-    write_line(writer, &to_line(&resp));
+    })
+}
+
+/// Answers `id` (nothing for a notification).
+fn answer(writer: &SharedWriter, id: Option<Id>, result: Result<Value, RpcError>) {
+    if let Some(resp) = response(id, result) {
+        write_line(writer, &to_line(&resp));
+    }
 }
 
 /// Parses one request line and answers it (JSON-RPC 2.0 §4-5).
 fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
-    if line.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(line) {
         return;
     }
     let Incoming { id, method, params } = match parse_request(line) {
@@ -330,6 +334,11 @@ fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
     if method == method::Shutdown::NAME {
         agent.finish_shutdown();
     }
+}
+
+/// Whether a line is blank (skipped without an answer).
+pub(crate) fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 fn guarded(agent: &Agent, method: &str, params: Value) -> Result<Value, RpcError> {

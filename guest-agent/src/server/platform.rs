@@ -5,7 +5,7 @@
 //! (real mounts, a cgroup2 mount of its own, `sethostname`, `reboot`);
 //! [`DirectoryPlatform`] uses a plain host directory as the rootfs, an
 //! existing host cgroup v2 group if the test gives one, and only records
-//! mounts, hostname, network and power-off, so protocol tests run the real server
+//! mounts, hostname, network, sysctls and power-off, so protocol tests run the real server
 //! without touching the host's mounts.
 
 use std::path::{Path, PathBuf};
@@ -42,6 +42,9 @@ pub trait Platform: Send + Sync + 'static {
     /// Brings `lo` up and configures the container's interfaces
     /// (`create`'s `network`, checked).
     fn configure_network(&self, plan: &NetworkPlan) -> Result<(), AgentError>;
+    /// Writes `value` to the kernel parameter `/proc/sys/<path>` (`path`
+    /// from [`sysctl_path`](crate::protocol::sysctl_path), checked).
+    fn set_sysctl(&self, path: &str, value: &str) -> Result<(), AgentError>;
     /// Prepares the cgroup v2 group that every container process joins
     /// before `execve` and that `pause` freezes. `None` when the machine has
     /// none: processes then run outside any group and `pause`/`resume` fail
@@ -74,6 +77,11 @@ pub struct DirectoryPlatform {
     pub hostname: Mutex<Option<String>>,
     /// Network plan received by `create`.
     pub network: Mutex<Option<NetworkPlan>>,
+    /// Kernel parameters written, `(path below /proc/sys, value)`, in order.
+    pub sysctls: Mutex<Vec<(String, String)>>,
+    /// A path whose `set_sysctl` fails with `ENOENT` (as a key that names
+    /// no parameter does in the guest).
+    pub missing_sysctl: Option<String>,
     /// Whether `power_off` was called.
     pub powered_off: AtomicBool,
     /// What `oom_kills` returns.
@@ -133,6 +141,19 @@ impl Platform for DirectoryPlatform {
     fn configure_network(&self, plan: &NetworkPlan) -> Result<(), AgentError> {
         if let Ok(mut n) = self.network.lock() {
             *n = Some(plan.clone());
+        }
+        Ok(())
+    }
+
+    fn set_sysctl(&self, path: &str, value: &str) -> Result<(), AgentError> {
+        if self.missing_sysctl.as_deref() == Some(path) {
+            return Err(AgentError::Os {
+                what: format!("sysctl /proc/sys/{path}"),
+                errno: libc::ENOENT,
+            });
+        }
+        if let Ok(mut s) = self.sysctls.lock() {
+            s.push((path.to_string(), value.to_string()));
         }
         Ok(())
     }

@@ -103,6 +103,7 @@ pub fn create_params(args: &[&str]) -> CreateParams {
         stdin: true,
         pid_namespace: false,
         network: None,
+        sysctl: Default::default(),
     }
 }
 

@@ -38,6 +38,7 @@ pub fn run(g: &GlobalArgs, args: CreateArgs) -> anyhow::Result<u8> {
         pid_file: args.pid_file,
         console_socket: args.console_socket,
         foreground: false,
+        systemd_cgroup: g.systemd_cgroup,
     };
     g.runtime().create(&args.id, &opts)?;
     Ok(0)

@@ -53,7 +53,8 @@ pub struct GlobalArgs {
     /// Directory of the containers' state.
     #[arg(long, global = true, value_name = "DIR", default_value = capsa_vmm::runtime::DEFAULT_ROOT)]
     pub root: PathBuf,
-    /// Accepted and ignored (runc's; a VM has no host cgroup to manage).
+    /// `linux.cgroupsPath` is systemd's `slice:prefix:name` (runc's flag;
+    /// capsa creates that unit's cgroup itself, docs/runtime.md).
     #[arg(long, global = true, hide = true)]
     pub systemd_cgroup: bool,
     /// Accepted and ignored.

@@ -41,6 +41,7 @@ pub fn run(g: &GlobalArgs, args: RunArgs) -> anyhow::Result<u8> {
         pid_file: args.pid_file,
         console_socket: args.console_socket,
         foreground: !args.detach,
+        systemd_cgroup: g.systemd_cgroup,
     };
     let created = rt.create(&args.id, &opts)?;
     if let Err(e) = rt.start(&args.id) {

@@ -235,6 +235,8 @@ fn apply_profile_flags(
 
 /// Boots the VM and waits for it to end.
 pub fn run(args: VmmArgs, start: Instant) -> anyhow::Result<u8> {
+    // Jailed with `--new-pid-ns`, this is pid 1 of its namespace.
+    capsa_vmm::pid1::handle_termination_signals();
     let config = args.into_config()?;
     let (vmm, marks) = build_microvm(&config, start).context("cannot create the VM")?;
     tracing::info!(setup_us = start.elapsed().as_micros() as u64, "VM created");

@@ -27,6 +27,9 @@ pub struct CreateOptions {
     /// `run` in the foreground: keep the VMM process in the caller's
     /// session.
     pub foreground: bool,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is `slice:prefix:name`
+    /// (see [`super::cgroup`]).
+    pub systemd_cgroup: bool,
 }
 
 /// Options of `exec` (runc's flags).

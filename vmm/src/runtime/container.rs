@@ -57,12 +57,14 @@ pub struct OciState {
     pub runtime: RuntimeType,
 }
 
-/// Removes what a container left: its state directory, its uid lease and
-/// a vsock socket kept outside it.
+/// Removes what a container left: its state directory, its host cgroup,
+/// its uid lease and a vsock socket kept outside it.
 fn remove_container_files(dir: &Path, vsock: &Path) {
     // The VMM is gone (or never started): its virtiofsd ends with its
     // connection; make sure, by the recorded pid, before the files go.
     super::virtiofsd::stop(dir, std::time::Duration::from_secs(5));
+    // Empty now: the jailer, the VMM and virtiofsd were all it held.
+    super::cgroup::remove_recorded(dir);
     jail::release_uid(Path::new(jail::UID_LEASES), dir);
     if !vsock.starts_with(dir) {
         let _ = std::fs::remove_file(vsock);

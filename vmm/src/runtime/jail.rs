@@ -6,11 +6,16 @@
 //! boundaries"). The jailed VMM runs as an unprivileged uid/gid of its own (see
 //! [`uid_for`]), without capabilities, with `no_new_privs` and a seccomp
 //! deny list, in a new mount namespace whose root is
-//! `<state dir>/capsa/vm/root` ([`Jail::root`]) and a new network
+//! `<state dir>/capsa/vm/root` ([`Jail::root`]), a new network
 //! namespace with no device (the VMM needs no network of its own: its
 //! control channel is the hybrid vsock Unix socket, and the guest's network
 //! device is a TAP descriptor it inherits, made by `create` in the
-//! container's namespace).
+//! container's namespace), and new PID and IPC namespaces: the VMM is
+//! pid 1 of its own PID namespace (it sees and can signal no other
+//! process; it handles the engines' termination signals itself, see
+//! [`crate::pid1`]) and shares no System V IPC or POSIX message queue with
+//! the host. The pid recorded (the jailer's pid file, `state.json`) is the
+//! VMM's pid in the host's namespace, which the jailer's `fork` returns.
 //!
 //! What the VMM reads and writes lives in that root: its inputs
 //! (`vmm-inputs.json`) are placed there by `create`; the kernel, the initramfs and the rootfs image are
@@ -278,6 +283,8 @@ impl Jail {
             "--chroot-base-dir".into(),
             self.base.clone().into(),
             "--new-net-ns".into(),
+            "--new-pid-ns".into(),
+            "--new-ipc-ns".into(),
             "--no-fork".into(),
         ];
         if self.file_size_limit > 0 {
@@ -394,7 +401,9 @@ mod tests {
         assert!(line.contains("--bind /k:/vmlinux:ro"), "{line}");
         assert!(line.contains("--exit-marker oom:/b/oom"), "{line}");
         assert!(
-            line.contains("--no-fork --resource-limit fsize=268435456"),
+            line.contains(
+                "--new-net-ns --new-pid-ns --new-ipc-ns --no-fork --resource-limit fsize=268435456"
+            ),
             "{line}"
         );
         assert!(

@@ -30,6 +30,7 @@
 
 pub mod backend;
 pub mod bundle;
+pub mod cgroup;
 pub mod console;
 pub mod container;
 pub mod host_process;

@@ -134,18 +134,22 @@ pub fn spawn(args: &[OsString], new_session: bool) -> Result<Helper> {
         |_| args.to_vec(),
         new_session,
         &[],
+        &[],
     )
 }
 
 /// Starts `program` with the arguments `args(ready_fd)` (the readiness
 /// pipe's number, for a program that passes it on, as `capsa-jailer
 /// --keep-fd`), the caller's stdio, and the descriptors `keep_fds`
-/// inherited; otherwise as [`spawn`].
+/// inherited, in the cgroup whose `cgroup.procs` descriptors are
+/// `cgroup` (none: the caller's; see
+/// [`super::cgroup::VmCgroup::procs_fds`]); otherwise as [`spawn`].
 pub fn spawn_program(
     program: &Path,
     args: impl FnOnce(RawFd) -> Vec<OsString>,
     new_session: bool,
     keep_fds: &[RawFd],
+    cgroup: &[RawFd],
 ) -> Result<Helper> {
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::io("pipe", e.into()))?;
@@ -155,10 +159,12 @@ pub fn spawn_program(
         .env(READY_FD_ENV, write_fd.to_string());
     let mut inherit = keep_fds.to_vec();
     inherit.push(write_fd);
-    // SAFETY: only async-signal-safe calls (fcntl, setsid) between fork and
-    // exec.
+    let cgroup = cgroup.to_vec();
+    // SAFETY: only async-signal-safe calls (write, fcntl, setsid) between
+    // fork and exec, on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            super::cgroup::join_in_child(&cgroup)?;
             for &fd in &inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -218,9 +218,15 @@ fn cstring(p: &Path) -> Result<CString> {
 }
 
 /// Makes the share tree in `state_dir` and starts virtiofsd on it (see
-/// the module docs). Errors name the share or the step; nothing of a
-/// failed start is left running.
-pub fn start(binary: &Path, shares: &[Share], state_dir: &Path) -> Result<Started> {
+/// the module docs), in the container's cgroup whose `cgroup.procs`
+/// descriptors are `cgroup` (none: the caller's). Errors name the share
+/// or the step; nothing of a failed start is left running.
+pub fn start(
+    binary: &Path,
+    shares: &[Share],
+    state_dir: &Path,
+    cgroup: &[RawFd],
+) -> Result<Started> {
     let tree = state_dir.join(TREE_DIR);
     make_tree(&tree, shares)?;
     let binds = shares
@@ -243,7 +249,7 @@ pub fn start(binary: &Path, shares: &[Share], state_dir: &Path) -> Result<Starte
     let address = format!("/proc/self/fd/{}/{SOCKET_FILE}", dir.as_raw_fd());
     let listener = UnixListener::bind(&address)
         .map_err(|e| RuntimeError::io(format!("listen on {}", socket.display()), e))?;
-    let spawned = spawn(binary, &tree, binds, &listener, state_dir);
+    let spawned = spawn(binary, &tree, binds, &listener, (state_dir, cgroup));
     drop(listener);
     let connected = spawned.and_then(|process| {
         let recorded = super::state::write_atomic(
@@ -274,7 +280,7 @@ fn spawn(
     tree: &Path,
     binds: Vec<Bind>,
     listener: &UnixListener,
-    state_dir: &Path,
+    (state_dir, cgroup): (&Path, &[RawFd]),
 ) -> Result<HostProcess> {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -291,11 +297,15 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| RuntimeError::io("dup", e))?)
         .stderr(log);
+    let cgroup = cgroup.to_vec();
     // SAFETY: the closure runs in the forked child before exec and only
     // makes system calls on memory prepared before the fork (`binds`,
-    // `fd`); it allocates nothing.
+    // `fd`, `cgroup`); it allocates nothing.
     unsafe {
-        cmd.pre_exec(move || enter_tree_namespace(&binds, fd));
+        cmd.pre_exec(move || {
+            super::cgroup::join_in_child(&cgroup)?;
+            enter_tree_namespace(&binds, fd)
+        });
     }
     let child = cmd.spawn().map_err(|e| {
         RuntimeError::Failed(format!(
@@ -547,7 +557,7 @@ mod tests {
         let (d, shares) = fixture();
         let state = d.path().join("state");
         let host_mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mut started = start(&binary(), &shares, &state).unwrap();
+        let mut started = start(&binary(), &shares, &state, &[]).unwrap();
         let p = started.process;
         let (pid, start_time) = (p.pid, p.start_time);
         assert!(p.alive());
@@ -598,7 +608,7 @@ mod tests {
     fn killing_virtiofsd_ends_its_sandboxed_child() {
         let (d, shares) = fixture();
         let state = d.path().join("state");
-        let mut started = start(&binary(), &shares, &state).unwrap();
+        let mut started = start(&binary(), &shares, &state, &[]).unwrap();
         get_features(&mut started.conn);
         let kids = children(started.process);
         assert_eq!(kids.len(), 1);
@@ -624,7 +634,7 @@ mod tests {
             .join("y".repeat(64));
         std::fs::create_dir_all(&state).unwrap();
         assert!(state.join(SOCKET_FILE).as_os_str().len() > 108);
-        let mut started = start(&binary(), &shares, &state).unwrap();
+        let mut started = start(&binary(), &shares, &state, &[]).unwrap();
         get_features(&mut started.conn);
         assert!(!state.join(SOCKET_FILE).exists());
         stop(&state, Duration::from_secs(5));
@@ -634,7 +644,7 @@ mod tests {
     fn stop_ends_the_recorded_process() {
         let (d, shares) = fixture();
         let state = d.path().join("state");
-        let mut started = start(&binary(), &shares, &state).unwrap();
+        let mut started = start(&binary(), &shares, &state, &[]).unwrap();
         // Answering means it has made its sandboxed child.
         get_features(&mut started.conn);
         let kids = children(started.process);
@@ -651,7 +661,7 @@ mod tests {
     fn a_missing_binary_fails_naming_it_and_leaves_nothing() {
         let (d, shares) = fixture();
         let state = d.path().join("state");
-        let e = start(Path::new("/nonexistent/virtiofsd"), &shares, &state)
+        let e = start(Path::new("/nonexistent/virtiofsd"), &shares, &state, &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent/virtiofsd"), "{e}");
@@ -665,7 +675,9 @@ mod tests {
         let state = d.path().join("state");
         // A file source over a directory placeholder: mount(2) refuses.
         shares[0].source = d.path().join("host/hosts");
-        let e = start(&binary(), &shares, &state).unwrap_err().to_string();
+        let e = start(&binary(), &shares, &state, &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot start virtiofsd"), "{e}");
         assert!(!state.join(SOCKET_FILE).exists());
     }

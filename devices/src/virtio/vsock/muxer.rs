@@ -315,10 +315,7 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", h.dst_port));
-        let stream = match UnixStream::connect(&path).and_then(|s| {
-            s.set_nonblocking(true)?;
-            Ok(s)
-        }) {
+        let stream = match connect_nonblocking(Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("vsock: guest connect to {path:?} failed: {e}");
@@ -553,6 +550,28 @@ impl Muxer {
         self.graveyard.clear();
     }
 
+    /// The sockets of host clients in their handshake and of connections,
+    /// in fd order (the fuzz harness plays the event loop with them).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn socket_fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self
+            .handshakes
+            .keys()
+            .chain(self.conn_fds.keys())
+            .copied()
+            .collect();
+        fds.sort_unstable();
+        fds
+    }
+
+    /// What [`Muxer::apply_epoll`] does without an epoll: closes the
+    /// sockets that wait for their deregistration.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn close_graveyard(&mut self) {
+        self.dirty.clear();
+        self.graveyard.clear();
+    }
+
     /// Device reset: drops every connection; host clients still waiting
     /// for `OK` get an `ERR` line. Host `CONNECT`s are refused until the
     /// driver is ready again.
@@ -573,6 +592,56 @@ impl Muxer {
     }
 }
 
+/// Connects to the Unix socket `path` without blocking. A blocking
+/// `connect(2)` waits while the listener's accept backlog is full: a guest
+/// connecting to a host service that accepts slowly, or not at all, then
+/// stopped the event loop with the device locked (found by the
+/// `vsock_conn` fuzz target, issue 14 item 12). A full backlog is now an
+/// `EAGAIN` error, and the guest gets an RST.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; no memory is passed.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// Parses `CONNECT <port>` (an optional trailing `\r` is accepted).
 pub fn parse_connect(line: &[u8]) -> Option<u32> {
     let line = std::str::from_utf8(line).ok()?;
@@ -587,6 +656,44 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 item 12 (found by the `vsock_conn` fuzz target): a guest
+    /// connecting more often than a host service accepts blocked the event
+    /// loop in `connect(2)` once the service's backlog was full. The
+    /// connects beyond the backlog now fail at once with an RST.
+    #[test]
+    fn guest_connect_to_a_host_service_with_a_full_backlog_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let service = UnixListener::bind(dir.path().join("v.sock_1024")).unwrap();
+        // SAFETY: listen(2) on a socket we own; no memory is passed.
+        assert_eq!(unsafe { libc::listen(service.as_raw_fd(), 1) }, 0);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut m = Muxer::new(3, &uds).unwrap();
+            for src_port in 1000..1008 {
+                let h = VsockHeader {
+                    src_cid: 3,
+                    dst_cid: HOST_CID,
+                    src_port,
+                    dst_port: 1024,
+                    type_: TYPE_STREAM,
+                    op: op::REQUEST,
+                    buf_alloc: 1 << 18,
+                    ..Default::default()
+                };
+                m.send_pkt(&h, &[]);
+            }
+            let _ = done_tx.send((m.connection_count(), m.counters()));
+        });
+        let (conns, counters) = done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the guest's connects blocked the muxer");
+        assert!((1..8).contains(&conns), "{conns} connections");
+        assert_eq!(counters.connect_failed as usize, 8 - conns);
+        assert_eq!(counters.rst_sent as usize, 8 - conns);
+        drop(service);
+    }
 
     #[test]
     fn connect_line_parsing() {

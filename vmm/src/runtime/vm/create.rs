@@ -6,6 +6,8 @@
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
+//!    container's cgroup at `linux.cgroupsPath` ([`cgroup`]), which
+//!    virtiofsd, the jailer and the VMM join before they exec, the
 //!    rootfs image (`block` transport), the container's virtiofsd serving
 //!    the rootfs directory and the bind-mounted files and directories, the
 //!    pty of `--console-socket`, the engine's network interface carried to
@@ -20,7 +22,8 @@
 //!
 //! A failure at any step leaves nothing behind: the caller
 //! ([`Runtime::create`](crate::runtime::container::Runtime::create))
-//! removes the state directory and stops the recorded virtiofsd (which
+//! removes the state directory and the recorded cgroup, and stops the
+//! recorded virtiofsd (which
 //! also ends by itself once its connection, held by [`HostResources`] and
 //! then the VMM process, is closed), and the [`VmmGuard`] kills the VMM
 //! process and its jailer unless the state was recorded.
@@ -35,6 +38,7 @@ use crate::config::HostQuirks;
 use crate::runtime::backend::CreateOptions;
 use crate::runtime::bundle::Bundle;
 use crate::runtime::bundle::RootfsTransport;
+use crate::runtime::cgroup::{self, CgroupsPath, Limits, VmCgroup};
 use crate::runtime::host_process::{kill_and_wait, HostProcess};
 use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
@@ -62,10 +66,11 @@ fn vmm_file_size_limit(memory_mib: u32) -> u64 {
 /// process when unjailed), a child of this process.
 pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Result<Child> {
     let spec = VmSpec::from_bundle(bundle)?;
+    let cgroup = host_cgroup(id, bundle, &spec, opts)?;
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
     placement.relay_oom_to(bundle);
-    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts)?;
+    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, (opts, cgroup))?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
@@ -87,6 +92,34 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
         n.keep();
     }
     Ok(child)
+}
+
+/// Where the container's cgroup goes (`linux.cgroupsPath`, read as runc
+/// does; see [`cgroup`]) and its limits: the guest's RAM plus the VMM's
+/// overhead, the pids bound, the spec's CPU quota.
+fn host_cgroup(
+    id: &str,
+    bundle: &Bundle,
+    spec: &VmSpec,
+    opts: &CreateOptions,
+) -> Result<(CgroupsPath, Limits)> {
+    let linux = bundle.spec.linux().as_ref();
+    let path = cgroup::parse_cgroups_path(
+        linux
+            .and_then(|l| l.cgroups_path().as_ref())
+            .and_then(|p| p.to_str()),
+        id,
+        opts.systemd_cgroup,
+    )
+    .map_err(|e| RuntimeError::Bundle {
+        bundle: bundle.dir.clone(),
+        message: format!("config.json: {e}"),
+    })?;
+    let cpu = linux
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().as_ref())
+        .map_or((None, None), |c| (c.quota(), c.period()));
+    Ok((path, Limits::for_vm(spec.memory_mib, cpu)))
 }
 
 /// The files capsa ships that every VM boots from, as host paths.
@@ -180,6 +213,8 @@ impl Placement {
 
 /// What `create` prepared on the host for the VM.
 struct HostResources {
+    /// The container's cgroup, which virtiofsd and the VMM's jailer join.
+    cgroup: VmCgroup,
     /// The disks, in guest order, as the VMM sees them.
     disks: Vec<MachineDisk>,
     /// With `--console-socket` and a terminal: the pty slave the VMM
@@ -198,14 +233,17 @@ impl HostResources {
     /// starts virtiofsd on the shares (the rootfs directory with the
     /// `virtiofs` transport, the bind mounts' files and directories; its
     /// share tree and record in the state directory `dir`), opens the
-    /// console's pty and carries the engine's network interface to a TAP.
+    /// console's pty and carries the engine's network interface to a TAP;
+    /// first of all, makes the container's cgroup (`cgroup`: where, with
+    /// which limits), recorded in `dir`.
     fn prepare(
         bundle: &Bundle,
         spec: &VmSpec,
         dir: &Path,
         placement: &mut Placement,
-        opts: &CreateOptions,
+        (opts, cgroup): (&CreateOptions, (CgroupsPath, Limits)),
     ) -> Result<HostResources> {
+        let cgroup = VmCgroup::create(&cgroup.0, &cgroup.1, dir)?;
         let mut disks = Vec::new();
         let mut shares: Vec<Share> = Vec::new();
         match spec.rootfs_transport {
@@ -233,7 +271,12 @@ impl HostResources {
             None
         } else {
             let binary = virtiofsd::locate()?;
-            Some(virtiofsd::start(&binary, &shares, dir)?)
+            Some(virtiofsd::start(
+                &binary,
+                &shares,
+                dir,
+                &cgroup.procs_fds(),
+            )?)
         };
         // The pty is made here, as the jailed VMM can reach neither
         // /dev/pts nor the socket.
@@ -253,6 +296,7 @@ impl HostResources {
             NetworkMode::LoopbackOnly => None,
         };
         Ok(HostResources {
+            cgroup,
             disks,
             console,
             virtiofsd,
@@ -406,6 +450,7 @@ fn start_vmm(
         placement.inside.clone().into(),
     ];
     let keep_fds = resources.inherited_fds();
+    let cgroup = resources.cgroup.procs_fds();
     let pending = match placement.jail {
         Some(mut j) => {
             j.limit_file_size(file_size_limit);
@@ -424,12 +469,13 @@ fn start_vmm(
                 },
                 !foreground,
                 &keep_fds,
+                &cgroup,
             )?;
             (pending, Some(j))
         }
         None => {
             let exe = Path::new("/proc/self/exe");
-            let pending = spawn::spawn_program(exe, |_| vmm_args, !foreground, &keep_fds)?;
+            let pending = spawn::spawn_program(exe, |_| vmm_args, !foreground, &keep_fds, &cgroup)?;
             (pending, None)
         }
     };

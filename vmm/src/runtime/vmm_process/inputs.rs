@@ -90,6 +90,7 @@ mod tests {
                 stdin: true,
                 pid_namespace: true,
                 network: None,
+                sysctl: Default::default(),
             },
             console_fd: Some(5),
         };

@@ -59,6 +59,9 @@ pub fn run(dir: &Path, start: Instant) -> u8 {
     // uids are leased per VMM) can neither ptrace it nor open its
     // /proc/PID/{root,fd,mem}.
     let _ = nix::sys::prctl::set_dumpable(false);
+    // Pid 1 of its own PID namespace in the jail: engines' signals arrive
+    // only if handled.
+    crate::pid1::handle_termination_signals();
     let mut ready = Ready::from_env();
     let inputs = match VmmInputs::read(dir) {
         Ok(i) => i,
