@@ -20,5 +20,6 @@ pub mod profile;
 pub mod pvm;
 pub mod runtime;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vmm;
 pub mod vstate;

@@ -4,7 +4,7 @@ mod i8042;
 mod serial;
 
 pub use i8042::I8042;
-pub use serial::{Serial, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
+pub use serial::{Serial, SerialSnapshot, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
 
 use vmm_sys_util::eventfd::EventFd;
 

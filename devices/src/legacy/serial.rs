@@ -31,6 +31,67 @@ impl Serial {
     }
 }
 
+/// The UART's registers and receive FIFO for a snapshot (vm-superio's
+/// `SerialState`, which has no serde form).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch, low and high byte.
+    pub baud_divisor: [u8; 2],
+    /// IER, IIR, LCR, LSR, MCR, MSR and the scratch register, in that
+    /// order.
+    pub registers: [u8; 7],
+    /// Bytes received and not yet read by the guest (at most 64, the
+    /// FIFO's size).
+    pub in_buffer: Vec<u8>,
+}
+
+impl Serial {
+    /// The UART's state.
+    pub fn state(&self) -> SerialSnapshot {
+        let s = self.inner.state();
+        SerialSnapshot {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            registers: [
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in a saved state ([`Serial::new`] otherwise).
+    ///
+    /// Errors: the saved FIFO is larger than the UART's, or the interrupt
+    /// cannot be raised.
+    pub fn from_state(
+        irq_evt: EventFd,
+        out: Box<dyn Write + Send>,
+        state: &SerialSnapshot,
+    ) -> Result<Self, String> {
+        let [ier, iir, lcr, lsr, mcr, msr, scr] = state.registers;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let inner = vm_superio::Serial::from_state(&s, EventFdTrigger::new(irq_evt), NoEvents, out)
+            .map_err(|e| format!("serial: {e:?}"))?;
+        Ok(Self { inner })
+    }
+}
+
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);

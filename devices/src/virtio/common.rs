@@ -166,6 +166,22 @@ impl VirtioCommon {
         Some(idx)
     }
 
+    /// Where the device is in each queue's rings, while it is active
+    /// ([`VirtioDevice::queue_positions`](super::VirtioDevice::queue_positions)).
+    pub fn queue_positions(&self) -> Option<Vec<super::persist::QueuePosition>> {
+        use virtio_queue::QueueT;
+        let dq = self.queues.as_ref()?;
+        Some(
+            dq.queues
+                .iter()
+                .map(|q| super::persist::QueuePosition {
+                    next_avail: q.next_avail(),
+                    next_used: q.next_used(),
+                })
+                .collect(),
+        )
+    }
+
     /// The active queues, unless a ring error failed the device.
     pub fn queues(&self) -> Option<&DeviceQueues> {
         self.queues.as_ref()

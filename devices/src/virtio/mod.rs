@@ -54,6 +54,7 @@ pub mod fs;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
@@ -199,6 +200,17 @@ impl Interrupt {
         self.config_generation.load(Ordering::SeqCst)
     }
 
+    /// Sets the state saved in a snapshot: InterruptStatus, ConfigGeneration
+    /// and `DEVICE_NEEDS_RESET`. Raises nothing: the interrupt controller's
+    /// own saved state says whether the line was pending.
+    pub fn restore(&self, status: u32, config_generation: u32, needs_reset: bool) {
+        self.status
+            .store(status & (INT_VRING | INT_CONFIG), Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// Back to the power-on state (device reset, §2.4).
     pub fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
@@ -303,6 +315,21 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool {
         false
     }
+    /// Whether the device can be saved in a snapshot; `Err(why)` when it
+    /// cannot. Default: it can.
+    fn can_snapshot(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Where the device is in each queue's rings, in queue order, while it
+    /// is active; `None` otherwise. Default: `None` (a device that keeps
+    /// its queues in a [`common::VirtioCommon`] answers from there).
+    fn queue_positions(&self) -> Option<Vec<persist::QueuePosition>> {
+        None
+    }
+    /// Called once the device was activated from a snapshot in a fresh
+    /// process: the device drops or announces what the snapshot could not
+    /// carry (virtio-vsock: its connections). Default: nothing.
+    fn restored(&mut self) {}
 }
 
 /// What the VMM gets from [`attach`]: everything needed to wire one

@@ -236,6 +236,15 @@ impl VirtioDevice for Fs {
         self.activation.signal().map_err(ActivateError::EventFd)
     }
 
+    fn can_snapshot(&self) -> Result<(), String> {
+        let tag = &self.config[..TAG_LEN];
+        let tag =
+            String::from_utf8_lossy(&tag[..tag.iter().position(|&b| b == 0).unwrap_or(TAG_LEN)]);
+        Err(format!(
+            "virtio-fs share {tag:?} cannot be snapshotted: a vhost-user backend's state is not saved (not supported yet)"
+        ))
+    }
+
     fn is_activated(&self) -> bool {
         self.pending.is_some() || self.running.is_some()
     }

@@ -307,6 +307,10 @@ impl VirtioDevice for Net {
         self.common.activate(params)
     }
 
+    fn queue_positions(&self) -> Option<Vec<crate::virtio::persist::QueuePosition>> {
+        self.common.queue_positions()
+    }
+
     fn is_activated(&self) -> bool {
         self.common.is_activated()
     }

@@ -12,7 +12,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::{Muxer, MuxerCounters, CONN_TOKEN, LISTENER_TOKEN};
 use super::packet::{self, PacketError};
-use super::{QUEUE_SIZE, RXQ, TXQ};
+use super::{EVQ, QUEUE_SIZE, RXQ, TXQ};
 use crate::virtio::activation::ACTIVATE_TOKEN;
 use crate::virtio::common::{ServeChain, VirtioCommon};
 use crate::virtio::queue::Chain;
@@ -80,6 +80,9 @@ pub struct Vsock {
     /// Non-blocking timer armed for the muxer's next answer deadline.
     timer: TimerFd,
     timer_armed_for: Option<Instant>,
+    /// A `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` is owed to the guest (the
+    /// device was restored from a snapshot).
+    reset_event_pending: bool,
 }
 
 /// A non-blocking timerfd: a read after the timer was re-armed must not
@@ -118,6 +121,7 @@ impl Vsock {
             counters: VsockCounters::default(),
             timer: nonblocking_timer().map_err(VsockError::TimerFd)?,
             timer_armed_for: None,
+            reset_event_pending: false,
         })
     }
 
@@ -194,9 +198,24 @@ impl Vsock {
         self.common.drain_queue(RXQ, &mut rx);
     }
 
+    /// Delivers an owed `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (§5.10.6.5)
+    /// on the event queue, once the driver gave it a buffer.
+    fn send_reset_event(&mut self) {
+        if !self.reset_event_pending {
+            return;
+        }
+        let mut ev = ResetEvent { sent: false };
+        self.common.drain_queue(EVQ, &mut ev);
+        if ev.sent {
+            tracing::info!("vsock: transport reset sent to the guest");
+            self.reset_event_pending = false;
+        }
+    }
+
     /// One round of work after any event: TX (which may owe replies), RX,
     /// and TX again if RX unblocked it.
     fn run_queues(&mut self) {
+        self.send_reset_event();
         let blocked = self.muxer.tx_blocked();
         self.process_tx();
         self.process_rx();
@@ -231,6 +250,36 @@ impl ServeChain for Tx<'_> {
             }
         }
         Some(0)
+    }
+}
+
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` (§5.10.6.5,
+/// `include/uapi/linux/virtio_vsock.h`).
+pub const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+
+/// The event queue's chains: one `struct virtio_vsock_event { le32 id; }`
+/// (§5.10.6.5) announcing a transport reset.
+struct ResetEvent {
+    sent: bool,
+}
+
+impl ServeChain for ResetEvent {
+    fn ready(&mut self) -> bool {
+        !self.sent
+    }
+
+    fn serve<'m>(&mut self, chain: Chain<'m>, mem: &'m GuestMemory) -> Option<u32> {
+        let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        match Writer::new(mem, chain).map(|mut w| std::io::Write::write_all(&mut w, &id)) {
+            Ok(Ok(())) => {
+                self.sent = true;
+                Some(id.len() as u32)
+            }
+            _ => {
+                tracing::debug!("vsock: unusable event buffer");
+                Some(0)
+            }
+        }
     }
 }
 
@@ -305,11 +354,27 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
+    fn queue_positions(&self) -> Option<Vec<crate::virtio::persist::QueuePosition>> {
+        self.common.queue_positions()
+    }
+
     fn is_activated(&self) -> bool {
         self.common.is_activated()
     }
 
+    /// A snapshot carries no connection (their host sockets belong to the
+    /// process that took it): the guest is told to drop its own
+    /// (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`, as Firecracker does), its
+    /// listeners stay.
+    fn restored(&mut self) {
+        self.muxer.reset();
+        self.muxer.set_driver_ready(true);
+        self.reset_event_pending = true;
+        self.common.wake();
+    }
+
     fn reset(&mut self) -> bool {
+        self.reset_event_pending = false;
         self.common.reset();
         self.muxer.reset();
         // Wake the loop so that closed sockets leave epoll promptly.
