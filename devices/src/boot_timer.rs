@@ -38,6 +38,9 @@ pub struct BootTimer {
     marks: Sender<BootMark>,
     /// The values already reported, one bit each.
     seen: [u64; 4],
+    /// Signalled at the first write of a value (the VMM's snapshot
+    /// trigger at "agent ready").
+    notify: Option<(u8, vmm_sys_util::eventfd::EventFd)>,
 }
 
 impl BootTimer {
@@ -48,7 +51,14 @@ impl BootTimer {
             start,
             marks,
             seen: [0; 4],
+            notify: None,
         }
+    }
+
+    /// Also writes 1 to `evt` at the guest's first write of `value`.
+    pub fn notify_on(mut self, value: u8, evt: vmm_sys_util::eventfd::EventFd) -> Self {
+        self.notify = Some((value, evt));
+        self
     }
 
     /// Marks `value` as seen; false when it was already.
@@ -70,6 +80,9 @@ impl BusDevice for BootTimer {
         // guest writes here is ignored.
         if offset != 0 || data.len() != 1 || !self.first_time(data[0]) {
             return;
+        }
+        if let Some((_, evt)) = self.notify.as_ref().filter(|(v, _)| *v == data[0]) {
+            let _ = evt.write(1);
         }
         let mark = BootMark {
             value: data[0],

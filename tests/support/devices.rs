@@ -267,6 +267,11 @@ impl Vm {
         }
     }
 
+    /// The process id of the VMM.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     /// The console so far.
     pub fn console(&self) -> String {
         self.console.0.lock().unwrap().lines.join("\n")

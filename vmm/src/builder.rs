@@ -3,31 +3,37 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN};
-use capsa_devices::legacy::{Serial, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN};
+use capsa_devices::boot_timer::{BootMark, BootTimer, BOOT_TIMER_LEN, MAGIC_AGENT_READY};
+use capsa_devices::legacy::{
+    Serial, SerialSnapshot, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN,
+};
 use capsa_devices::virtio::block::{Block, BlockConfig};
 use capsa_devices::virtio::fs::{Fs, DEFAULT_BACKEND_TIMEOUT};
 use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
 use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
+use capsa_devices::virtio::{self, persist::TransportState};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::layout::BOOT_TIMER_START;
 use crate::arch::x86_64::mptable::{self, MptableError};
 use crate::boot::{self, cmdline, BootError};
-use crate::config::{self, ConfigError, VmConfig, DEFAULT_CMDLINE};
+use crate::config::{self, ConfigError, SnapshotWhen, VmConfig, DEFAULT_CMDLINE};
 use crate::device_manager::{self, shared, DeviceError, DeviceManager};
 use crate::logger::{CappedWriter, CONSOLE_LOG_LIMITS};
 use crate::profile::{self, ProfileOutput, Profiler};
 use crate::pvm;
-use crate::vmm::{EventLoop, ExitEvents, Vmm};
+use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::vmm::{EventLoop, ExitEvents, Machine, Vmm};
 use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::pause::PauseControl;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuShared, VmExit};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -101,23 +107,25 @@ pub enum BuildError {
     /// The seccomp filters cannot be built (a bad `CAPSA_SECCOMP`).
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The snapshot to restore from cannot be used, or the snapshot
+    /// directory cannot be prepared.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 /// Creates the VM described by `config`, ready to run. `start` is the
-/// instant the boot timer measures from (the VMM process start).
+/// instant the boot timer measures from (the VMM process start). With
+/// `config.restore_from`, the VM is restored from that snapshot instead
+/// ([`restore_microvm`]).
 pub fn build_microvm(
     config: &VmConfig,
     start: Instant,
 ) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
+    if let Some(dir) = &config.restore_from {
+        return restore_microvm(config, dir, start);
+    }
     config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
-    // A file-size limit (a jail's RLIMIT_FSIZE) must fail a write with
-    // EFBIG, which the callers handle (the logs drop the bytes, guest
-    // memory fails with a message naming its size), rather than kill the
-    // VMM with SIGXFSZ. Nothing here starts programs, which would inherit
-    // the ignored signal.
-    // SAFETY: SIG_IGN installs no handler code; signal(2) is sound to call
-    // at any time.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    ignore_sigxfsz();
     let quirks = pvm::enabled(config.host_quirks);
     let mem_bytes = u64::from(config.memory_mib) << 20;
 
@@ -131,27 +139,7 @@ pub fn build_microvm(
         None => None,
     };
 
-    let mut devices = DeviceManager::new();
-    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    attach_legacy(&vm, &mut devices, config, &reset_evt)?;
-    let (marks_tx, marks_rx) = channel();
-    devices.add_mmio(
-        shared(BootTimer::new(start, marks_tx)),
-        BOOT_TIMER_START,
-        BOOT_TIMER_LEN,
-    )?;
-
-    // Terminal exits: reported by vCPU threads and by devices that fail
-    // for good, read by the event loop.
-    let (exits_tx, exits_rx) = channel();
-    let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    let fatal = FatalExit {
-        exits: exits_tx.clone(),
-        exit_evt: exit_evt.try_clone().map_err(BuildError::EventFd)?,
-    };
-
-    let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
-    attach_virtio_devices(&vm, &mem, &mut devices, &mut event_loop, config, &fatal)?;
+    let parts = attach_devices(&vm, &mem, config, start, None)?;
 
     let (quirk_params, quirk_clear) = pvm::kernel_params();
     let params: &[&str] = if quirks { quirk_params } else { &[] };
@@ -159,7 +147,7 @@ pub fn build_microvm(
         config.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE),
         &cmdline::CmdlineParts {
             serial_console: config.serial_console || config.serial_log.is_some(),
-            devices: &devices.virtio_devices,
+            devices: &parts.devices.virtio_devices,
             params,
             clearcpuid: if quirks { quirk_clear } else { &[] },
         },
@@ -171,7 +159,213 @@ pub fn build_microvm(
     let vcpus = (0..config.vcpus)
         .map(|i| Vcpu::new(&vm.kvm, &vm.fd, &mem, i, config.vcpus, &kernel, quirks))
         .collect::<Result<Vec<_>, _>>()?;
+    finish(vm, mem, vcpus, parts, config, start, quirks)
+}
 
+/// Restores the VM of the snapshot in `dir` into this process
+/// (docs/snapshot.md): guest memory mapped `MAP_PRIVATE` from the
+/// snapshot's memory file, the VM's and each vCPU's KVM state set in the
+/// order KVM needs, and the devices of `config` (which must be the
+/// snapshot's: same kinds in the same slots) put in their saved state.
+/// vCPUs and memory size come from the snapshot; `config.kernel`,
+/// `initramfs`, `cmdline`, `vcpus` and `memory_mib` are not used.
+///
+/// Errors: the snapshot is unreadable, corrupt, of another format major
+/// version or inconsistent; the device layout differs (naming the
+/// device); KVM refuses a piece of state (naming the call, or the MSR).
+pub fn restore_microvm(
+    config: &VmConfig,
+    dir: &Path,
+    start: Instant,
+) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
+    let snap = snapshot::load(dir)?;
+    let mut config = config.clone();
+    config.vcpus = snap.vcpus.len() as u8;
+    config.memory_mib = u32::try_from(snap.memory.total() >> 20).unwrap_or(u32::MAX);
+    config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
+    ignore_sigxfsz();
+    let quirks = pvm::enabled(config.host_quirks);
+    if quirks != snap.host_quirks {
+        return Err(SnapshotError::Invalid(format!(
+            "the snapshot's guest runs {} the PVM host workarounds, this VM {} (host_quirks)",
+            if snap.host_quirks { "with" } else { "without" },
+            if quirks { "has them" } else { "does not" },
+        ))
+        .into());
+    }
+    let vm = Vm::new()?;
+    let mem = snapshot::memory::restore(dir, &snap.memory).map_err(SnapshotError::from)?;
+    memory::register(&vm.fd, &mem)?;
+    let parts = attach_devices(&vm, &mem, &config, start, snap.serial.as_ref())?;
+    check_device_layout(&parts.devices, &snap)?;
+    snapshot::vm::restore(&vm.fd, &snap.vm).map_err(SnapshotError::from)?;
+    let vcpus = snap
+        .vcpus
+        .iter()
+        .map(|state| Vcpu::restore(&vm.kvm, &vm.fd, state))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SnapshotError::from)?;
+    for (i, (t, saved)) in parts
+        .devices
+        .transports
+        .iter()
+        .zip(&snap.virtio)
+        .enumerate()
+    {
+        lock(t)
+            .restore_state(&saved.transport)
+            .map_err(|e| device_error(i, &saved.transport, e.to_string()))?;
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "VM restored from snapshot"
+    );
+    finish(vm, mem, vcpus, parts, &config, start, quirks)
+}
+
+/// The snapshot's virtio devices must be the command line's: the same
+/// kind at the same slot and IRQ, as many (each is checked again by its
+/// transport).
+fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<(), BuildError> {
+    let count = devices.virtio_devices.len().max(snap.virtio.len());
+    for i in 0..count {
+        let here = devices
+            .virtio_devices
+            .get(i)
+            .zip(devices.transports.get(i))
+            .map(|(slot, t)| (slot, lock(t).device_type()));
+        let why = match (snap.virtio.get(i), here) {
+            (Some(saved), Some((slot, kind))) if kind != saved.transport.device_type => format!(
+                "the command line has a {} in its place (slot {:#x}): the device layout must match",
+                device_kind(kind),
+                slot.base
+            ),
+            (Some(saved), Some((slot, _))) if (slot.base, slot.irq) != (saved.base, saved.irq) => {
+                format!(
+                    "was at {:#x} IRQ {} in the snapshot, the command line puts it at {:#x} IRQ {}",
+                    saved.base, saved.irq, slot.base, slot.irq
+                )
+            }
+            (Some(_), Some(_)) => continue,
+            (Some(_), None) => "is in the snapshot but not on the command line".into(),
+            (None, Some((_, kind))) => {
+                return Err(SnapshotError::Device(format!(
+                    "the command line's virtio device {i} ({}) is not in the snapshot: the device layout must match",
+                    device_kind(kind)
+                ))
+                .into())
+            }
+            (None, None) => continue,
+        };
+        return Err(device_error(i, &snap.virtio[i].transport, why));
+    }
+    Ok(())
+}
+
+fn device_kind(device_type: u32) -> &'static str {
+    match device_type {
+        virtio::device_type::BLOCK => "virtio-blk",
+        virtio::device_type::NET => "virtio-net",
+        virtio::device_type::RNG => "virtio-rng",
+        virtio::device_type::VSOCK => "virtio-vsock",
+        virtio::device_type::FS => "virtio-fs",
+        _ => "virtio device",
+    }
+}
+
+fn device_error(index: usize, saved: &TransportState, why: String) -> BuildError {
+    SnapshotError::Device(format!(
+        "snapshot device {index} ({}): {why}",
+        device_kind(saved.device_type)
+    ))
+    .into()
+}
+
+/// A file-size limit (a jail's RLIMIT_FSIZE) must fail a write with
+/// EFBIG, which the callers handle (the logs drop the bytes, guest
+/// memory fails with a message naming its size), rather than kill the
+/// VMM with SIGXFSZ. Nothing here starts programs, which would inherit
+/// the ignored signal.
+fn ignore_sigxfsz() {
+    // SAFETY: SIG_IGN installs no handler code; signal(2) is sound to call
+    // at any time.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
+/// What [`attach_devices`] made: the devices and the event plumbing of
+/// the VM.
+struct Parts {
+    devices: DeviceManager,
+    event_loop: EventLoop,
+    marks_rx: Receiver<BootMark>,
+    exits_tx: Sender<VmExit>,
+    exit_events: ExitEvents,
+    serial: Option<Arc<Mutex<Serial>>>,
+    snapshot_evt: EventFd,
+}
+
+/// The legacy devices (the UART in `serial` state when given), the boot
+/// timer, and the virtio devices of `config`.
+fn attach_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    start: Instant,
+    serial: Option<&SerialSnapshot>,
+) -> Result<Parts, BuildError> {
+    let mut devices = DeviceManager::new();
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let serial = attach_legacy(vm, &mut devices, config, &reset_evt, serial)?;
+    let snapshot_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let (marks_tx, marks_rx) = channel();
+    let mut timer = BootTimer::new(start, marks_tx);
+    if config
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.when == SnapshotWhen::AgentReady)
+    {
+        let evt = snapshot_evt.try_clone().map_err(BuildError::EventFd)?;
+        timer = timer.notify_on(MAGIC_AGENT_READY, evt);
+    }
+    devices.add_mmio(shared(timer), BOOT_TIMER_START, BOOT_TIMER_LEN)?;
+
+    // Terminal exits: reported by vCPU threads and by devices that fail
+    // for good, read by the event loop.
+    let (exits_tx, exits_rx) = channel();
+    let exit_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    let fatal = FatalExit {
+        exits: exits_tx.clone(),
+        exit_evt: exit_evt.try_clone().map_err(BuildError::EventFd)?,
+    };
+
+    let mut event_loop = EventLoop::new().map_err(|e| BuildError::EventLoop(e.to_string()))?;
+    attach_virtio_devices(vm, mem, &mut devices, &mut event_loop, config, &fatal)?;
+    Ok(Parts {
+        devices,
+        event_loop,
+        marks_rx,
+        exits_tx,
+        exit_events: ExitEvents {
+            exits: exits_rx,
+            exit_evt,
+            reset_evt,
+        },
+        serial,
+        snapshot_evt,
+    })
+}
+
+/// The [`Vmm`] around the VM, its memory, vCPUs and devices.
+fn finish(
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    parts: Parts,
+    config: &VmConfig,
+    start: Instant,
+    quirks: bool,
+) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
     let profile = config.profile.as_ref().map(|p| {
         Arc::new(ProfileOutput {
             profiler: Arc::new(Profiler::new(
@@ -189,23 +383,47 @@ pub fn build_microvm(
         })
     });
     let shared = Arc::new(VcpuShared {
-        pio: devices.pio.clone(),
-        mmio: devices.mmio.clone(),
+        pio: parts.devices.pio.clone(),
+        mmio: parts.devices.mmio.clone(),
         mem: mem.clone(),
-        exits: exits_tx,
-        exit_evt: exit_evt.try_clone().map_err(BuildError::EventFd)?,
+        exits: parts.exits_tx,
+        exit_evt: parts
+            .exit_events
+            .exit_evt
+            .try_clone()
+            .map_err(BuildError::EventFd)?,
         stop: AtomicBool::new(false),
         unhandled_accesses: AtomicU64::new(0),
         start,
         profiler: profile.as_ref().map(|p| p.profiler.clone()),
+        pause: PauseControl::default(),
     });
-    let exit_events = ExitEvents {
-        exits: exits_rx,
-        exit_evt,
-        reset_evt,
+    let machine = Machine {
+        slots: parts.devices.virtio_devices.clone(),
+        transports: parts.devices.transports.clone(),
+        serial: parts.serial,
+        host_quirks: quirks,
     };
-    let vmm = Vmm::new(vm, mem, vcpus, shared, event_loop, exit_events, profile)?;
-    Ok((vmm, marks_rx))
+    let mut vmm = Vmm::new(
+        vm,
+        mem,
+        vcpus,
+        shared,
+        parts.event_loop,
+        parts.exit_events,
+        profile,
+    )?;
+    vmm.set_machine(machine);
+    if let Some(snap) = &config.snapshot {
+        vmm.plan_snapshot(snap.clone(), parts.snapshot_evt)
+            .map_err(|e| {
+                BuildError::Snapshot(SnapshotError::Dir {
+                    path: snap.dir.display().to_string(),
+                    source: e,
+                })
+            })?;
+    }
+    Ok((vmm, parts.marks_rx))
 }
 
 /// How a device ends the VM when it fails for good: a
@@ -305,6 +523,10 @@ fn attach_virtio_devices(
     Ok(())
 }
 
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Takes the inherited descriptor `fd`, which must be a socket (the
 /// connection to a virtio-fs backend that `capsa create` made).
 fn inherited_socket(fd: i32) -> Result<UnixStream, String> {
@@ -376,7 +598,8 @@ fn attach_legacy(
     devices: &mut DeviceManager,
     config: &VmConfig,
     reset_evt: &EventFd,
-) -> Result<(), BuildError> {
+    saved_serial: Option<&SerialSnapshot>,
+) -> Result<Option<Arc<Mutex<Serial>>>, BuildError> {
     let reset = reset_evt.try_clone().map_err(BuildError::EventFd)?;
     devices.add_pio(shared(I8042::new(reset)), I8042::PORT_BASE, I8042::PORT_LEN)?;
     let out: Option<Box<dyn std::io::Write + Send>> = if config.serial_console {
@@ -396,10 +619,16 @@ fn attach_legacy(
     } else {
         None
     };
-    if let Some(out) = out {
-        let irq = device_manager::irqfd(&vm.fd, SERIAL_PORT_IRQ)?;
-        let serial = Serial::new(irq, out);
-        devices.add_pio(shared(serial), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
-    }
-    Ok(())
+    let Some(out) = out else {
+        return Ok(None);
+    };
+    let irq = device_manager::irqfd(&vm.fd, SERIAL_PORT_IRQ)?;
+    let serial = match saved_serial {
+        Some(state) => Serial::from_state(irq, out, state)
+            .map_err(|e| BuildError::Snapshot(SnapshotError::Device(e)))?,
+        None => Serial::new(irq, out),
+    };
+    let serial = shared(serial);
+    devices.add_pio(serial.clone(), SERIAL_PORT_BASE, SERIAL_PORT_LEN)?;
+    Ok(Some(serial))
 }

@@ -110,6 +110,58 @@ pub struct VmConfig {
     /// VM ends (docs/kernel.md, "Profiling the boot").
     #[serde(default)]
     pub profile: Option<ProfileConfig>,
+    /// Take a snapshot of the running VM (docs/snapshot.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotConfig>,
+    /// Start from the snapshot in this directory instead of booting
+    /// `kernel` (docs/snapshot.md): vCPUs, memory and the guest's state
+    /// come from the snapshot; the device backends (disk files, the vsock
+    /// socket, the TAP) from this configuration, whose device list must
+    /// match the snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<PathBuf>,
+}
+
+/// When and how to snapshot a running VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// The snapshot directory (created if missing; its `state` and
+    /// `memory` files are replaced).
+    pub dir: PathBuf,
+    /// When to take it. A `SIGUSR1` to the VMM also takes one, whatever
+    /// this says.
+    #[serde(default)]
+    pub when: SnapshotWhen,
+    /// What the VM does once the snapshot is written.
+    #[serde(default)]
+    pub then: SnapshotThen,
+}
+
+/// The moment a snapshot is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotWhen {
+    /// When the guest agent reports it listens on vsock (its boot-timer
+    /// mark): the point a VM template needs.
+    #[default]
+    AgentReady,
+    /// Only when the VMM receives `SIGUSR1`.
+    Signal,
+    /// This many milliseconds after the VM starts running (at most one
+    /// day).
+    AfterMs(u64),
+}
+
+/// What a VM does after its snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotThen {
+    /// The VMM exits with status 0 (the snapshot is the VM).
+    #[default]
+    Exit,
+    /// The VM runs on.
+    Continue,
 }
 
 /// A virtio-fs device served by a vhost-user backend (virtiofsd); the
@@ -365,6 +417,8 @@ impl VmConfig {
             fs: Vec::new(),
             net: None,
             profile: None,
+            snapshot: None,
+            restore_from: None,
         }
     }
 
@@ -432,7 +486,8 @@ impl VmConfig {
     /// sizes against the limits of capsa and of this host
     /// (`host_memory_mib`, from /proc/meminfo).
     pub fn validate(&self, host_memory_mib: u64) -> Result<(), ConfigError> {
-        if self.kernel.as_os_str().is_empty() {
+        self.validate_snapshot()?;
+        if self.kernel.as_os_str().is_empty() && self.restore_from.is_none() {
             return Err(ConfigError::new("kernel", "is required"));
         }
         if self.vcpus == 0 {
@@ -490,6 +545,42 @@ impl VmConfig {
                 return Err(ConfigError::new(
                     "cmdline",
                     "must not contain NUL or newline characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VmConfig {
+    fn validate_snapshot(&self) -> Result<(), ConfigError> {
+        if let Some(snap) = &self.snapshot {
+            if snap.dir.as_os_str().is_empty() {
+                return Err(ConfigError::new("snapshot.dir", "is required"));
+            }
+            if let SnapshotWhen::AfterMs(ms) = snap.when {
+                if ms > 86_400_000 {
+                    return Err(ConfigError::new(
+                        "snapshot.when",
+                        format!("after-ms {ms} is more than a day"),
+                    ));
+                }
+            }
+            if !self.fs.is_empty() {
+                return Err(ConfigError::new(
+                    "snapshot",
+                    "a VM with virtio-fs shares cannot be snapshotted (vhost-user backends' state is not saved; not supported yet)",
+                ));
+            }
+        }
+        if let Some(dir) = &self.restore_from {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::new("restore_from", "is empty"));
+            }
+            if !self.fs.is_empty() {
+                return Err(ConfigError::new(
+                    "restore_from",
+                    "a VM with virtio-fs shares cannot be restored from a snapshot (not supported yet)",
                 ));
             }
         }

@@ -46,6 +46,9 @@ pub struct DeviceManager {
     pub mmio: Bus,
     /// virtio-mmio devices, in the order they are announced.
     pub virtio_devices: Vec<MmioDeviceInfo>,
+    /// The transport of each of [`DeviceManager::virtio_devices`], in the
+    /// same order (what a snapshot saves and a restore sets).
+    pub transports: Vec<Arc<Mutex<virtio::MmioTransport>>>,
     next_slot: u64,
     next_irq: u32,
 }
@@ -127,6 +130,7 @@ impl DeviceManager {
         }
         event_loop.add_subscriber(att.subscriber);
         self.virtio_devices.push(slot);
+        self.transports.push(att.transport);
         Ok(slot)
     }
 }

@@ -165,12 +165,32 @@ impl Filters {
 
     /// Compiles every kind's filter for `mode`.
     pub fn new(mode: Mode) -> Result<Filters, SeccompError> {
+        Filters::build(mode, false)
+    }
+
+    /// [`Filters::new`] for a VMM that takes snapshots: the vCPU threads
+    /// may also read their KVM state ([`ioctls::vcpu_snapshot`]) and the
+    /// main thread the VM's ([`ioctls::vm_snapshot`]); it already writes
+    /// and renames files.
+    pub fn for_snapshots(mode: Mode) -> Result<Filters, SeccompError> {
+        Filters::build(mode, true)
+    }
+
+    fn build(mode: Mode, snapshots: bool) -> Result<Filters, SeccompError> {
         // tgkill's target process (as this process's pid namespace sees
         // it, which is what tgkill takes).
         let pid = std::process::id();
         let mut programs = Vec::new();
         for kind in ThreadKind::ALL {
-            programs.push((kind, compile(kind, allowed(kind, pid), mode.action())?));
+            let mut rules = allowed(kind, pid);
+            if snapshots {
+                match kind {
+                    ThreadKind::Vcpu => allow_ioctls(&mut rules, &ioctls::vcpu_snapshot()),
+                    ThreadKind::Vmm => allow_ioctls(&mut rules, &ioctls::vm_snapshot()),
+                    _ => {}
+                }
+            }
+            programs.push((kind, compile(kind, rules, mode.action())?));
         }
         // clone3 → ENOSYS; everything else is the first filter's to judge.
         let clone3 = SeccompFilter::new(
@@ -507,7 +527,11 @@ pub mod ioctls {
     /// The numbers, computed from the argument types as the uapi headers
     /// do (`_IO`, `_IOR`, `_IOW`, `_IOWR`).
     mod nr {
-        use kvm_bindings::{kvm_mp_state, kvm_regs, kvm_sregs, kvm_translation, KVMIO};
+        use kvm_bindings::{
+            kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+            kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+            kvm_xcrs, kvm_xsave, KVMIO,
+        };
         use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
         ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -516,6 +540,39 @@ pub mod ioctls {
         ioctl_iowr_nr!(KVM_TRANSLATE, KVMIO, 0x85, kvm_translation);
         ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
         ioctl_iow_nr!(TUNSETOFFLOAD, 'T' as u32, 208, libc::c_uint);
+        ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+        ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+        ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+        ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+        ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+        ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+        ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+        ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+        ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+        ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    }
+
+    /// What a vCPU thread adds when the VMM takes snapshots: the reads of
+    /// its own state (`crate::snapshot::vcpu::save`) besides `KVM_GET_REGS`,
+    /// `SREGS` and `MP_STATE` (already in [`vcpu`]); `KVM_RUN` with
+    /// `immediate_exit` is `KVM_RUN`. No `KVM_SET_*`: a restore sets the
+    /// state before any thread is confined.
+    pub fn vcpu_snapshot() -> [u64; 7] {
+        [
+            KVM_GET_FPU(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
+        ]
+    }
+
+    /// What the main thread adds when the VMM takes snapshots: the reads
+    /// of the VM's state (`crate::snapshot::vm::save`).
+    pub fn vm_snapshot() -> [u64; 3] {
+        [KVM_GET_CLOCK(), KVM_GET_IRQCHIP(), KVM_GET_PIT2()]
     }
 
     /// `FIONBIO`: Rust's `set_nonblocking` on sockets.

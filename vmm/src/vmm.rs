@@ -2,7 +2,8 @@
 //! the calling thread, and the end of the VM.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,8 +15,16 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use capsa_devices::legacy::Serial;
+use capsa_devices::virtio::MmioTransport;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::boot::cmdline::MmioDeviceInfo;
+use crate::config::{SnapshotConfig, SnapshotThen, SnapshotWhen};
 use crate::profile::ProfileOutput;
 use crate::seccomp::{Filters, ThreadKind};
+use crate::snapshot::{self, Snapshot, SnapshotError, VirtioSlot};
+use crate::vstate::pause::Parked;
 use crate::vstate::vcpu::{Vcpu, VcpuShared, VmExit};
 use crate::vstate::vm::Vm;
 
@@ -36,8 +45,29 @@ pub struct Vmm {
     watcher: Arc<Mutex<ExitWatcher>>,
     profile: Option<Arc<ProfileOutput>>,
     filters: Arc<Filters>,
-    _mem: GuestMemoryMmap,
-    _vm: Vm,
+    machine: Machine,
+    snapshot: Option<SnapshotPlan>,
+    mem: GuestMemoryMmap,
+    vm: Vm,
+}
+
+/// The devices a snapshot saves besides the vCPUs and memory.
+#[derive(Default)]
+pub(crate) struct Machine {
+    /// The virtio-mmio slots, in order.
+    pub slots: Vec<MmioDeviceInfo>,
+    /// Their transports, in the same order.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The COM1 UART, when there is one.
+    pub serial: Option<Arc<Mutex<Serial>>>,
+    /// Whether the guest runs with the PVM host workarounds.
+    pub host_quirks: bool,
+}
+
+/// A snapshot to take: where and what then, and the event that says when.
+struct SnapshotPlan {
+    config: SnapshotConfig,
+    trigger: Arc<Mutex<SnapshotTrigger>>,
 }
 
 impl Vmm {
@@ -67,9 +97,49 @@ impl Vmm {
             watcher,
             profile,
             filters,
-            _mem: mem,
-            _vm: vm,
+            machine: Machine::default(),
+            snapshot: None,
+            mem,
+            vm,
         })
+    }
+
+    /// The devices that a snapshot saves.
+    pub(crate) fn set_machine(&mut self, machine: Machine) {
+        self.machine = machine;
+    }
+
+    /// Takes a snapshot as `config` says: when `evt` is signalled (the
+    /// boot timer's agent-ready mark does so), on `SIGUSR1`, or after
+    /// `after-ms`. Creates the snapshot directory now (before the process
+    /// is confined).
+    ///
+    /// Errors: the directory cannot be created, or no timer.
+    pub(crate) fn plan_snapshot(
+        &mut self,
+        config: SnapshotConfig,
+        evt: EventFd,
+    ) -> std::io::Result<()> {
+        std::fs::create_dir_all(&config.dir)?;
+        let filters = crate::seccomp::Mode::from_env()
+            .and_then(Filters::for_snapshots)
+            .map_err(std::io::Error::other)?;
+        self.filters = Arc::new(filters);
+        let timer = match config.when {
+            SnapshotWhen::AfterMs(_) => {
+                Some(TimerFd::new().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?)
+            }
+            _ => None,
+        };
+        install_sigusr1(&evt)?;
+        let trigger = Arc::new(Mutex::new(SnapshotTrigger {
+            evt,
+            timer,
+            fired: false,
+        }));
+        self.event_loop.add_subscriber(trigger.clone());
+        self.snapshot = Some(SnapshotPlan { config, trigger });
+        Ok(())
     }
 
     /// A handle with which other threads can end the VM.
@@ -130,11 +200,15 @@ impl Vmm {
                 message: e.to_string(),
             };
         }
+        self.arm_snapshot_timer();
         let exit = loop {
             if let Err(e) = self.event_loop.run() {
                 tracing::error!("event loop: {e}");
             }
             if let Some(exit) = lock(&self.watcher).exit.take() {
+                break exit;
+            }
+            if let Some(exit) = self.snapshot_if_triggered(&threads) {
                 break exit;
             }
         };
@@ -159,11 +233,112 @@ impl Vmm {
         exit
     }
 
+    fn arm_snapshot_timer(&self) {
+        let Some(plan) = &self.snapshot else { return };
+        if let SnapshotWhen::AfterMs(ms) = plan.config.when {
+            let mut trigger = lock(&plan.trigger);
+            if let Some(timer) = trigger.timer.as_mut() {
+                // A zero duration would disarm the timer: at least 1 ms.
+                if let Err(e) = timer.reset(Duration::from_millis(ms.max(1)), None) {
+                    tracing::error!("snapshot timer: {e}");
+                }
+            }
+        }
+    }
+
+    /// Takes the snapshot once its trigger fired; returns the VM's exit
+    /// when the VM is to stop after it (or the snapshot failed and it was
+    /// to stop).
+    fn snapshot_if_triggered(&mut self, threads: &[JoinHandle<()>]) -> Option<VmExit> {
+        let plan = self.snapshot.as_ref()?;
+        if !std::mem::take(&mut lock(&plan.trigger).fired) {
+            return None;
+        }
+        let (dir, then) = (plan.config.dir.clone(), plan.config.then);
+        let began = Instant::now();
+        let result = self.take_snapshot(threads, &dir);
+        let stop = then == SnapshotThen::Exit;
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    dir = %dir.display(),
+                    elapsed_ms = began.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
+                stop.then_some(VmExit::Snapshotted { dir })
+            }
+            Err(e) => {
+                tracing::error!("snapshot failed: {e}");
+                stop.then(|| VmExit::SnapshotFailed {
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Pauses the vCPUs (each saves its own state), saves the VM, the
+    /// devices and guest memory into `dir`, then lets the vCPUs run again
+    /// (the caller stops them when the VM is to end). Runs on the event
+    /// loop thread, between events: no device is serving a queue.
+    fn take_snapshot(&self, threads: &[JoinHandle<()>], dir: &Path) -> Result<(), SnapshotError> {
+        let pause = &self.shared.pause;
+        pause.request();
+        let parked = pause.wait_parked(threads.len(), PAUSE_TIMEOUT, || {
+            for t in threads {
+                let _ = t.kill(kick_signal());
+            }
+        });
+        let result = parked
+            .map_err(SnapshotError::Pause)
+            .and_then(|parked| self.save(parked, dir));
+        pause.resume();
+        result
+    }
+
+    fn save(&self, parked: Vec<Parked>, dir: &Path) -> Result<(), SnapshotError> {
+        let vcpus = parked
+            .into_iter()
+            .map(|(cpu, state)| state.map_err(|e| SnapshotError::Pause(format!("vCPU {cpu}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = snapshot::vm::save(&self.vm.fd)?;
+        let mut virtio = Vec::with_capacity(self.machine.transports.len());
+        for (i, (slot, t)) in self
+            .machine
+            .slots
+            .iter()
+            .zip(&self.machine.transports)
+            .enumerate()
+        {
+            let transport = lock(t)
+                .save_state()
+                .map_err(|e| SnapshotError::Device(format!("virtio device {i}: {e}")))?;
+            virtio.push(VirtioSlot {
+                base: slot.base,
+                irq: slot.irq,
+                transport,
+            });
+        }
+        let serial = self.machine.serial.as_ref().map(|s| lock(s).state());
+        let memory = snapshot::memory::save(&self.mem, &dir.join(snapshot::memory::MEMORY_FILE))?;
+        let state = Snapshot {
+            capsa_version: env!("CARGO_PKG_VERSION").into(),
+            host_quirks: self.machine.host_quirks,
+            memory,
+            vm,
+            vcpus,
+            virtio,
+            serial,
+        };
+        snapshot::format::write_file(&dir.join(snapshot::STATE_FILE), &state)?;
+        Ok(())
+    }
+
     /// Stops the vCPU threads: sets the stop flag and kicks each thread
     /// out of `KVM_RUN` until it returns (bounded: a thread that does not
     /// stop within a second is left to end with the process).
     fn stop(&self, threads: Vec<JoinHandle<()>>) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.pause.wake();
         let deadline = Instant::now() + Duration::from_secs(1);
         for t in threads {
             while !t.is_finished() && Instant::now() < deadline {
@@ -190,6 +365,73 @@ impl VmmHandle {
     pub fn request_exit(&self, exit: VmExit) {
         let _ = self.shared.exits.send(exit);
         let _ = self.shared.exit_evt.write(1);
+    }
+}
+
+/// How long the vCPUs have to park for a snapshot.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The file descriptor of the snapshot trigger's eventfd, for the
+/// `SIGUSR1` handler (-1: none).
+static SNAPSHOT_EVT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_sigusr1(_: libc::c_int) {
+    let fd = SNAPSHOT_EVT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; 8 bytes from a local
+        // buffer to an eventfd that the VMM keeps open for its life.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+/// Makes `SIGUSR1` signal `evt` (a snapshot now).
+fn install_sigusr1(evt: &EventFd) -> std::io::Result<()> {
+    let dup = evt.try_clone()?;
+    SNAPSHOT_EVT_FD.store(dup.as_raw_fd(), Ordering::Relaxed);
+    std::mem::forget(dup);
+    // SAFETY: a zeroed sigaction with a handler that only calls write(2);
+    // sigaction(2) is sound to call at any time.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigusr1 as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Watches what asks for a snapshot: the trigger eventfd (the boot
+/// timer's agent-ready mark, `SIGUSR1`) and the `after-ms` timer.
+struct SnapshotTrigger {
+    evt: EventFd,
+    timer: Option<TimerFd>,
+    fired: bool,
+}
+
+impl MutEventSubscriber for SnapshotTrigger {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.evt.as_raw_fd() {
+            let _ = self.evt.read();
+        } else if let Some(t) = &mut self.timer {
+            let _ = t.wait();
+        }
+        self.fired = true;
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("cannot watch the snapshot trigger: {e}");
+        }
+        if let Some(t) = &self.timer {
+            if let Err(e) = ops.add(Events::new(t, EventSet::IN)) {
+                tracing::error!("cannot watch the snapshot timer: {e}");
+            }
+        }
     }
 }
 

@@ -139,6 +139,11 @@ impl MmioTransport {
         })
     }
 
+    /// The device's type (§5, [`super::device_type`]).
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
     /// The irqfd to register with `KVM_IRQFD`.
     pub fn irq_evt(&self) -> &EventFd {
         self.interrupt.irq_evt()

@@ -7,9 +7,11 @@ use anyhow::Context;
 use capsa_devices::boot_timer::{MAGIC_AGENT_READY, MAGIC_INIT_REACHED};
 use capsa_vmm::builder::build_microvm;
 use capsa_vmm::config::{
-    BootProtocol, DiskConfig, FsConfig, HostQuirks, NetConfig, ProfileConfig, VmConfig,
-    VsockConfig, DEFAULT_GUEST_CID, DEFAULT_MTU, DEFAULT_PROFILE_INTERVAL_MS,
+    BootProtocol, DiskConfig, FsConfig, HostQuirks, NetConfig, ProfileConfig, SnapshotConfig,
+    SnapshotThen, SnapshotWhen, VmConfig, VsockConfig, DEFAULT_GUEST_CID, DEFAULT_MTU,
+    DEFAULT_PROFILE_INTERVAL_MS,
 };
+use capsa_vmm::vstate::vcpu::VmExit;
 
 use super::EXIT_GUEST_FAILURE;
 
@@ -95,6 +97,44 @@ pub struct VmmArgs {
     /// (default: System.map next to the kernel).
     #[arg(long, value_name = "PATH", requires = "profile")]
     system_map: Option<PathBuf>,
+    /// Take a snapshot of the running VM into DIR (docs/snapshot.md):
+    /// when --snapshot-when says, or at once on SIGUSR1.
+    #[arg(long, value_name = "DIR")]
+    snapshot_to: Option<PathBuf>,
+    /// When to take the snapshot: agent-ready (the guest agent listens on
+    /// vsock; the default) or signal (only on SIGUSR1).
+    #[arg(long, value_enum, requires = "snapshot_to")]
+    snapshot_when: Option<SnapshotWhenArg>,
+    /// Take the snapshot MS milliseconds after the VM starts running.
+    #[arg(
+        long,
+        value_name = "MS",
+        requires = "snapshot_to",
+        conflicts_with = "snapshot_when"
+    )]
+    snapshot_after_ms: Option<u64>,
+    /// What the VM does after the snapshot: exit (status 0; the default)
+    /// or continue.
+    #[arg(long, value_enum, requires = "snapshot_to")]
+    snapshot_then: Option<SnapshotThenArg>,
+    /// Start from the snapshot in DIR instead of booting a kernel: vCPUs,
+    /// memory and guest state from the snapshot, device backends (--disk,
+    /// --vsock-uds, --tap…) from this command line, in the snapshot's
+    /// device layout.
+    #[arg(long, value_name = "DIR")]
+    restore_from: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SnapshotWhenArg {
+    AgentReady,
+    Signal,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SnapshotThenArg {
+    Exit,
+    Continue,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -112,12 +152,25 @@ enum HostQuirksArg {
 }
 
 impl VmmArgs {
-    fn into_config(self) -> anyhow::Result<VmConfig> {
+    fn into_config(mut self) -> anyhow::Result<VmConfig> {
         let mut config = match (&self.config, &self.kernel) {
             (Some(path), _) => VmConfig::from_file(path)?,
             (None, Some(kernel)) => VmConfig::new(kernel),
-            (None, None) => anyhow::bail!("--kernel is required (or give --config FILE)"),
+            (None, None) if self.restore_from.is_some() => VmConfig::new(""),
+            (None, None) => {
+                anyhow::bail!("--kernel is required (or give --config FILE, or --restore-from DIR)")
+            }
         };
+        apply_snapshot_flags(
+            &mut config,
+            self.snapshot_to.take(),
+            self.snapshot_when,
+            self.snapshot_after_ms,
+            self.snapshot_then,
+        );
+        if self.restore_from.is_some() {
+            config.restore_from = self.restore_from.take();
+        }
         if let Some(k) = self.kernel {
             config.kernel = k;
         }
@@ -208,6 +261,36 @@ fn apply_net_flags(
     Ok(())
 }
 
+/// `--snapshot-to`/`--snapshot-when`/`--snapshot-after-ms`/
+/// `--snapshot-then` over the configuration's `snapshot`.
+fn apply_snapshot_flags(
+    config: &mut VmConfig,
+    dir: Option<PathBuf>,
+    when: Option<SnapshotWhenArg>,
+    after_ms: Option<u64>,
+    then: Option<SnapshotThenArg>,
+) {
+    let Some(dir) = dir else { return };
+    let mut snap = config.snapshot.take().unwrap_or(SnapshotConfig {
+        dir: PathBuf::new(),
+        when: SnapshotWhen::default(),
+        then: SnapshotThen::default(),
+    });
+    snap.dir = dir;
+    match (when, after_ms) {
+        (_, Some(ms)) => snap.when = SnapshotWhen::AfterMs(ms),
+        (Some(SnapshotWhenArg::AgentReady), None) => snap.when = SnapshotWhen::AgentReady,
+        (Some(SnapshotWhenArg::Signal), None) => snap.when = SnapshotWhen::Signal,
+        (None, None) => {}
+    }
+    match then {
+        Some(SnapshotThenArg::Exit) => snap.then = SnapshotThen::Exit,
+        Some(SnapshotThenArg::Continue) => snap.then = SnapshotThen::Continue,
+        None => {}
+    }
+    config.snapshot = Some(snap);
+}
+
 /// `--profile`/`--profile-interval-ms`/`--system-map` over the
 /// configuration's `profile`.
 fn apply_profile_flags(
@@ -269,7 +352,10 @@ pub fn run(args: VmmArgs, start: Instant) -> anyhow::Result<u8> {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-    if exit.is_clean() {
+    if let VmExit::Snapshotted { .. } = exit {
+        eprintln!("capsa: {exit}");
+        Ok(0)
+    } else if exit.is_clean() {
         tracing::info!("{exit}");
         Ok(0)
     } else {

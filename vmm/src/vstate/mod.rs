@@ -2,5 +2,6 @@
 //! memory slots ([`vm`], [`memory`]) and the vCPUs ([`vcpu`]).
 
 pub mod memory;
+pub mod pause;
 pub mod vcpu;
 pub mod vm;

@@ -19,9 +19,11 @@ use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::pause::PauseControl;
 use crate::arch::x86_64::{cpuid, msr, regs};
 use crate::boot::LoadedKernel;
 use crate::profile::Profiler;
+use crate::snapshot::vcpu::{self as vcpu_state, VcpuSaveInfo, VcpuState, VcpuStateError};
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -104,12 +106,26 @@ pub enum VmExit {
         /// What failed and why.
         message: String,
     },
+    /// A snapshot was written and the VM stopped, as asked
+    /// (`--snapshot-then exit`).
+    Snapshotted {
+        /// The snapshot directory.
+        dir: std::path::PathBuf,
+    },
+    /// A snapshot could not be taken, and the VM was to stop after it.
+    SnapshotFailed {
+        /// Why.
+        message: String,
+    },
 }
 
 impl VmExit {
     /// Whether this is an orderly end of the guest.
     pub fn is_clean(&self) -> bool {
-        matches!(self, VmExit::Reset | VmExit::PowerOff)
+        matches!(
+            self,
+            VmExit::Reset | VmExit::PowerOff | VmExit::Snapshotted { .. }
+        )
     }
 }
 
@@ -156,6 +172,10 @@ impl std::fmt::Display for VmExit {
             }
             VmExit::Error { cpu, message } => write!(f, "vCPU {cpu}: {message}"),
             VmExit::DeviceFailed { message } => write!(f, "{message}"),
+            VmExit::Snapshotted { dir } => {
+                write!(f, "snapshot written to {}; VM stopped", dir.display())
+            }
+            VmExit::SnapshotFailed { message } => write!(f, "snapshot failed: {message}"),
         }
     }
 }
@@ -180,12 +200,15 @@ pub struct VcpuShared {
     pub start: Instant,
     /// The guest profiler, when one was asked for.
     pub profiler: Option<Arc<Profiler>>,
+    /// Pausing for a snapshot.
+    pub pause: PauseControl,
 }
 
 /// A vCPU, configured and ready to run.
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    save_info: VcpuSaveInfo,
 }
 
 impl Vcpu {
@@ -229,6 +252,7 @@ impl Vcpu {
             crate::pvm::adjust_cpuid(&mut cpuid);
         }
         fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+        let save_info = save_info(kvm, &fd, cpuid).map_err(err("KVM_GET_MSR_INDEX_LIST"))?;
 
         let msrs = msr::boot_msrs();
         let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
@@ -262,7 +286,62 @@ impl Vcpu {
         setup_lint(&mut lapic);
         fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
 
-        Ok(Self { index, fd })
+        Ok(Self {
+            index,
+            fd,
+            save_info,
+        })
+    }
+
+    /// Creates vCPU `state.index` and sets a snapshot's `state` on it
+    /// ([`crate::snapshot::vcpu::restore`]).
+    pub fn restore(kvm: &Kvm, vm: &VmFd, state: &VcpuState) -> Result<Self, VcpuStateError> {
+        let cpu = state.index;
+        let err = |what| move |source| VcpuStateError::Kvm { cpu, what, source };
+        let fd = vm
+            .create_vcpu(u64::from(cpu))
+            .map_err(err("KVM_CREATE_VCPU"))?;
+        vcpu_state::restore(&fd, state)?;
+        let cpuid = kvm_bindings::CpuId::from_entries(&state.cpuid).map_err(|_| {
+            VcpuStateError::Invalid {
+                cpu,
+                message: "CPUID".into(),
+            }
+        })?;
+        let save_info = save_info(kvm, &fd, cpuid).map_err(err("KVM_GET_MSR_INDEX_LIST"))?;
+        Ok(Self {
+            index: cpu,
+            fd,
+            save_info,
+        })
+    }
+
+    /// Parks this vCPU for a snapshot: completes the pending MMIO/PIO exit
+    /// (`immediate_exit`: KVM finishes the instruction and returns `EINTR`
+    /// without running the guest further, Documentation/virt/kvm/api.rst
+    /// "KVM_RUN"), saves the state and waits to be resumed or stopped.
+    fn park(&mut self, shared: &VcpuShared) {
+        self.fd.set_kvm_immediate_exit(1);
+        for _ in 0..4 {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => pio_in(shared, port, data),
+                Ok(VcpuExit::IoOut(port, data)) => pio_out(shared, port, data),
+                Ok(VcpuExit::MmioRead(addr, data)) => mmio_read(shared, addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => mmio_write(shared, addr, data),
+                Err(e) if e.errno() == libc::EINTR => break,
+                other => {
+                    tracing::warn!(
+                        cpu = self.index,
+                        "completing the last exit for a pause: {other:?}"
+                    );
+                    break;
+                }
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        let state =
+            vcpu_state::save(&self.fd, self.index, &self.save_info).map_err(|e| e.to_string());
+        shared.pause.park((self.index, state), &shared.stop);
     }
 
     /// The `KVM_RUN` loop. Returns when the VM ends or `shared.stop` is set.
@@ -274,34 +353,28 @@ impl Vcpu {
             );
         }
         while !shared.stop.load(Ordering::Acquire) {
+            if shared.pause.requested() {
+                self.park(&shared);
+                continue;
+            }
             if let Some(profiler) = &shared.profiler {
                 profiler.sample_if_requested(self.index, &self.fd, &shared.mem);
             }
             let exit = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    if !shared.pio.read(u64::from(port), data) {
-                        data.fill(0xff);
-                        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
-                    }
+                    pio_in(&shared, port, data);
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    if !shared.pio.write(u64::from(port), data) {
-                        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
-                    }
+                    pio_out(&shared, port, data);
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
-                    if !shared.mmio.read(addr, data) {
-                        data.fill(0xff);
-                        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
-                    }
+                    mmio_read(&shared, addr, data);
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    if !shared.mmio.write(addr, data) {
-                        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
-                    }
+                    mmio_write(&shared, addr, data);
                     continue;
                 }
                 Ok(VcpuExit::Shutdown) => {
@@ -377,6 +450,50 @@ impl Vcpu {
             cpl,
             code,
         }
+    }
+}
+
+/// What a vCPU records at creation for its later snapshots: the CPUID
+/// table, the host's MSR index list, the TSC frequency, XSAVE support.
+fn save_info(
+    kvm: &Kvm,
+    fd: &VcpuFd,
+    cpuid: kvm_bindings::CpuId,
+) -> Result<VcpuSaveInfo, kvm_ioctls::Error> {
+    Ok(VcpuSaveInfo {
+        cpuid,
+        msr_indices: kvm.get_msr_index_list()?.as_slice().to_vec(),
+        tsc_khz: fd.get_tsc_khz().ok(),
+        xsave: kvm.check_extension(Cap::Xsave) && kvm.check_extension(Cap::Xcrs),
+    })
+}
+
+// Port-I/O and MMIO exits go to the device that owns the address; unknown
+// addresses read as all-ones, writes to them are dropped; both counted.
+
+fn pio_in(shared: &VcpuShared, port: u16, data: &mut [u8]) {
+    if !shared.pio.read(u64::from(port), data) {
+        data.fill(0xff);
+        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn pio_out(shared: &VcpuShared, port: u16, data: &[u8]) {
+    if !shared.pio.write(u64::from(port), data) {
+        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn mmio_read(shared: &VcpuShared, addr: u64, data: &mut [u8]) {
+    if !shared.mmio.read(addr, data) {
+        data.fill(0xff);
+        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn mmio_write(shared: &VcpuShared, addr: u64, data: &[u8]) {
+    if !shared.mmio.write(addr, data) {
+        shared.unhandled_accesses.fetch_add(1, Ordering::Relaxed);
     }
 }
 
