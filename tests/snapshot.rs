@@ -99,7 +99,10 @@ fn fixture() -> &'static Fixture {
                     "signal",
                 ],
             ),
-            &[("CAPSA_LOG", Path::new("capsa_vmm=info"))],
+            &[(
+                "CAPSA_LOG",
+                Path::new("capsa_vmm=info,capsa_vmm::snapshot=debug"),
+            )],
         );
         let counted = vm.wait_for_line(BOOT_TIMEOUT, |l| {
             counts(l).first().is_some_and(|&c| c >= 3 * COUNT_STEP)
@@ -121,6 +124,11 @@ fn fixture() -> &'static Fixture {
             exit.stderr
         );
         let last_count = counts(&exit.stdout).into_iter().max().unwrap();
+        for l in exit.stderr.lines() {
+            if l.contains("MSRs saved") || l.contains("snapshot written") {
+                println!("{l}");
+            }
+        }
         println!(
             "snapshot taken after count {last_count}: state {} bytes, memory {} bytes",
             std::fs::metadata(snapshot.join("state")).unwrap().len(),
@@ -311,4 +319,111 @@ fn corrupted_snapshots_are_refused() {
         "a device layout that differs must be refused naming the device:\n{stderr}"
     );
     println!("missing disk: {}", stderr.trim());
+}
+
+/// The template shape (issue 13 items 1–2): `capsa vmm --agent` is
+/// snapshotted when the agent reports it listens (`--snapshot-when
+/// agent-ready`, the default) and runs on (`--snapshot-then continue`):
+/// its agent still answers. A fresh process restored from the snapshot
+/// with another vsock socket has an agent that answers `hello` (the
+/// restored vsock device reset the transport; the agent's listener
+/// stayed), and `shutdown` ends it cleanly.
+#[test]
+fn agent_ready_snapshot_continues_and_restores_with_the_agent_answering() {
+    use capsa_agent::client::Client;
+    use capsa_tests::support::agent::agent_binary;
+    require_kvm();
+    let kernel = guest_kernel();
+    let agent = agent_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, uds_a, uds_b, cache) = (
+        dir.path().join("snap"),
+        dir.path().join("a.sock"),
+        dir.path().join("b.sock"),
+        dir.path().join("cache"),
+    );
+    let info = Path::new("capsa_vmm=info");
+    let vm = Vm::spawn(
+        &[
+            "--log-format",
+            "text",
+            "vmm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--agent",
+            "--vsock-uds",
+            uds_a.to_str().unwrap(),
+            "--snapshot-to",
+            snap.to_str().unwrap(),
+            "--snapshot-then",
+            "continue",
+        ],
+        &[
+            ("CAPSA_AGENT", agent),
+            ("CAPSA_CACHE_DIR", &cache),
+            ("CAPSA_LOG", info),
+        ],
+    );
+    let deadline = vm.started + BOOT_TIMEOUT;
+    while !vm.stderr().contains("snapshot written") {
+        assert!(
+            Instant::now() < deadline && !vm.stderr().contains("snapshot failed"),
+            "no snapshot at agent-ready\nstderr:\n{}",
+            vm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "{}",
+        vm.stderr()
+            .lines()
+            .find(|l| l.contains("snapshot written"))
+            .unwrap()
+    );
+    let (client, _) = Client::connect_retry(
+        &HybridVsockConnector::new(&uds_a),
+        Instant::now() + RESTORE_TIMEOUT,
+        Duration::from_millis(100),
+    )
+    .expect("the agent of the VM that went on after its snapshot answers");
+    client.shutdown().expect("shutdown");
+    vm.wait(Duration::from_secs(120)).assert_clean();
+
+    let restored = Vm::spawn(
+        &[
+            "--log-format",
+            "text",
+            "vmm",
+            "--restore-from",
+            snap.to_str().unwrap(),
+            "--vsock-uds",
+            uds_b.to_str().unwrap(),
+        ],
+        &[("CAPSA_LOG", info)],
+    );
+    let connected = Client::connect_retry(
+        &HybridVsockConnector::new(&uds_b),
+        restored.started + RESTORE_TIMEOUT,
+        Duration::from_millis(50),
+    );
+    let answered_after = restored.started.elapsed();
+    let (client, hello) = connected.unwrap_or_else(|e| {
+        panic!(
+            "the restored agent never answered: {e}\nstderr:\n{}",
+            restored.stderr()
+        )
+    });
+    println!(
+        "restore → agent hello: {:.3} s (guest uptime {} ms)\n{}",
+        answered_after.as_secs_f64(),
+        hello.uptime_ms,
+        restored
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("VM restored") || l.contains("transport reset"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    client.shutdown().expect("shutdown of the restored guest");
+    restored.wait(Duration::from_secs(120)).assert_clean();
 }

@@ -52,6 +52,11 @@ fn run() {
         agent_log!("cannot start the stream listener: {e}");
     }
     agent_log!("ready after {} ms of uptime", uptime_ms());
+    if std::process::id() == 1 {
+        // Both listeners are bound: the VMM may snapshot the VM here (a
+        // template restored from it answers on the control port at once).
+        init::mark_boot_timer_value(capsa_agent::protocol::BOOT_TIMER_AGENT_READY_MAGIC);
+    }
     server::serve_control(agent, control);
 }
 

@@ -101,6 +101,12 @@ pub fn log_to_kmsg() {
 /// ([`BOOT_TIMER_MMIO_ADDR`]) through /dev/mem, so the VMM can time the boot
 /// up to the agent. Failures only log.
 pub fn mark_boot_timer() {
+    mark_boot_timer_value(BOOT_TIMER_INIT_MAGIC);
+}
+
+/// Writes `value` at offset 0 of the boot-timer page (see
+/// [`mark_boot_timer`]). Failures only log.
+pub fn mark_boot_timer_value(value: u8) {
     let mem = match OpenOptions::new()
         .read(true)
         .write(true)
@@ -110,10 +116,10 @@ pub fn mark_boot_timer() {
         Ok(f) => f,
         Err(e) => return agent_log!("boot timer: open /dev/mem: {e}"),
     };
-    write_boot_timer(&mem);
+    write_boot_timer(&mem, value);
 }
 
-fn write_boot_timer(mem: &File) {
+fn write_boot_timer(mem: &File, value: u8) {
     let page = 4096;
     // SAFETY: maps one page of /dev/mem; checked for MAP_FAILED below.
     let ptr = unsafe {
@@ -132,7 +138,7 @@ fn write_boot_timer(mem: &File) {
     // SAFETY: ptr is a valid mapping of one page; a volatile write makes the
     // MMIO access happen exactly once.
     unsafe {
-        std::ptr::write_volatile(ptr.cast::<u8>(), BOOT_TIMER_INIT_MAGIC);
+        std::ptr::write_volatile(ptr.cast::<u8>(), value);
         libc::munmap(ptr, page);
     }
 }

@@ -45,6 +45,10 @@ pub const BOOT_TIMER_MMIO_ADDR: u64 = 0xc000_0000;
 
 /// Byte the agent writes at offset 0 of the boot-timer page once it starts.
 pub const BOOT_TIMER_INIT_MAGIC: u8 = 123;
+/// Value the agent writes once it listens on its vsock ports ("agent
+/// ready": the point at which `capsa vmm --snapshot-when agent-ready`
+/// takes a VM template's snapshot).
+pub const BOOT_TIMER_AGENT_READY_MAGIC: u8 = 124;
 
 /// Longest accepted message line in bytes, without its `\n` (1 MiB).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
