@@ -614,6 +614,29 @@ mod tests {
         (s, local)
     }
 
+    /// After a restore the device owes the guest a transport reset
+    /// (§5.10.6.5): sent on the event queue as soon as the driver gives
+    /// it a buffer, exactly once.
+    #[test]
+    fn restored_device_sends_one_transport_reset_event() {
+        let mut f = fixture(true);
+        f.dev.lock().unwrap().restored();
+        f.run();
+        assert_eq!(f.evq.pop_used(), None, "no event buffer yet");
+        for _ in 0..2 {
+            f.evq.add_chain(&[(0x40000, 4, true)]);
+        }
+        f.evts[EVQ].write(1).unwrap();
+        f.run();
+        let (_, len) = f.evq.pop_used().expect("the reset event");
+        assert_eq!(len, 4);
+        let id: u32 = f.mem.read_obj(GuestAddress(0x40000)).unwrap();
+        assert_eq!(id, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET);
+        f.evts[EVQ].write(1).unwrap();
+        f.run();
+        assert_eq!(f.evq.pop_used(), None, "sent once");
+    }
+
     #[test]
     fn config_space_holds_guest_cid() {
         let f = fixture(false);
