@@ -427,3 +427,79 @@ fn agent_ready_snapshot_continues_and_restores_with_the_agent_answering() {
     client.shutdown().expect("shutdown of the restored guest");
     restored.wait(Duration::from_secs(120)).assert_clean();
 }
+
+/// A snapshot in the middle of the guest kernel's boot, on two vCPUs
+/// (`--snapshot-after-ms`: the vCPUs are stopped wherever they are, in
+/// emulated kernel code, between MMIO and port-I/O exits), restored in a
+/// fresh process: the boot goes on to init, which sees both CPUs and
+/// counts.
+#[test]
+fn snapshot_mid_boot_on_two_vcpus_boots_on_after_restore() {
+    require_kvm();
+    let kernel = guest_kernel();
+    let dir = tempfile::tempdir().unwrap();
+    let init = format!(
+        "B=/bin/busybox\n\
+         $B mount -t proc proc /proc\n\
+         echo \"CPUS $($B grep -c ^processor /proc/cpuinfo)\"\n\
+         i=0\n\
+         while :; do i=$((i+1)); if [ $((i % {COUNT_STEP})) = 0 ]; then echo \"count $i\"; fi; done\n"
+    );
+    let initrd = capsa_tests::busybox_initramfs(dir.path(), &init);
+    let snap = dir.path().join("snap");
+    let vm = Vm::spawn(
+        &vmm_args(
+            kernel,
+            &initrd,
+            &[
+                "--vcpus",
+                "2",
+                "--snapshot-to",
+                snap.to_str().unwrap(),
+                "--snapshot-after-ms",
+                "4000",
+            ],
+        ),
+        &[(
+            "CAPSA_LOG",
+            Path::new("capsa_vmm=info,capsa_vmm::snapshot=debug"),
+        )],
+    );
+    let exit = vm.wait(BOOT_TIMEOUT);
+    exit.assert_clean();
+    assert!(
+        !exit.stdout.contains("CPUS"),
+        "the snapshot was to be taken before init:\n{}",
+        exit.stdout
+    );
+    for l in exit.stderr.lines() {
+        if l.contains("MSRs saved") || l.contains("snapshot written") {
+            println!("{l}");
+        }
+    }
+    let restored = Vm::spawn(
+        &[
+            "--log-format",
+            "text",
+            "vmm",
+            "--restore-from",
+            snap.to_str().unwrap(),
+            "--serial-console",
+        ],
+        &[("CAPSA_LOG", Path::new("capsa_vmm=info"))],
+    );
+    let counted = restored.wait_for_line(BOOT_TIMEOUT, |l| !counts(l).is_empty());
+    assert!(
+        counted.is_some(),
+        "the restored guest did not boot on to init\nconsole:\n{}\nstderr:\n{}",
+        restored.console(),
+        restored.stderr()
+    );
+    assert!(
+        restored.console().contains("CPUS 2"),
+        "console:\n{}",
+        restored.console()
+    );
+    let exit = restored.wait(Duration::from_millis(1));
+    assert!(!exit.stderr.contains("panicked"), "{}", exit.stderr);
+}

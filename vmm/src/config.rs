@@ -729,6 +729,44 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_and_restore_fields_parse_and_validate() {
+        let c = VmConfig::from_json(
+            r#"{"kernel": "/k", "snapshot": {"dir": "/s", "when": {"after-ms": 500}, "then": "continue"}}"#,
+        )
+        .unwrap();
+        let snap = c.snapshot.clone().unwrap();
+        assert_eq!(snap.when, SnapshotWhen::AfterMs(500));
+        assert_eq!(snap.then, SnapshotThen::Continue);
+        assert_eq!(c.validate(1024), Ok(()));
+        let c = VmConfig::from_json(r#"{"kernel": "/k", "snapshot": {"dir": "/s"}}"#).unwrap();
+        assert_eq!(
+            c.snapshot.as_ref().map(|s| (s.when, s.then)),
+            Some((SnapshotWhen::AgentReady, SnapshotThen::Exit))
+        );
+        let e =
+            VmConfig::from_json(r#"{"kernel": "/k", "snapshot": {"dir": "/s", "when": "later"}}"#)
+                .unwrap_err();
+        assert!(e.starts_with("snapshot.when"), "{e}");
+
+        let mut c = VmConfig::new("");
+        c.restore_from = Some("/snap".into());
+        assert_eq!(c.validate(1024), Ok(()), "no kernel is needed to restore");
+        c.fs.push(FsConfig {
+            tag: "t".into(),
+            socket: Some("/x".into()),
+            socket_fd: None,
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "restore_from");
+        let mut c = VmConfig::new("/k");
+        c.snapshot = Some(SnapshotConfig {
+            dir: "/s".into(),
+            when: SnapshotWhen::AfterMs(100_000_000),
+            then: SnapshotThen::Exit,
+        });
+        assert_eq!(c.validate(1024).unwrap_err().field, "snapshot.when");
+    }
+
+    #[test]
     fn disk_devices_follow_the_kernel_naming() {
         assert_eq!(guest_disk_device(0), "/dev/vda");
         assert_eq!(guest_disk_device(1), "/dev/vdb");

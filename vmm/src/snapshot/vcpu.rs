@@ -223,13 +223,14 @@ fn save_msrs(fd: &VcpuFd, cpu: u8, indices: &[u32]) -> Result<Vec<kvm_msr_entry>
             pos = end;
         }
     }
-    if !skipped.is_empty() {
-        tracing::debug!(
-            cpu,
-            ?skipped,
-            "MSRs of the index list that KVM does not read"
-        );
-    }
+    tracing::debug!(
+        cpu,
+        listed = indices.len(),
+        saved = saved.len(),
+        indices = ?indices.iter().map(|i| format!("{i:#x}")).collect::<Vec<_>>(),
+        ?skipped,
+        "MSRs saved (the index list's, less those KVM does not read)"
+    );
     Ok(saved)
 }
 
