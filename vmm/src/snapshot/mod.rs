@@ -147,3 +147,109 @@ pub fn check(s: &Snapshot) -> Result<(), SnapshotError> {
     memory::check_layout(&s.memory)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2};
+
+    fn vcpu(index: u8) -> vcpu::VcpuState {
+        vcpu::VcpuState {
+            index,
+            cpuid: Vec::new(),
+            tsc_khz: Some(2_000_000),
+            mp_state: Default::default(),
+            regs: Default::default(),
+            sregs: Default::default(),
+            fpu: vcpu::FpuState::from(&kvm_bindings::kvm_fpu::default()),
+            xsave: Some(Default::default()),
+            xcrs: Some(Default::default()),
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            msrs: vec![kvm_bindings::kvm_msr_entry {
+                index: 0x10,
+                data: 42,
+                ..Default::default()
+            }],
+            vcpu_events: Default::default(),
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            capsa_version: "0.1.0".into(),
+            host_quirks: true,
+            memory: memory::MemoryState {
+                file: memory::MEMORY_FILE.into(),
+                regions: vec![memory::RegionState {
+                    guest_addr: 0,
+                    size: 128 << 20,
+                    file_offset: 0,
+                }],
+            },
+            vm: vm::VmState {
+                clock: kvm_clock_data::default(),
+                pic_master: kvm_irqchip::default(),
+                pic_slave: kvm_irqchip::default(),
+                ioapic: kvm_irqchip::default(),
+                pit: kvm_pit_state2::default(),
+            },
+            vcpus: vec![vcpu(0), vcpu(1)],
+            virtio: Vec::new(),
+            serial: Some(SerialSnapshot {
+                baud_divisor: [12, 0],
+                registers: [0; 7],
+                in_buffer: vec![b'x'],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_the_format() {
+        let bytes = format::encode(&snapshot()).unwrap();
+        let back: Snapshot = format::decode(&bytes).unwrap();
+        check(&back).unwrap();
+        assert_eq!(back.vcpus[1].index, 1);
+        assert_eq!(back.vcpus[0].msrs[0].data, 42);
+        assert_eq!(back.memory, snapshot().memory);
+        assert_eq!(back.serial, snapshot().serial);
+    }
+
+    #[test]
+    fn inconsistent_snapshots_are_refused() {
+        let mut s = snapshot();
+        s.vcpus.swap(0, 1);
+        assert!(matches!(check(&s), Err(SnapshotError::Invalid(_))));
+        let mut s = snapshot();
+        s.vcpus.clear();
+        assert!(check(&s).is_err());
+        let mut s = snapshot();
+        s.serial.as_mut().unwrap().in_buffer = vec![0; MAX_SERIAL_FIFO + 1];
+        assert!(check(&s).is_err());
+        let mut s = snapshot();
+        s.memory.regions[0].size = (128 << 20) + 4096;
+        assert!(check(&s).is_err());
+    }
+
+    /// Any payload byte changed (with a valid checksum, as a hostile file
+    /// would have) decodes to an error or to a snapshot that `check`
+    /// judges; nothing panics.
+    #[test]
+    fn mutated_payloads_never_panic() {
+        let bytes = format::encode(&snapshot()).unwrap();
+        let payload = &bytes[format::HEADER_LEN..];
+        let crc = crc::Crc::<u64>::new(&crc::CRC_64_XZ);
+        for i in (0..payload.len()).step_by(7) {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut p = payload.to_vec();
+                p[i] ^= flip;
+                let mut file = bytes[..format::HEADER_LEN].to_vec();
+                file[24..32].copy_from_slice(&crc.checksum(&p).to_le_bytes());
+                file.extend_from_slice(&p);
+                if let Ok(s) = format::decode::<Snapshot>(&file) {
+                    let _ = check(&s);
+                }
+            }
+        }
+    }
+}

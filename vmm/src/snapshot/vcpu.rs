@@ -277,6 +277,18 @@ pub fn restore(fd: &VcpuFd, state: &VcpuState) -> Result<(), VcpuStateError> {
         .map_err(err("KVM_SET_VCPU_EVENTS"))
 }
 
+/// `msrs` in the order `KVM_SET_MSRS` takes them: `IA32_TSC_DEADLINE`
+/// after everything else (it is relative to `IA32_TSC`), the rest in
+/// their saved order.
+fn restore_order(msrs: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let (deadline, mut ordered): (Vec<_>, Vec<_>) = msrs
+        .iter()
+        .copied()
+        .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
+    ordered.extend(deadline);
+    ordered
+}
+
 fn restore_msrs(fd: &VcpuFd, cpu: u8, msrs: &[kvm_msr_entry]) -> Result<(), VcpuStateError> {
     if msrs.len() > MAX_MSRS {
         return Err(VcpuStateError::Invalid {
@@ -284,12 +296,7 @@ fn restore_msrs(fd: &VcpuFd, cpu: u8, msrs: &[kvm_msr_entry]) -> Result<(), Vcpu
             message: format!("{} MSRs (at most {MAX_MSRS})", msrs.len()),
         });
     }
-    let (deadline, mut ordered): (Vec<_>, Vec<_>) = msrs
-        .iter()
-        .copied()
-        .partition(|m| m.index == MSR_IA32_TSC_DEADLINE);
-    ordered.extend(deadline);
-    for chunk in ordered.chunks(MSR_CHUNK) {
+    for chunk in restore_order(msrs).chunks(MSR_CHUNK) {
         let list = Msrs::from_entries(chunk).map_err(|_| VcpuStateError::Invalid {
             cpu,
             message: "MSR list".into(),
@@ -313,6 +320,22 @@ fn restore_msrs(fd: &VcpuFd, cpu: u8, msrs: &[kvm_msr_entry]) -> Result<(), Vcpu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_deadline_is_restored_after_the_tsc() {
+        let msr = |index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        };
+        let saved = [
+            msr(0x174),
+            msr(MSR_IA32_TSC_DEADLINE),
+            msr(0x10),
+            msr(0x4b56_4d01),
+        ];
+        let order: Vec<u32> = restore_order(&saved).iter().map(|m| m.index).collect();
+        assert_eq!(order, [0x174, 0x10, 0x4b56_4d01, MSR_IA32_TSC_DEADLINE]);
+    }
 
     #[test]
     fn fpu_state_round_trips() {
