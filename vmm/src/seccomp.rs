@@ -696,6 +696,16 @@ mod tests {
         body: impl FnOnce() -> i32,
     ) -> i32 {
         let filters = Filters::new(mode).expect("filters compile");
+        in_child_under(filters, kind, stderr, body)
+    }
+
+    /// [`in_child_with_stderr`] under the given compiled `filters`.
+    fn in_child_under(
+        filters: Filters,
+        kind: ThreadKind,
+        stderr: Option<i32>,
+        body: impl FnOnce() -> i32,
+    ) -> i32 {
         // SAFETY: the child only installs the filter, runs `body` (system
         // calls, and allocations, which glibc's fork makes safe) and
         // leaves with _exit.
@@ -787,6 +797,51 @@ mod tests {
                 kind.name()
             );
         }
+    }
+
+    /// The reads of KVM state that a snapshot makes are allowed only in a
+    /// VMM that takes snapshots, each on its own kind of thread.
+    #[test]
+    fn snapshot_state_reads_are_allowed_only_with_snapshots() {
+        let ebadf = |request: u64| {
+            move || {
+                // SAFETY: an ioctl on a bad descriptor: the filter decides,
+                // then the kernel answers EBADF without touching memory.
+                let rc = unsafe { libc::ioctl(-1, request as _, 0) };
+                i32::from(
+                    rc != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EBADF),
+                )
+            }
+        };
+        let cases = ioctls::vcpu_snapshot()
+            .into_iter()
+            .map(|r| (ThreadKind::Vcpu, r))
+            .chain(
+                ioctls::vm_snapshot()
+                    .into_iter()
+                    .map(|r| (ThreadKind::Vmm, r)),
+            );
+        for (kind, request) in cases {
+            let with = Filters::for_snapshots(Mode::Kill).unwrap();
+            let status = in_child_under(with, kind, None, ebadf(request));
+            assert_eq!(status, 0, "{request:#x} on a {} thread", kind.name());
+            let without = Filters::new(Mode::Kill).unwrap();
+            let status = in_child_under(without, kind, None, ebadf(request));
+            assert!(
+                killed_by_sigsys(status),
+                "{request:#x} without snapshots on a {} thread: {status:#x}",
+                kind.name()
+            );
+        }
+        // Never on the other kind of thread.
+        let with = Filters::for_snapshots(Mode::Kill).unwrap();
+        let status = in_child_under(
+            with,
+            ThreadKind::Vmm,
+            None,
+            ebadf(ioctls::vcpu_snapshot()[1]),
+        );
+        assert!(killed_by_sigsys(status), "KVM_GET_MSRS on the main thread");
     }
 
     #[test]
