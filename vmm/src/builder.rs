@@ -3,7 +3,6 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,6 @@ use capsa_devices::virtio::fs::{Fs, DEFAULT_BACKEND_TIMEOUT};
 use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
 use capsa_devices::virtio::vsock::{Vsock, VsockDeviceConfig};
-use capsa_devices::virtio::{self, persist::TransportState};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -30,7 +28,7 @@ use crate::device_manager::{self, shared, DeviceError, DeviceManager};
 use crate::logger::{CappedWriter, CONSOLE_LOG_LIMITS};
 use crate::profile::{self, ProfileOutput, Profiler};
 use crate::pvm;
-use crate::snapshot::{self, Snapshot, SnapshotError};
+use crate::snapshot::{self, SnapshotError};
 use crate::vmm::{EventLoop, ExitEvents, Machine, Vmm};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::pause::PauseControl;
@@ -116,13 +114,13 @@ pub enum BuildError {
 /// Creates the VM described by `config`, ready to run. `start` is the
 /// instant the boot timer measures from (the VMM process start). With
 /// `config.restore_from`, the VM is restored from that snapshot instead
-/// ([`restore_microvm`]).
+/// ([`snapshot::restore::restore_microvm`]).
 pub fn build_microvm(
     config: &VmConfig,
     start: Instant,
 ) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
     if let Some(dir) = &config.restore_from {
-        return restore_microvm(config, dir, start);
+        return snapshot::restore::restore_microvm(config, dir, start);
     }
     config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
     ignore_sigxfsz();
@@ -162,132 +160,12 @@ pub fn build_microvm(
     finish(vm, mem, vcpus, parts, config, start, quirks)
 }
 
-/// Restores the VM of the snapshot in `dir` into this process
-/// (docs/snapshot.md): guest memory mapped `MAP_PRIVATE` from the
-/// snapshot's memory file, the VM's and each vCPU's KVM state set in the
-/// order KVM needs, and the devices of `config` (which must be the
-/// snapshot's: same kinds in the same slots) put in their saved state.
-/// vCPUs and memory size come from the snapshot; `config.kernel`,
-/// `initramfs`, `cmdline`, `vcpus` and `memory_mib` are not used.
-///
-/// Errors: the snapshot is unreadable, corrupt, of another format major
-/// version or inconsistent; the device layout differs (naming the
-/// device); KVM refuses a piece of state (naming the call, or the MSR).
-pub fn restore_microvm(
-    config: &VmConfig,
-    dir: &Path,
-    start: Instant,
-) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
-    let snap = snapshot::load(dir)?;
-    let mut config = config.clone();
-    config.vcpus = snap.vcpus.len() as u8;
-    config.memory_mib = u32::try_from(snap.memory.total() >> 20).unwrap_or(u32::MAX);
-    config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
-    ignore_sigxfsz();
-    let quirks = pvm::enabled(config.host_quirks);
-    if quirks != snap.host_quirks {
-        return Err(SnapshotError::Invalid(format!(
-            "the snapshot's guest runs {} the PVM host workarounds, this VM {} (host_quirks)",
-            if snap.host_quirks { "with" } else { "without" },
-            if quirks { "has them" } else { "does not" },
-        ))
-        .into());
-    }
-    let vm = Vm::new()?;
-    let mem = snapshot::memory::restore(dir, &snap.memory).map_err(SnapshotError::from)?;
-    memory::register(&vm.fd, &mem)?;
-    let parts = attach_devices(&vm, &mem, &config, start, snap.serial.as_ref())?;
-    check_device_layout(&parts.devices, &snap)?;
-    snapshot::vm::restore(&vm.fd, &snap.vm).map_err(SnapshotError::from)?;
-    let vcpus = snap
-        .vcpus
-        .iter()
-        .map(|state| Vcpu::restore(&vm.kvm, &vm.fd, state))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(SnapshotError::from)?;
-    for (i, (t, saved)) in parts
-        .devices
-        .transports
-        .iter()
-        .zip(&snap.virtio)
-        .enumerate()
-    {
-        lock(t)
-            .restore_state(&saved.transport)
-            .map_err(|e| device_error(i, &saved.transport, e.to_string()))?;
-    }
-    tracing::info!(
-        dir = %dir.display(),
-        elapsed_us = start.elapsed().as_micros() as u64,
-        "VM restored from snapshot"
-    );
-    finish(vm, mem, vcpus, parts, &config, start, quirks)
-}
-
-/// The snapshot's virtio devices must be the command line's: the same
-/// kind at the same slot and IRQ, as many (each is checked again by its
-/// transport).
-fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<(), BuildError> {
-    let count = devices.virtio_devices.len().max(snap.virtio.len());
-    for i in 0..count {
-        let here = devices
-            .virtio_devices
-            .get(i)
-            .zip(devices.transports.get(i))
-            .map(|(slot, t)| (slot, lock(t).device_type()));
-        let why = match (snap.virtio.get(i), here) {
-            (Some(saved), Some((slot, kind))) if kind != saved.transport.device_type => format!(
-                "the command line has a {} in its place (slot {:#x}): the device layout must match",
-                device_kind(kind),
-                slot.base
-            ),
-            (Some(saved), Some((slot, _))) if (slot.base, slot.irq) != (saved.base, saved.irq) => {
-                format!(
-                    "was at {:#x} IRQ {} in the snapshot, the command line puts it at {:#x} IRQ {}",
-                    saved.base, saved.irq, slot.base, slot.irq
-                )
-            }
-            (Some(_), Some(_)) => continue,
-            (Some(_), None) => "is in the snapshot but not on the command line".into(),
-            (None, Some((_, kind))) => {
-                return Err(SnapshotError::Device(format!(
-                    "the command line's virtio device {i} ({}) is not in the snapshot: the device layout must match",
-                    device_kind(kind)
-                ))
-                .into())
-            }
-            (None, None) => continue,
-        };
-        return Err(device_error(i, &snap.virtio[i].transport, why));
-    }
-    Ok(())
-}
-
-fn device_kind(device_type: u32) -> &'static str {
-    match device_type {
-        virtio::device_type::BLOCK => "virtio-blk",
-        virtio::device_type::NET => "virtio-net",
-        virtio::device_type::RNG => "virtio-rng",
-        virtio::device_type::VSOCK => "virtio-vsock",
-        virtio::device_type::FS => "virtio-fs",
-        _ => "virtio device",
-    }
-}
-
-fn device_error(index: usize, saved: &TransportState, why: String) -> BuildError {
-    SnapshotError::Device(format!(
-        "snapshot device {index} ({}): {why}",
-        device_kind(saved.device_type)
-    ))
-    .into()
-}
-
 /// A file-size limit (a jail's RLIMIT_FSIZE) must fail a write with
 /// EFBIG, which the callers handle (the logs drop the bytes, guest
 /// memory fails with a message naming its size), rather than kill the
 /// VMM with SIGXFSZ. Nothing here starts programs, which would inherit
 /// the ignored signal.
-fn ignore_sigxfsz() {
+pub(crate) fn ignore_sigxfsz() {
     // SAFETY: SIG_IGN installs no handler code; signal(2) is sound to call
     // at any time.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
@@ -295,19 +173,19 @@ fn ignore_sigxfsz() {
 
 /// What [`attach_devices`] made: the devices and the event plumbing of
 /// the VM.
-struct Parts {
-    devices: DeviceManager,
+pub(crate) struct Parts {
+    pub(crate) devices: DeviceManager,
     event_loop: EventLoop,
     marks_rx: Receiver<BootMark>,
     exits_tx: Sender<VmExit>,
     exit_events: ExitEvents,
-    serial: Option<Arc<Mutex<Serial>>>,
+    pub(crate) serial: Option<Arc<Mutex<Serial>>>,
     snapshot_evt: EventFd,
 }
 
 /// The legacy devices (the UART in `serial` state when given), the boot
 /// timer, and the virtio devices of `config`.
-fn attach_devices(
+pub(crate) fn attach_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
@@ -357,7 +235,7 @@ fn attach_devices(
 }
 
 /// The [`Vmm`] around the VM, its memory, vCPUs and devices.
-fn finish(
+pub(crate) fn finish(
     vm: Vm,
     mem: GuestMemoryMmap,
     vcpus: Vec<Vcpu>,
@@ -523,7 +401,7 @@ fn attach_virtio_devices(
     Ok(())
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -10,7 +10,7 @@
 //! `KVM_RUN`, completes its last MMIO/PIO exit and saves its own state
 //! ([`vcpu`]) while parked; the event loop thread, where the devices live,
 //! then saves the VM's ([`vm`]), the devices' and guest memory. Restoring
-//! one ([`crate::builder::restore_microvm`]) builds a fresh VM with the
+//! one ([`restore::restore_microvm`]) builds a fresh VM with the
 //! devices of the new command line and sets the saved state on it.
 //!
 //! A snapshot file is untrusted input: every count and length is bounded
@@ -19,6 +19,7 @@
 
 pub mod format;
 pub mod memory;
+pub mod restore;
 pub mod vcpu;
 pub mod vm;
 
