@@ -196,6 +196,19 @@ fn podman_exec_then_stop_then_rm_leaves_nothing(rt: Runtime) {
     let tty = ok(podman(rt).args(["exec", "-t", &name, "tty"]));
     assert!(tty.trim().starts_with("/dev/pts/"), "exec -t: {tty:?}");
 
+    if rt == Runtime::Capsa {
+        // The guest's kernel log (the agent logs there): three execs into
+        // the container's PID namespace and no complaint about them (the
+        // agent once tried, in each exec'd child, to setns back to its
+        // own namespace, which the kernel refuses in a child namespace).
+        let log = ok(podman(rt).args(["exec", &name, "dmesg"]));
+        assert!(log.contains("capsa-agent"), "guest log: {log}");
+        assert!(
+            !log.contains("cannot return to the agent's PID namespace"),
+            "guest log: {log}"
+        );
+    }
+
     // `sleep` may ignore SIGTERM (as PID 1 of a pid namespace): stop then
     // kills it after the timeout. Either way it is stopped.
     ok(podman(rt).args(["stop", "--time", "5", &name]));

@@ -415,8 +415,9 @@ fn bad_input_is_refused_naming_the_flag_and_leaves_nothing() {
     // A dynamically linked exec file (Debian's coreutils; every binary of
     // this workspace is static): refused before anything is made.
     refused(b, Path::new("/usr/bin/true"), &[], 1, "--exec-file");
-    // A script whose interpreter is not in the jail: execve fails inside
-    // the jail, after every other step; all is undone.
+    // A script whose interpreter is not in the jail: the exec (`execveat`
+    // of the file opened before `pivot_root`) fails inside the jail, after
+    // every other step; all is undone.
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
@@ -426,7 +427,7 @@ fn bad_input_is_refused_naming_the_flag_and_leaves_nothing() {
         &script,
         &["--parent-cgroup", PARENT_CGROUP, "--cgroup", "pids.max=10"],
         1,
-        "execve /script",
+        "(as /script in the jail): ENOENT",
     );
 }
 

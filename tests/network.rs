@@ -10,6 +10,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capsa_tests::support::engines::*;
@@ -182,14 +184,14 @@ impl Drop for PodmanNetwork {
     }
 }
 
-/// Serves [`PAGE`] on `listener` to at most `count` clients, each bounded
-/// in time; a thread that ends by itself.
-fn serve_page(listener: TcpListener, count: usize) -> std::thread::JoinHandle<usize> {
+/// Serves [`PAGE`] on `listener` to every client, each bounded in time,
+/// until `stop` is set (or a deadline passes); returns how many it served.
+fn serve_page(listener: TcpListener, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         listener.set_nonblocking(true).unwrap();
         let deadline = Instant::now() + Duration::from_secs(2 * SERVE_TIMEOUT_S);
         let mut served = 0;
-        while served < count && Instant::now() < deadline {
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     let _ = s.set_nonblocking(false);
@@ -239,11 +241,15 @@ fn podman_network_reaches_the_gateway_and_a_peer(rt: Runtime) {
     let listener = TcpListener::bind((net.gateway(), 0))
         .unwrap_or_else(|e| panic!("bind {}: {e}", net.gateway()));
     let port = listener.local_addr().unwrap().port();
-    let server = serve_page(listener, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = serve_page(listener, stop.clone());
     let gw = net.gateway();
     // B boots (its own `run -d`, bounded like every engine command), then
-    // fetches through `exec`: the host's page once, A's page with retries
-    // while A's httpd starts, each try bounded by nc -w.
+    // fetches through `exec`: the host's page, then A's page (while A's
+    // httpd starts), each with retries and each try bounded by nc -w. A
+    // try's 10 s include starting nc in the guest, which on a loaded
+    // emulated host can take most of them: reachability is what is
+    // tested here, not latency.
     let mut start_b = podman(rt);
     start_b
         .args(["run", "-d", "--name", &b, "--cidfile"])
@@ -252,7 +258,10 @@ fn podman_network_reaches_the_gateway_and_a_peer(rt: Runtime) {
     ok(&mut start_b);
     let script = format!(
         "get() {{ printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 \"$1\" \"$2\"; }}; \
-         get {gw} {port}; \
+         for i in $(seq 1 30); do \
+           out=$(get {gw} {port}) && case \"$out\" in *{PAGE}-from-the-host*) echo \"$out\"; break;; esac; \
+           sleep 1; \
+         done; \
          for i in $(seq 1 60); do \
            out=$(get {a_ip} 8080) && case \"$out\" in *{PAGE}*) echo \"$out\"; exit 0;; esac; \
            sleep 1; \
@@ -272,7 +281,8 @@ fn podman_network_reaches_the_gateway_and_a_peer(rt: Runtime) {
         "B could not fetch A's page: {}",
         describe(&cmd, &out)
     );
-    assert_eq!(server.join().unwrap(), 1);
+    stop.store(true, Ordering::Relaxed);
+    assert!(server.join().unwrap() >= 1, "the host served no page");
 }
 
 /// The script of the loopback-only tests: `lo` and the number of links.

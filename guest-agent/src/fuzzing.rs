@@ -2,12 +2,13 @@
 //! each takes arbitrary bytes as what one side of the control connection
 //! received, and must never panic, hang or keep memory without bound.
 //!
-//! - [`agent_lines`]: the agent's side — the bytes a host sent. Lines are
-//!   framed by the agent's [`LineReader`], parsed by the server's request
-//!   parser and dispatched by the protocol's [`dispatch`] to a mock
-//!   [`Service`] that only validates params (no process, mount or signal
-//!   on the fuzzing host). Every answer must be one JSON-RPC response line
-//!   echoing the request's id.
+//! - [`agent_lines`]: the agent's side — the bytes a host sent, through
+//!   the server's own control loop ([`server::serve_lines`]: framing by
+//!   the [`LineReader`], request parsing, [`dispatch`], responses), served
+//!   by a mock [`Service`] that only validates params (no process, mount
+//!   or signal on the fuzzing host). Every answer must be one JSON-RPC
+//!   response line, and none an internal error (a handler's panic, which
+//!   the loop catches).
 //! - [`client_replies`]: the host client's side — the bytes a (hostile)
 //!   agent sent, with calls in flight. Checked: each call gets at most one
 //!   reply, every line is accounted for exactly once (a reply, a kept
@@ -15,15 +16,16 @@
 //!   queue stays within [`MAX_QUEUED_NOTIFICATIONS`] entries and
 //!   [`MAX_QUEUED_NOTIFICATION_BYTES`] (issue 14 item 3).
 
+use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::client::{self, Notification, MAX_QUEUED_NOTIFICATIONS, MAX_QUEUED_NOTIFICATION_BYTES};
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::*;
-use crate::server::{self, handlers::validate_create, AgentError};
+use crate::server::{self, handlers::validate_create, AgentError, Control, SharedWriter};
 
-/// Most lines read per input.
+/// Most lines the client harness reads per input.
 pub const MAX_LINES: usize = 4096;
 
 /// A [`Service`] that validates params and does nothing.
@@ -84,21 +86,42 @@ impl Service for MockAgent {
     }
 }
 
-/// Checks that `line` is one response line for request `id`.
-fn check_response(line: &[u8], id: Option<&Id>) {
+impl Control for MockAgent {
+    fn finish_shutdown(&self) {}
+}
+
+/// What the agent wrote on the connection.
+#[derive(Clone, Default)]
+struct Written(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Written {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut w) = self.0.lock() {
+            w.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks that `line` is one response line, and no internal error.
+fn check_response(line: &[u8]) {
     assert_eq!(line.last(), Some(&b'\n'), "a response ends its line");
-    assert!(
-        !line[..line.len() - 1].contains(&b'\n'),
-        "a response is one line"
-    );
     let resp: Response = serde_json::from_slice(line).expect("a response parses back");
     assert_eq!(resp.jsonrpc, JSONRPC_VERSION);
     assert!(
         resp.result.is_some() != resp.error.is_some(),
         "result xor error"
     );
-    if let Some(id) = id {
-        assert_eq!(resp.id.as_ref(), Some(id), "the response echoes the id");
+    if let Some(e) = &resp.error {
+        assert_ne!(
+            e.error_code(),
+            Some(ErrorCode::InternalError),
+            "a handler panicked: {}",
+            e.message
+        );
     }
 }
 
@@ -108,31 +131,20 @@ fn check_response(line: &[u8], id: Option<&Id>) {
 pub fn agent_lines(data: &[u8]) {
     let (first, rest) = data.split_first().unwrap_or((&0, &[]));
     let max = if first & 1 != 0 { 64 } else { MAX_LINE_BYTES };
-    let mut reader = LineReader::new(rest, max);
-    for _ in 0..MAX_LINES {
-        let line = match reader.read_line() {
-            Ok(Line::Line(l)) => l,
-            Ok(Line::TooLong) => {
-                let err = RpcError::new(ErrorCode::LineTooLong, "line too long");
-                check_response(&to_line(&Response::err(None, err)), None);
-                continue;
-            }
-            Ok(Line::Eof) | Err(_) => return,
-        };
-        assert!(line.len() <= max, "a line within the bound");
-        if server::is_blank(&line) {
-            continue;
-        }
-        match server::parse_request(&line) {
-            Err(resp) => check_response(&to_line(&resp), None),
-            Ok(req) => {
-                let result = dispatch(&MockAgent, &req.method, req.params).map_err(|e| e.to_rpc());
-                let id = req.id.clone();
-                if let Some(resp) = server::response(req.id, result) {
-                    check_response(&to_line(&resp), id.as_ref());
-                }
-            }
-        }
+    let written = Written::default();
+    let writer: SharedWriter = Arc::new(Mutex::new(Box::new(written.clone())));
+    server::serve_lines(
+        &Arc::new(MockAgent),
+        &mut LineReader::new(rest, max),
+        &writer,
+    );
+    // `wait` is answered from threads of its own: until they are done.
+    while Arc::strong_count(&writer) > 1 {
+        std::thread::yield_now();
+    }
+    let out = written.0.lock().map(|o| o.clone()).unwrap_or_default();
+    for line in out.split_inclusive(|b| *b == b'\n') {
+        check_response(line);
     }
 }
 

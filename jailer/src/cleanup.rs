@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::cgroup::{self, CgroupMounts, CgroupPlan};
+use capsa_cgroup::Mounts;
+
+use crate::cgroup::{self, CgroupPlan};
 use crate::chroot::JailPaths;
 use crate::cli::CleanupArgs;
 
@@ -20,16 +22,13 @@ pub fn run(args: CleanupArgs) -> Result<()> {
     if let Some(pid) = running_vmm(&paths) {
         bail!("the VMM of --id {} is still running (pid {pid})", args.id);
     }
-    let mounts = CgroupMounts::read()?;
-    let dirs = match args.cgroup_version {
+    let mounts = Mounts::read()?;
+    let dirs = match args.cgroup_version.or_else(|| mounts.version()) {
         Some(v) => CgroupPlan::all_dirs(v, &mounts, &args.parent_cgroup, &args.id),
-        None => match mounts.detect_version() {
-            Ok(v) => CgroupPlan::all_dirs(v, &mounts, &args.parent_cgroup, &args.id),
-            Err(_) => Vec::new(),
-        },
+        None => Vec::new(),
     };
     let existing: Vec<_> = dirs.into_iter().filter(|d| d.is_dir()).collect();
-    if let Some(busy) = existing.iter().find(|d| cgroup::has_processes(d)) {
+    if let Some(busy) = existing.iter().find(|d| capsa_cgroup::has_processes(d)) {
         bail!(
             "cgroup {} still has processes: the VMM of --id {} is still running",
             busy.display(),

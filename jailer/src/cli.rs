@@ -9,7 +9,9 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cgroup::{CgroupSetting, CgroupVersion};
+use capsa_cgroup::Version;
+
+use crate::cgroup::CgroupSetting;
 use crate::rlimits::ResourceLimit;
 use crate::seccomp::DenyAction;
 
@@ -74,8 +76,8 @@ pub struct JailArgs {
     pub chroot_base_dir: PathBuf,
 
     /// Cgroup version; by default detected from the mounted hierarchies.
-    #[arg(long, value_name = "1|2")]
-    pub cgroup_version: Option<CgroupVersion>,
+    #[arg(long, value_name = "1|2", value_parser = cgroup_version())]
+    pub cgroup_version: Option<Version>,
 
     /// A cgroup file to write, `FILE=VALUE` (e.g. `pids.max=64`,
     /// `cpu.shares=512`, `memory.limit_in_bytes=256M` on v1, `memory.max`,
@@ -193,8 +195,8 @@ pub struct CleanupArgs {
     pub parent_cgroup: String,
 
     /// `--cgroup-version` of the start; by default detected.
-    #[arg(long, value_name = "1|2")]
-    pub cgroup_version: Option<CgroupVersion>,
+    #[arg(long, value_name = "1|2", value_parser = cgroup_version())]
+    pub cgroup_version: Option<Version>,
 }
 
 /// An `--exit-marker NAME:PATH`.
@@ -217,17 +219,13 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
-impl ValueEnum for CgroupVersion {
-    fn value_variants<'a>() -> &'a [Self] {
-        &[CgroupVersion::V1, CgroupVersion::V2]
-    }
-
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(match self {
-            CgroupVersion::V1 => "1",
-            CgroupVersion::V2 => "2",
-        }))
-    }
+/// `--cgroup-version 1|2`.
+fn cgroup_version() -> impl clap::builder::TypedValueParser<Value = Version> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["1", "2"]).map(|v| match v.as_str() {
+        "1" => Version::V1,
+        _ => Version::V2,
+    })
 }
 
 impl ValueEnum for DenyAction {
@@ -500,7 +498,7 @@ mod tests {
         assert_eq!(j.chroot_base_dir, Path::new(DEFAULT_CHROOT_BASE));
         assert_eq!(j.parent_cgroup, "capsa");
         assert_eq!(j.cgroups.len(), 2);
-        assert_eq!(j.cgroup_version, Some(CgroupVersion::V2));
+        assert_eq!(j.cgroup_version, Some(Version::V2));
         assert!(j.new_pid_ns && j.new_ipc_ns && !j.daemonize);
         assert_eq!(
             j.binds,

@@ -16,7 +16,9 @@ use anyhow::{anyhow, Context, Result};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::cgroup::{CgroupMounts, CgroupPlan};
+use capsa_cgroup::Mounts;
+
+use crate::cgroup::{self, CgroupPlan};
 use crate::chroot::{self, DeviceNode, JailPaths};
 use crate::cli::{BindMount, ExitMarker, JailArgs};
 use crate::rlimits::{self, ResourceLimit};
@@ -141,10 +143,10 @@ fn plan(args: JailArgs) -> Result<Plan> {
     let cgroups = if args.cgroups.is_empty() {
         None
     } else {
-        let mounts = CgroupMounts::read()?;
+        let mounts = Mounts::read()?;
         let version = match args.cgroup_version {
             Some(v) => v,
-            None => mounts.detect_version().context("--cgroup-version")?,
+            None => cgroup::detect_version(&mounts).context("--cgroup-version")?,
         };
         Some(CgroupPlan::new(
             version,

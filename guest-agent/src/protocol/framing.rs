@@ -45,6 +45,11 @@ impl<R: Read> LineReader<R> {
         }
     }
 
+    /// The bound on a line's length (bytes, without the `\n`).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Returns the underlying reader.
     pub fn get_ref(&self) -> &R {
         &self.inner

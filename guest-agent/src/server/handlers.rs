@@ -13,7 +13,7 @@ use super::platform::Platform;
 use super::processes::Pending;
 use super::spawn::{self, ChildMount, PidNamespace, Plan, SpawnOptions, Spawned};
 use super::streams::PreparedStdio;
-use super::{reaper, stats, streams, uptime_ms, Agent};
+use super::{reaper, stats, streams, uptime_ms, Agent, Control};
 use crate::agent_log;
 use crate::protocol::*;
 
@@ -330,7 +330,7 @@ impl Service for Agent {
     }
 
     /// `shutdown`: marks the agent as shutting down; the work happens in
-    /// [`Agent::finish_shutdown`] after the response is written.
+    /// `Control::finish_shutdown` after the response is written.
     fn do_shutdown(&self, _p: Empty) -> Result<Empty, AgentError> {
         *self.container.lock() = Phase::ShuttingDown;
         Ok(Empty {})
@@ -393,10 +393,12 @@ impl Agent {
         }
         *frozen = false;
     }
+}
 
+impl Control for Agent {
     /// Kills the remaining processes, syncs, unmounts and powers off. Runs
     /// once, after `shutdown` was answered.
-    pub fn finish_shutdown(&self) {
+    fn finish_shutdown(&self) {
         if !self.container.claim_power_off() {
             return;
         }

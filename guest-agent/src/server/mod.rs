@@ -2,9 +2,10 @@
 //!
 //! [`serve_control`] accepts control connections from a [`Listener`] (vsock
 //! port [`CONTROL_PORT`](crate::protocol::CONTROL_PORT) in the guest, a Unix
-//! socket in tests) and runs one thread per connection: read a line (bounded),
-//! parse, [`dispatch`] to the agent's [`Service`] handler (`do_<method>` in
-//! [`handlers`]), write the response.
+//! socket in tests) and runs one thread per connection, whose line loop
+//! (`control.rs`: read a line (bounded), parse, [`dispatch`] to the
+//! agent's [`Service`] handler (`do_<method>` in [`handlers`]), write the
+//! response) is also what the fuzzing harness runs.
 //! `wait` runs on its own thread so that it does not block the connection.
 //! [`serve_streams`] accepts stream connections and hands them to
 //! [`streams::relay`].
@@ -17,6 +18,7 @@
 
 pub mod cgroup;
 pub mod container;
+mod control;
 pub mod error;
 pub mod handlers;
 pub mod network;
@@ -35,12 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 use crate::agent_log;
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::*;
 
+pub(crate) use control::{serve_lines, Control, SharedWriter};
 pub use error::AgentError;
 pub use platform::{DirectoryPlatform, Platform};
 
@@ -77,8 +78,6 @@ impl Listener for UnixListener {
         UnixListener::accept(self).map(|(s, _)| s)
     }
 }
-
-type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// The control connections that receive notifications.
 #[derive(Default)]
@@ -223,12 +222,6 @@ fn accept_loop<L: Listener>(
     }
 }
 
-fn write_line(writer: &SharedWriter, line: &[u8]) {
-    if let Ok(mut w) = writer.lock() {
-        let _ = w.write_all(line).and_then(|_| w.flush());
-    }
-}
-
 fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
     let writer: SharedWriter = match conn.try_clone() {
         Ok(w) => Arc::new(Mutex::new(Box::new(w))),
@@ -239,116 +232,9 @@ fn serve_connection<C: Connection>(agent: &Arc<Agent>, conn: C) {
     };
     let note_id = agent.notifier.add(writer.clone());
     let mut reader = LineReader::new(conn, MAX_LINE_BYTES);
-    loop {
-        match reader.read_line() {
-            Ok(Line::Line(line)) => handle_line(agent, &line, &writer),
-            Ok(Line::TooLong) => {
-                let err = RpcError::new(
-                    ErrorCode::LineTooLong,
-                    format!("line longer than {MAX_LINE_BYTES} bytes"),
-                );
-                write_line(&writer, &to_line(&Response::err(None, err)));
-            }
-            Ok(Line::Eof) | Err(_) => break,
-        }
-    }
+    serve_lines(agent, &mut reader, &writer);
     agent.notifier.remove(note_id);
     let _ = reader.get_ref().shutdown(Shutdown::Both);
-}
-
-/// A request read from a line: its id (`None`: a notification), method
-/// and params.
-pub(crate) struct Incoming {
-    pub(crate) id: Option<Id>,
-    pub(crate) method: String,
-    pub(crate) params: Value,
-}
-
-/// Reads one request line (JSON-RPC 2.0 §4); an error is the response to
-/// send (with id `null` when the id could not be read).
-pub(crate) fn parse_request(line: &[u8]) -> Result<Incoming, Box<Response>> {
-    let invalid = |id, message: &str| {
-        let error = RpcError::new(ErrorCode::InvalidRequest, message);
-        Box::new(Response::err(id, error))
-    };
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        let error = RpcError::new(ErrorCode::ParseError, format!("parse error: {e}"));
-        Box::new(Response::err(None, error))
-    })?;
-    let Value::Object(mut obj) = value else {
-        return Err(invalid(None, "not a JSON object"));
-    };
-    let id = match obj.remove("id") {
-        None => None,
-        Some(v) => Some(serde_json::from_value::<Id>(v).map_err(|_| invalid(None, "invalid id"))?),
-    };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
-        return Err(invalid(id, "jsonrpc must be \"2.0\""));
-    }
-    let Some(Value::String(method)) = obj.remove("method") else {
-        return Err(invalid(id, "method must be a string"));
-    };
-    let params = obj.remove("params").unwrap_or(Value::Null);
-    Ok(Incoming { id, method, params })
-}
-
-/// The response to request `id` (none for a notification).
-pub(crate) fn response(id: Option<Id>, result: Result<Value, RpcError>) -> Option<Response> {
-    id.as_ref()?;
-    Some(match result {
-        Ok(v) => Response::ok(id, v),
-        Err(e) => Response::err(id, e),
-    })
-}
-
-/// Answers `id` (nothing for a notification).
-fn answer(writer: &SharedWriter, id: Option<Id>, result: Result<Value, RpcError>) {
-    if let Some(resp) = response(id, result) {
-        write_line(writer, &to_line(&resp));
-    }
-}
-
-/// Parses one request line and answers it (JSON-RPC 2.0 §4-5).
-fn handle_line(agent: &Arc<Agent>, line: &[u8], writer: &SharedWriter) {
-    if is_blank(line) {
-        return;
-    }
-    let Incoming { id, method, params } = match parse_request(line) {
-        Ok(r) => r,
-        // Malformed requests are answered even without an id.
-        Err(resp) => return write_line(writer, &to_line(&resp)),
-    };
-    if method == method::Wait::NAME {
-        // `wait` blocks: give it its own thread.
-        let agent = agent.clone();
-        let writer = writer.clone();
-        let spawned = std::thread::Builder::new()
-            .name("capsa-wait".into())
-            .spawn(move || answer(&writer, id, guarded(&agent, &method, params)));
-        if let Err(e) = spawned {
-            agent_log!("cannot spawn wait thread: {e}");
-        }
-        return;
-    }
-    answer(writer, id, guarded(agent, &method, params));
-    if method == method::Shutdown::NAME {
-        agent.finish_shutdown();
-    }
-}
-
-/// Whether a line is blank (skipped without an answer).
-pub(crate) fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(u8::is_ascii_whitespace)
-}
-
-fn guarded(agent: &Agent, method: &str, params: Value) -> Result<Value, RpcError> {
-    match catch_unwind(AssertUnwindSafe(|| dispatch(agent, method, params))) {
-        Ok(r) => r.map_err(|e| e.to_rpc()),
-        Err(_) => {
-            agent_log!("handler of {method} panicked");
-            Err(RpcError::new(ErrorCode::InternalError, "internal error"))
-        }
-    }
 }
 
 fn serve_stream<C: Connection>(agent: &Agent, conn: C) {

@@ -554,7 +554,11 @@ fn fork_child(
         _ => unsafe { libc::fork() },
     };
     let fork_error = std::io::Error::last_os_error();
-    if let Some(own) = own_ns {
+    // Only in the agent (the parent, or a failed fork): the child is in the
+    // container's namespace already, where `own` is an ancestor that
+    // setns(2) refuses (EINVAL), and it must not allocate (the log would)
+    // between fork and exec.
+    if let (Some(own), true) = (own_ns, pid != 0) {
         // Back to the agent's namespace for this thread's next
         // children (allowed: it is the thread's active one).
         // SAFETY: setns on the descriptor `own_pid_ns` keeps open.

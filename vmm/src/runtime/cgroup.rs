@@ -42,24 +42,26 @@
 //! a failed `create` ([`remove_recorded`]), once the processes in them are
 //! gone (also after a `kill -9` of the VMM). Only the leaf is removed:
 //! parents (such as `/libpod_parent`) may be shared, as runc leaves them.
+//!
+//! This file is the policy; finding the hierarchies, making, joining and
+//! removing the directories is `capsa-cgroup`'s (`cgroup/`), which the
+//! jailer's `--cgroup` uses too.
 
+use std::fmt::Display;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use capsa_cgroup::{Hierarchy, Mounts, Version, MOUNTINFO, OWN_CGROUP};
 use serde::{Deserialize, Serialize};
 
 use super::{Result, RuntimeError};
 
+pub use capsa_cgroup::join_in_child;
+
 /// The record of the cgroup directories `create` made, in the state
 /// directory.
 pub const RECORD_FILE: &str = "cgroup.json";
-
-/// The kernel's list of this process's mounts.
-const MOUNTINFO: &str = "/proc/self/mountinfo";
-
-/// This process's cgroups.
-const OWN_CGROUP: &str = "/proc/self/cgroup";
 
 /// The parent of the cgroup of a container whose spec has no
 /// `linux.cgroupsPath`.
@@ -192,143 +194,44 @@ fn expand_slice(slice: &str) -> std::result::Result<PathBuf, String> {
     Ok(path)
 }
 
-/// One mounted cgroup hierarchy.
+/// A hierarchy that a container's cgroup goes into.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hierarchy {
-    /// Its mount point.
-    pub mount: PathBuf,
-    /// v1: its controllers (and a `name=` option); empty for v2.
-    pub controllers: Vec<String>,
-    /// Whether it is the unified (v2) hierarchy.
-    pub v2: bool,
+pub struct Target {
+    /// The hierarchy.
+    pub hierarchy: Hierarchy,
     /// A v2 hierarchy beside v1 controllers (a hybrid host): the
     /// controllers are on v1, this one only holds the processes.
     pub membership_only: bool,
-    /// v1 `clone_children` (a new cpuset cgroup copies its parent's).
-    pub clone_children: bool,
 }
 
-impl Hierarchy {
-    fn has(&self, controller: &str) -> bool {
-        self.controllers.iter().any(|c| c == controller)
+/// The hierarchies a container's cgroup goes into: on a v1 (or hybrid)
+/// host every mounted one — each v1 hierarchy, with controllers or named,
+/// and the v2 one for membership only; on a unified host the v2 one.
+pub fn targets(mounts: &Mounts) -> Vec<Target> {
+    let target = |h: &Hierarchy, membership_only| Target {
+        hierarchy: h.clone(),
+        membership_only,
+    };
+    match mounts.version() {
+        Some(Version::V1) => mounts.hierarchies.iter().map(|h| target(h, h.v2)).collect(),
+        Some(Version::V2) => mounts.v2().map(|h| target(h, false)).into_iter().collect(),
+        None => Vec::new(),
     }
 }
 
-/// The hierarchies of `mountinfo` (proc(5)) that a container's cgroup
-/// goes into: every v1 hierarchy (with controllers, or named) and the v2
-/// one; only the v2 one when it is mounted at `/sys/fs/cgroup` or no v1
-/// controller is mounted (a unified host).
-pub fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
-    let mut out: Vec<Hierarchy> = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount) = left.split(' ').nth(4) else {
-            continue;
-        };
-        let mount = PathBuf::from(unescape_octal(mount));
-        let mut right = right.split(' ');
-        match right.next() {
-            Some("cgroup2") if !out.iter().any(|h| h.v2) => out.push(Hierarchy {
-                mount,
-                controllers: Vec::new(),
-                v2: true,
-                membership_only: false,
-                clone_children: false,
-            }),
-            Some("cgroup") => {
-                let options: Vec<&str> = right.nth(1).unwrap_or_default().split(',').collect();
-                let controllers: Vec<String> = options
-                    .iter()
-                    .filter(|o| {
-                        o.starts_with("name=")
-                            || !(o.contains('=')
-                                || matches!(
-                                    **o,
-                                    "rw" | "ro"
-                                        | "noprefix"
-                                        | "clone_children"
-                                        | "xattr"
-                                        | "cpuset_v2_mode"
-                                        | "favordynmods"
-                                ))
-                    })
-                    .map(|o| (*o).to_owned())
-                    .collect();
-                if controllers.is_empty() || out.iter().any(|h| h.controllers == controllers) {
-                    continue;
-                }
-                out.push(Hierarchy {
-                    mount,
-                    controllers,
-                    v2: false,
-                    membership_only: false,
-                    clone_children: options.contains(&"clone_children"),
-                });
-            }
-            _ => {}
-        }
-    }
-    let unified = out
-        .iter()
-        .any(|h| h.v2 && h.mount == Path::new("/sys/fs/cgroup"))
-        || !out
-            .iter()
-            .any(|h| !h.v2 && !h.controllers[0].starts_with("name="));
-    if unified {
-        out.retain(|h| h.v2);
-    } else {
-        for h in out.iter_mut().filter(|h| h.v2) {
-            h.membership_only = true;
-        }
-    }
-    out
-}
+/// The v2 controllers that the limits use, enabled from the root down.
+const V2_CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The cgroup of this process in `h`, from `/proc/self/cgroup` text
-/// (cgroups(7): `ID:CONTROLLERS:PATH`; v2 is `0::PATH`).
-fn own_path(own: &str, h: &Hierarchy) -> PathBuf {
-    let mut wanted = h.controllers.clone();
-    wanted.sort();
-    for line in own.lines() {
-        let mut f = line.splitn(3, ':');
-        let (Some(_), Some(list), Some(path)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let mut listed: Vec<String> = list
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect();
-        listed.sort();
-        if listed == wanted {
-            return PathBuf::from(path);
+/// A `capsa-cgroup` error while doing `what`, as the runtime's (naming the
+/// spec's field).
+fn failed(what: impl Display) -> impl FnOnce(capsa_cgroup::Error) -> RuntimeError {
+    move |e| {
+        let context = format!("linux.cgroupsPath: {what}: {e}");
+        match e {
+            capsa_cgroup::Error::Io { source, .. } => RuntimeError::io(context, source),
+            capsa_cgroup::Error::Unavailable { .. } => RuntimeError::Failed(context),
         }
     }
-    PathBuf::from("/")
 }
 
 /// The limits of a container's cgroup.
@@ -359,9 +262,10 @@ impl Limits {
 
     /// The `(file, value)` pairs for hierarchy `h`, in the order they
     /// must be written (the CFS period before the quota).
-    fn files(&self, h: &Hierarchy) -> Vec<(&'static str, String)> {
+    fn files(&self, t: &Target) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if h.membership_only {
+        let h = &t.hierarchy;
+        if t.membership_only {
             return out;
         }
         if h.v2 {
@@ -409,17 +313,16 @@ impl VmCgroup {
     /// `limits`, recording what it creates in `state_dir` first. On error,
     /// what it made is removed again.
     pub fn create(path: &CgroupsPath, limits: &Limits, state_dir: &Path) -> Result<VmCgroup> {
-        let mountinfo = std::fs::read_to_string(MOUNTINFO)
-            .map_err(|e| RuntimeError::io(format!("read {MOUNTINFO}"), e))?;
+        let mounts = Mounts::read().map_err(failed("the mounted hierarchies"))?;
         let own = std::fs::read_to_string(OWN_CGROUP)
             .map_err(|e| RuntimeError::io(format!("read {OWN_CGROUP}"), e))?;
-        let hierarchies = hierarchies(&mountinfo);
-        if hierarchies.is_empty() {
+        let targets = targets(&mounts);
+        if targets.is_empty() {
             return Err(RuntimeError::Failed(format!(
                 "linux.cgroupsPath: no cgroup hierarchy is mounted (see {MOUNTINFO})"
             )));
         }
-        let result = Self::create_in(&hierarchies, &own, path, limits, state_dir);
+        let result = Self::create_in(&targets, &own, path, limits, state_dir);
         if result.is_err() {
             remove_recorded(state_dir);
         }
@@ -427,22 +330,16 @@ impl VmCgroup {
     }
 
     fn create_in(
-        hierarchies: &[Hierarchy],
+        targets: &[Target],
         own: &str,
         path: &CgroupsPath,
         limits: &Limits,
         state_dir: &Path,
     ) -> Result<VmCgroup> {
-        let dir_of = |h: &Hierarchy| match path {
-            CgroupsPath::Absolute(p) => h.mount.join(p.strip_prefix("/").unwrap_or(p)),
-            CgroupsPath::Relative(p) => {
-                let base = own_path(own, h);
-                h.mount
-                    .join(base.strip_prefix("/").unwrap_or(&base))
-                    .join(p)
-            }
-        };
-        let dirs: Vec<PathBuf> = hierarchies.iter().map(dir_of).collect();
+        let dirs: Vec<PathBuf> = targets
+            .iter()
+            .map(|t| dir_in(&t.hierarchy, own, path))
+            .collect();
         let record = CgroupRecord {
             created: dirs.iter().filter(|d| !d.exists()).cloned().collect(),
         };
@@ -451,26 +348,20 @@ impl VmCgroup {
             &serde_json::to_vec(&record).unwrap_or_default(),
         )?;
         let mut procs = Vec::new();
-        for (h, dir) in hierarchies.iter().zip(&dirs) {
-            make_dir(h, dir)?;
-            for (file, value) in limits.files(h) {
-                let p = dir.join(file);
-                std::fs::write(&p, &value).map_err(|e| {
-                    RuntimeError::io(
-                        format!(
-                            "linux.cgroupsPath: cannot set the VM's limit {file}={value} in {}",
-                            dir.display()
-                        ),
-                        e,
-                    )
-                })?;
+        for (t, dir) in targets.iter().zip(&dirs) {
+            let enable = if t.membership_only {
+                &[]
+            } else {
+                V2_CONTROLLERS
+            };
+            capsa_cgroup::create(&t.hierarchy, dir, enable, &mut Vec::new())
+                .map_err(failed(format_args!("cannot make {}", dir.display())))?;
+            for (file, value) in limits.files(t) {
+                capsa_cgroup::set(dir, file, &value).map_err(failed(format_args!(
+                    "cannot set the VM's limit {file}={value}"
+                )))?;
             }
-            let p = dir.join("cgroup.procs");
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| RuntimeError::io(format!("open {}", p.display()), e))?;
-            procs.push(OwnedFd::from(f));
+            procs.push(capsa_cgroup::open_procs(dir).map_err(failed("cannot join"))?);
         }
         Ok(VmCgroup { dirs, procs })
     }
@@ -482,95 +373,14 @@ impl VmCgroup {
     }
 }
 
-/// Creates `dir` in hierarchy `h` and the missing levels above it: v2
-/// enables the controllers of the limits in `cgroup.subtree_control` of
-/// every level above; a v1 cpuset level gets its parent's CPUs and memory
-/// nodes (a task cannot join an empty cpuset).
-fn make_dir(h: &Hierarchy, dir: &Path) -> Result<()> {
-    let relative = dir.strip_prefix(&h.mount).unwrap_or(dir);
-    let mut current = h.mount.clone();
-    for component in relative.components() {
-        if h.v2 && !h.membership_only {
-            enable_v2_controllers(&current)?;
-        }
-        let parent = current.clone();
-        current.push(component);
-        match std::fs::create_dir(&current) {
-            Ok(()) => {
-                if h.has("cpuset") && !h.clone_children {
-                    inherit_cpuset(&parent, &current)?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(RuntimeError::io(
-                    format!("linux.cgroupsPath: cannot create {}", current.display()),
-                    e,
-                ))
-            }
-        }
+/// The directory of the container's cgroup `path` in hierarchy `h`; a
+/// relative path is below this process's own cgroup there (`own`: the
+/// text of `/proc/self/cgroup`).
+fn dir_in(h: &Hierarchy, own: &str, path: &CgroupsPath) -> PathBuf {
+    match path {
+        CgroupsPath::Absolute(p) => h.dir(p),
+        CgroupsPath::Relative(p) => h.dir(&h.own_cgroup(own).join(p)),
     }
-    Ok(())
-}
-
-/// v2: enables `memory`, `pids` and `cpu` for the children of `dir`.
-fn enable_v2_controllers(dir: &Path) -> Result<()> {
-    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
-    for c in ["memory", "pids", "cpu"] {
-        if enabled.split_whitespace().any(|e| e == c) {
-            continue;
-        }
-        if !available.split_whitespace().any(|a| a == c) {
-            return Err(RuntimeError::Failed(format!(
-                "linux.cgroupsPath: the cgroup v2 controller {c:?} is not available in {} \
-                 (it lists: {})",
-                dir.display(),
-                available.trim()
-            )));
-        }
-        let file = dir.join("cgroup.subtree_control");
-        std::fs::write(&file, format!("+{c}")).map_err(|e| {
-            RuntimeError::io(
-                format!("linux.cgroupsPath: cannot enable {c} in {}", file.display()),
-                e,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// v1 cpuset: copies `cpuset.cpus` and `cpuset.mems` from `parent` when
-/// the new `dir` has none.
-fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<()> {
-    for name in ["cpuset.cpus", "cpuset.mems"] {
-        let file = dir.join(name);
-        if std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .trim()
-            .is_empty()
-        {
-            let value = std::fs::read_to_string(parent.join(name))
-                .map_err(|e| RuntimeError::io(format!("read {}", parent.display()), e))?;
-            std::fs::write(&file, value.trim())
-                .map_err(|e| RuntimeError::io(format!("write {}", file.display()), e))?;
-        }
-    }
-    Ok(())
-}
-
-/// In a child between fork and exec: moves the calling process into the
-/// cgroup whose `cgroup.procs` descriptors are `fds` ([`VmCgroup::procs_fds`]).
-/// Only `write(2)`: async-signal-safe.
-pub fn join_in_child(fds: &[RawFd]) -> std::io::Result<()> {
-    for &fd in fds {
-        // SAFETY: writes one byte from a static buffer to a descriptor
-        // this process owns.
-        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// The cgroup's directories `create` recorded in `state_dir`.
@@ -590,7 +400,7 @@ pub fn recorded(state_dir: &Path) -> Vec<PathBuf> {
 pub fn remove_recorded(state_dir: &Path) {
     let mut left = false;
     for dir in recorded(state_dir) {
-        if let Err(e) = remove_dir(&dir, Duration::from_secs(2)) {
+        if let Err(e) = capsa_cgroup::remove(&dir, Duration::from_secs(2)) {
             tracing::warn!(
                 "cannot remove the container's cgroup {}: {e}",
                 dir.display()
@@ -600,21 +410,6 @@ pub fn remove_recorded(state_dir: &Path) {
     }
     if !left {
         let _ = std::fs::remove_file(state_dir.join(RECORD_FILE));
-    }
-}
-
-/// `rmdir` of a cgroup directory, retrying `EBUSY` up to `timeout`; a
-/// missing one is fine.
-fn remove_dir(dir: &Path, timeout: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match std::fs::remove_dir(dir) {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => return other,
-        }
     }
 }
 
@@ -685,8 +480,11 @@ mod tests {
 
     #[test]
     fn vmm_cgroup_goes_into_every_hierarchy_of_a_hybrid_host() {
-        let h = hierarchies(HYBRID);
-        let mounts: Vec<&str> = h.iter().map(|h| h.mount.to_str().unwrap()).collect();
+        let h = targets(&Mounts::parse(HYBRID));
+        let mounts: Vec<&str> = h
+            .iter()
+            .map(|t| t.hierarchy.mount.to_str().unwrap())
+            .collect();
         assert_eq!(
             mounts,
             [
@@ -700,15 +498,25 @@ mod tests {
                 "/sys/fs/cgroup/net_cls,net_prio",
             ]
         );
-        let u = hierarchies(UNIFIED);
+        let u = targets(&Mounts::parse(UNIFIED));
         assert_eq!(u.len(), 1);
-        assert!(u[0].v2 && !u[0].membership_only);
-        // The own cgroup of each, for relative paths.
+        assert!(u[0].hierarchy.v2 && !u[0].membership_only);
+        // Absolute paths below each hierarchy's root, relative ones below
+        // the own cgroup of each.
         let own = "4:memory:/process_api/x\n9:name=systemd:/\n3:net_prio,net_cls:/n\n0::/u\n";
-        assert_eq!(own_path(own, &h[3]), Path::new("/process_api/x"));
-        assert_eq!(own_path(own, &h[7]), Path::new("/n"));
-        assert_eq!(own_path(own, &h[6]), Path::new("/u"));
-        assert_eq!(own_path(own, &h[0]), Path::new("/"));
+        let dir = |i: usize, p: CgroupsPath| dir_in(&h[i].hierarchy, own, &p);
+        let rel = || CgroupsPath::Relative("c".into());
+        assert_eq!(dir(3, abs("/a/b")), Path::new("/sys/fs/cgroup/memory/a/b"));
+        assert_eq!(
+            dir(3, rel()),
+            Path::new("/sys/fs/cgroup/memory/process_api/x/c")
+        );
+        assert_eq!(
+            dir(7, rel()),
+            Path::new("/sys/fs/cgroup/net_cls,net_prio/n/c")
+        );
+        assert_eq!(dir(6, rel()), Path::new("/sys/fs/cgroup/unified/u/c"));
+        assert_eq!(dir(0, rel()), Path::new("/sys/fs/cgroup/cpu/c"));
     }
 
     #[test]
@@ -716,7 +524,7 @@ mod tests {
         let l = Limits::for_vm(512, (Some(150_000), Some(100_000)));
         assert_eq!(l.memory_bytes, memory_limit_bytes(512));
         assert!(l.memory_bytes > 512 << 20);
-        let h = hierarchies(HYBRID);
+        let h = targets(&Mounts::parse(HYBRID));
         let files = |i: usize| l.files(&h[i]);
         assert_eq!(
             files(0),
@@ -731,8 +539,8 @@ mod tests {
         );
         assert_eq!(files(4), [("pids.max", PIDS_MAX.to_string())]);
         assert!(files(1).is_empty() && files(5).is_empty());
-        assert!(h[6].v2 && h[6].membership_only && files(6).is_empty());
-        let v2 = hierarchies(UNIFIED);
+        assert!(h[6].hierarchy.v2 && h[6].membership_only && files(6).is_empty());
+        let v2 = targets(&Mounts::parse(UNIFIED));
         assert_eq!(
             l.files(&v2[0]),
             [

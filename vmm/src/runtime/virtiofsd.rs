@@ -249,7 +249,7 @@ pub fn start(
     let address = format!("/proc/self/fd/{}/{SOCKET_FILE}", dir.as_raw_fd());
     let listener = UnixListener::bind(&address)
         .map_err(|e| RuntimeError::io(format!("listen on {}", socket.display()), e))?;
-    let spawned = spawn(binary, &tree, binds, &listener, (state_dir, cgroup));
+    let spawned = spawn(binary, &tree, binds, &listener, state_dir, cgroup);
     drop(listener);
     let connected = spawned.and_then(|process| {
         let recorded = super::state::write_atomic(
@@ -274,13 +274,15 @@ pub fn start(
 }
 
 /// Starts virtiofsd on `tree`, in its own mount namespace with `binds`,
-/// serving `listener`, logging to `virtiofsd.log` in `state_dir`.
+/// serving `listener`, logging to `virtiofsd.log` in `state_dir`, in the
+/// cgroup whose `cgroup.procs` descriptors are `cgroup`.
 fn spawn(
     binary: &Path,
     tree: &Path,
     binds: Vec<Bind>,
     listener: &UnixListener,
-    (state_dir, cgroup): (&Path, &[RawFd]),
+    state_dir: &Path,
+    cgroup: &[RawFd],
 ) -> Result<HostProcess> {
     let log = std::fs::OpenOptions::new()
         .create(true)

@@ -70,7 +70,7 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let shipped = ShippedFiles::locate()?;
     let mut placement = Placement::new(dir, id)?;
     placement.relay_oom_to(bundle);
-    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, (opts, cgroup))?;
+    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts, &cgroup)?;
     let machine = plan_machine(&shipped, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
@@ -80,7 +80,8 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
         id,
         placement,
         &resources,
-        (file_size_limit, dir),
+        file_size_limit,
+        dir,
         opts.foreground,
     )?;
     // The VMM process has its own copies of the pty slave and the TAP now;
@@ -94,15 +95,24 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     Ok(child)
 }
 
-/// Where the container's cgroup goes (`linux.cgroupsPath`, read as runc
-/// does; see [`cgroup`]) and its limits: the guest's RAM plus the VMM's
-/// overhead, the pids bound, the spec's CPU quota.
+/// The container's host cgroup as `create` plans it, before
+/// [`HostResources::prepare`] makes it.
+struct HostCgroup {
+    /// Where it goes (`linux.cgroupsPath`, read as runc does; see
+    /// [`cgroup`]).
+    path: CgroupsPath,
+    /// Its limits: the guest's RAM plus the VMM's overhead, the pids
+    /// bound, the spec's CPU quota.
+    limits: Limits,
+}
+
+/// Plans the host cgroup of container `id` from the spec of `bundle`.
 fn host_cgroup(
     id: &str,
     bundle: &Bundle,
     spec: &VmSpec,
     opts: &CreateOptions,
-) -> Result<(CgroupsPath, Limits)> {
+) -> Result<HostCgroup> {
     let linux = bundle.spec.linux().as_ref();
     let path = cgroup::parse_cgroups_path(
         linux
@@ -119,7 +129,10 @@ fn host_cgroup(
         .and_then(|l| l.resources().as_ref())
         .and_then(|r| r.cpu().as_ref())
         .map_or((None, None), |c| (c.quota(), c.period()));
-    Ok((path, Limits::for_vm(spec.memory_mib, cpu)))
+    Ok(HostCgroup {
+        path,
+        limits: Limits::for_vm(spec.memory_mib, cpu),
+    })
 }
 
 /// The files capsa ships that every VM boots from, as host paths.
@@ -234,16 +247,16 @@ impl HostResources {
     /// `virtiofs` transport, the bind mounts' files and directories; its
     /// share tree and record in the state directory `dir`), opens the
     /// console's pty and carries the engine's network interface to a TAP;
-    /// first of all, makes the container's cgroup (`cgroup`: where, with
-    /// which limits), recorded in `dir`.
+    /// first of all, makes the container's `cgroup`, recorded in `dir`.
     fn prepare(
         bundle: &Bundle,
         spec: &VmSpec,
         dir: &Path,
         placement: &mut Placement,
-        (opts, cgroup): (&CreateOptions, (CgroupsPath, Limits)),
+        opts: &CreateOptions,
+        cgroup: &HostCgroup,
     ) -> Result<HostResources> {
-        let cgroup = VmCgroup::create(&cgroup.0, &cgroup.1, dir)?;
+        let cgroup = VmCgroup::create(&cgroup.path, &cgroup.limits, dir)?;
         let mut disks = Vec::new();
         let mut shares: Vec<Share> = Vec::new();
         match spec.rootfs_transport {
@@ -432,13 +445,15 @@ impl Drop for VmmGuard {
 }
 
 /// Starts the VMM process of container `id` (through its jailer) with the
-/// inputs in its directory, records it in state directory `dir`
-/// ([`VmmGuard::record_launch`]) and waits for its readiness report.
+/// inputs in its directory and `RLIMIT_FSIZE` `file_size_limit` (bytes),
+/// records it in state directory `dir` ([`VmmGuard::record_launch`]) and
+/// waits for its readiness report.
 fn start_vmm(
     id: &str,
     placement: Placement,
     resources: &HostResources,
-    (file_size_limit, dir): (u64, &Path),
+    file_size_limit: u64,
+    dir: &Path,
     foreground: bool,
 ) -> Result<(VmmGuard, VmmReady)> {
     let vmm_args: Vec<OsString> = vec![
