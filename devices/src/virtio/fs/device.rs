@@ -412,6 +412,7 @@ mod tests {
             fs.avail_features(),
             VIRTIO_F_VERSION_1 | VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX
         );
+        backend.wait_for_requests(4);
         let log = backend.log.lock().unwrap();
         assert_eq!(
             log.requests,

@@ -136,6 +136,16 @@ impl FakeBackend {
         }
     }
 
+    /// Waits (up to 10 s) until the backend has read `n` requests: a
+    /// request without a reply (`SET_PROTOCOL_FEATURES` without
+    /// `REPLY_ACK`) may still be on its way when the frontend returns.
+    pub fn wait_for_requests(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.log.lock().unwrap().requests.len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Closes the connection from the backend's side (as a killed
     /// virtiofsd would).
     pub fn disconnect(&self) {
