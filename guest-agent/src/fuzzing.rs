@@ -5,10 +5,10 @@
 //! - [`agent_lines`]: the agent's side — the bytes a host sent, through
 //!   the server's own control loop ([`server::serve_lines`]: framing by
 //!   the [`LineReader`], request parsing, [`dispatch`], responses), served
-//!   by a mock [`Service`] that only validates params (no process, mount
-//!   or signal on the fuzzing host). Every answer must be one JSON-RPC
-//!   response line, and none an internal error (a handler's panic, which
-//!   the loop catches).
+//!   by a mock [`Service`] that only validates params (no process, mount,
+//!   signal, RNG, clock or device bind on the fuzzing host). Every answer
+//!   must be one JSON-RPC response line, and none an internal error (a
+//!   handler's panic, which the loop catches).
 //! - [`client_replies`]: the host client's side — the bytes a (hostile)
 //!   agent sent, with calls in flight. Checked: each call gets at most one
 //!   reply, every line is accounted for exactly once (a reply, a kept
@@ -23,6 +23,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use crate::client::{self, Notification, MAX_QUEUED_NOTIFICATIONS, MAX_QUEUED_NOTIFICATION_BYTES};
 use crate::protocol::framing::{Line, LineReader};
 use crate::protocol::*;
+use crate::server::machine::MachinePlan;
 use crate::server::{self, handlers::validate_create, AgentError, Control, SharedWriter};
 
 /// Most lines the client harness reads per input.
@@ -49,6 +50,10 @@ impl Service for MockAgent {
             agent_start_ms: 0,
             container_created: false,
         })
+    }
+    fn do_new_machine(&self, p: NewMachineParams) -> Result<NewMachineResult, AgentError> {
+        MachinePlan::new(p)?;
+        Err(refused("new_machine"))
     }
     fn do_create(&self, p: CreateParams) -> Result<CreateResult, AgentError> {
         validate_create(&p)?;
@@ -226,6 +231,7 @@ mod tests {
         "{\"protocolVersion\":1}", "{\"rootfs\":{\"fstype\":\"virtiofs\"}}",
         "{\"rootfs\":{\"fstype\":\"ext4\",\"source\":\"/dev/vda\"},\"shares\":[{\"tag\":\"../x\"}]}",
         "{\"code\":-32601,\"message\":\"m\"}",
+        "{\"realtimeNs\":1,\"entropy\":\"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\",\"devices\":[\"virtio-mmio.0\",\"virtio-mmio.01\"]}",
     ];
 
     /// One JSON-RPC-shaped line, sometimes cut or with a byte flipped.

@@ -367,6 +367,13 @@ impl Client {
         Ok(result)
     }
 
+    /// `new_machine`: makes a guest restored from a template a machine of
+    /// its own (reseeds its RNG, sets its clock, binds `devices` in order);
+    /// before `create`, once. Returns the devices bound.
+    pub fn new_machine(&self, params: &NewMachineParams) -> Result<NewMachineResult, ClientError> {
+        self.call::<method::NewMachine>(params, self.timeout())
+    }
+
     /// `create`: sets up the container; the init process waits for `start`.
     pub fn create(&self, params: &CreateParams) -> Result<CreateResult, ClientError> {
         self.call::<method::Create>(params, self.timeout())

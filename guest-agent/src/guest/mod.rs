@@ -6,9 +6,11 @@
 //! - [`vsock`]: `AF_VSOCK` listener and stream for the server;
 //! - [`storage`]: mounting the rootfs (ext4/erofs block device, virtio-fs)
 //!   with an overlay on tmpfs when it is read-only or shared;
-//! - [`mounts`]: the OCI mounts of the bundle.
+//! - [`mounts`]: the OCI mounts of the bundle;
+//! - [`machine`]: `new_machine`'s RNG reseed, clock and device binds.
 
 pub mod init;
+pub mod machine;
 pub mod mounts;
 pub mod network;
 pub mod storage;

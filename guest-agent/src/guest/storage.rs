@@ -1,5 +1,6 @@
 //! The guest's [`Platform`]: the virtio-fs shares, the rootfs handlers
-//! (one per [`RootfsType`]), OCI mounts, hostname and reboot.
+//! (one per [`RootfsType`]), OCI mounts, hostname and reboot; `new_machine`'s
+//! steps are in [`machine`](super::machine).
 //!
 //! Layout under [`RUN_DIR`]: virtio-fs shares are mounted at
 //! `fs/<tag>` ([`SHARES_DIR`](crate::protocol::SHARES_DIR)), outside the container's root. A block
@@ -306,6 +307,18 @@ impl Platform for GuestPlatform {
                 None
             }
         }
+    }
+
+    fn reseed_rng(&self, entropy: &[u8]) -> Result<(), AgentError> {
+        super::machine::reseed_rng(entropy)
+    }
+
+    fn set_realtime_clock(&self, realtime_ns: u64) -> Result<(), AgentError> {
+        super::machine::set_realtime_clock(realtime_ns)
+    }
+
+    fn bind_virtio_mmio(&self, device: &str) -> Result<(), AgentError> {
+        super::machine::bind_virtio_mmio(device)
     }
 
     fn unmount_all(&self) {

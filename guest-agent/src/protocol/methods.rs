@@ -50,6 +50,86 @@ pub struct HelloResult {
     pub container_created: bool,
 }
 
+/// Fewest bytes of [`NewMachineParams::entropy`] (decoded): 256 bits, a
+/// full reseed of the kernel's CRNG.
+pub const MIN_NEW_MACHINE_ENTROPY_BYTES: usize = 32;
+
+/// Most bytes of [`NewMachineParams::entropy`] (decoded).
+pub const MAX_NEW_MACHINE_ENTROPY_BYTES: usize = 256;
+
+/// Most entries of [`NewMachineParams::devices`].
+pub const MAX_NEW_MACHINE_DEVICES: usize = 32;
+
+/// `new_machine` params: what makes a guest restored from a template's
+/// snapshot a machine of its own, given by the host before `create`.
+///
+/// Every field is checked before the agent acts (`INVALID_PARAMS` naming
+/// the field); then, in this order, it mixes `entropy` into the kernel's
+/// RNG and reseeds it, sets `CLOCK_REALTIME` to `realtimeNs`, and binds
+/// each of `devices` to the guest's virtio-mmio driver.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewMachineParams {
+    /// The host's `CLOCK_REALTIME` when it sent the request, in ns since
+    /// the Unix epoch (1970-01-01T00:00:00Z). The agent sets the guest's
+    /// `CLOCK_REALTIME` to it (`clock_settime`; a time the guest kernel
+    /// refuses, past about the year 2232, is `OS_ERROR` with `EINVAL`).
+    pub realtime_ns: u64,
+    /// Random bytes from the host (e.g. `getrandom(2)`), hex-encoded (upper
+    /// or lower case digits, two per byte): 32 to 256 bytes once decoded
+    /// ([`MIN_NEW_MACHINE_ENTROPY_BYTES`], [`MAX_NEW_MACHINE_ENTROPY_BYTES`]).
+    /// Mixed into the guest kernel's entropy pool, credited as 8 bits per
+    /// byte (`RNDADDENTROPY`), then the CRNG is reseeded (`RNDRESEEDCRNG`).
+    /// The agent does not log it (the `Debug` of these params shows only
+    /// its length) and zeroes the decoded bytes once the kernel has them.
+    pub entropy: String,
+    /// Platform devices to bind to the guest's virtio-mmio driver, in order
+    /// (disks get `/dev/vda`, `/dev/vdb`, … in this order): each exactly
+    /// `virtio-mmio.<N>`, N in 0..=255 in decimal without leading zeros
+    /// ([`virtio_mmio_slot`]); no duplicates; at most 32
+    /// ([`MAX_NEW_MACHINE_DEVICES`]). Empty or absent: none.
+    #[serde(default)]
+    pub devices: Vec<String>,
+}
+
+impl std::fmt::Debug for NewMachineParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMachineParams")
+            .field("realtime_ns", &self.realtime_ns)
+            .field(
+                "entropy",
+                &format_args!("<{} hex digits>", self.entropy.len()),
+            )
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+/// `new_machine` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NewMachineResult {
+    /// The devices bound, in order (all of `devices`).
+    pub bound: Vec<String>,
+}
+
+/// The slot number `N` of the platform device name `virtio-mmio.<N>` (the
+/// `N`th `virtio_mmio.device=` of the guest's kernel command line), or
+/// `None` unless `name` is exactly that with `N` in 0..=255 in decimal
+/// without leading zeros: no other text, so that no name reaches outside
+/// the platform bus's devices.
+pub fn virtio_mmio_slot(name: &str) -> Option<u8> {
+    let digits = name.strip_prefix("virtio-mmio.")?;
+    let canonical = !digits.is_empty()
+        && digits.len() <= 3
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Filesystem type of the container's root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -593,6 +673,55 @@ mod tests {
         ] {
             assert_eq!(sysctl_path(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn virtio_mmio_slots_are_exact_names() {
+        assert_eq!(virtio_mmio_slot("virtio-mmio.0"), Some(0));
+        assert_eq!(virtio_mmio_slot("virtio-mmio.7"), Some(7));
+        assert_eq!(virtio_mmio_slot("virtio-mmio.255"), Some(255));
+        for bad in [
+            "",
+            "virtio-mmio.",
+            "virtio-mmio.256",
+            "virtio-mmio.1000",
+            "virtio-mmio.01",
+            "virtio-mmio.00",
+            "virtio-mmio.2x",
+            "virtio-mmio.+1",
+            "virtio-mmio.-1",
+            "virtio-mmio. 1",
+            "virtio-mmio.1\n",
+            "virtio-mmio.1/bind",
+            "../x",
+            "virtio-mmio.0/../x",
+            "VIRTIO-MMIO.1",
+            "virtio_mmio.1",
+            " virtio-mmio.1",
+            "virtio-mmio.１",
+        ] {
+            assert_eq!(virtio_mmio_slot(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn new_machine_params_on_the_wire() {
+        let p: NewMachineParams = serde_json::from_str(
+            r#"{"realtimeNs":1700000000123456789,"entropy":"00ff","devices":["virtio-mmio.3"]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.realtime_ns, 1_700_000_000_123_456_789);
+        assert_eq!(p.devices, ["virtio-mmio.3"]);
+        let p: NewMachineParams = serde_json::from_str(r#"{"realtimeNs":1,"entropy":""}"#).unwrap();
+        assert!(p.devices.is_empty());
+        assert!(serde_json::from_str::<NewMachineParams>(r#"{"entropy":"00"}"#).is_err());
+        // The entropy stays out of logs.
+        let p = NewMachineParams {
+            realtime_ns: 1,
+            entropy: "abcdef".into(),
+            devices: vec![],
+        };
+        assert!(!format!("{p:?}").contains("abcdef"), "{p:?}");
     }
 
     #[test]

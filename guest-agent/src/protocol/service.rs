@@ -146,6 +146,9 @@ macro_rules! methods {
 methods! {
     /// `hello`: checks the protocol version; returns the agent's boot info.
     Hello = "hello", HelloParams => HelloResult, do_hello;
+    /// `new_machine`: makes a guest restored from a template a machine of
+    /// its own (RNG, clock, devices); before `create`, once.
+    NewMachine = "new_machine", NewMachineParams => NewMachineResult, do_new_machine;
     /// `create`: sets up the container; its init process waits for `start`.
     Create = "create", CreateParams => CreateResult, do_create;
     /// `start`: starts the container's init process.

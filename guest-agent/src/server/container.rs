@@ -1,7 +1,8 @@
 //! The container's lifecycle (OCI runtime spec, `runtime.md` § "State"):
 //! `Empty` → `create` → `Created` → `start` → `Started` → `shutdown`. Owns the
 //! [`Platform`] that mounts the rootfs and the mounts, the container's
-//! [`Cgroup`], and whether it is paused (frozen).
+//! [`Cgroup`], whether it is paused (frozen), and whether `new_machine`
+//! (allowed once, in `Empty`) has run.
 //!
 //! Lock order: the freezer lock may be held while taking the phase lock
 //! briefly (`pause`); the phase lock is never held while taking the freezer
@@ -45,6 +46,9 @@ pub struct Lifecycle {
     /// Mounting and power.
     pub platform: Arc<dyn Platform>,
     powered_off: AtomicBool,
+    /// Whether `new_machine` went past its checks (read and set under the
+    /// phase lock).
+    machine_renewed: AtomicBool,
     cgroup: Mutex<Option<Cgroup>>,
     /// `true` while paused. `exec` holds it for reading across its fork, so
     /// no process is forked into a group that is being frozen; `pause` and
@@ -62,6 +66,7 @@ impl Lifecycle {
             phase: Mutex::new(Phase::Empty),
             platform,
             powered_off: AtomicBool::new(false),
+            machine_renewed: AtomicBool::new(false),
             cgroup: Mutex::new(None),
             frozen: RwLock::new(false),
             pid_ns: Mutex::new(None),
@@ -115,6 +120,17 @@ impl Lifecycle {
             Phase::Created { root, .. } | Phase::Started { root, .. } => Some(root.clone()),
             _ => None,
         }
+    }
+
+    /// Whether `new_machine` has run (past its checks, whatever its
+    /// outcome). Read with the phase lock held.
+    pub fn machine_renewed(&self) -> bool {
+        self.machine_renewed.load(Ordering::SeqCst)
+    }
+
+    /// Records that `new_machine` runs. Called with the phase lock held.
+    pub fn mark_machine_renewed(&self) {
+        self.machine_renewed.store(true, Ordering::SeqCst);
     }
 
     /// Returns true exactly once, for the caller that should power off.

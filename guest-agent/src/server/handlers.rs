@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::cgroup::FREEZE_TIMEOUT;
 use super::container::Phase;
 use super::error::AgentError;
+use super::machine::MachinePlan;
 use super::network::NetworkPlan;
 use super::platform::Platform;
 use super::processes::Pending;
@@ -52,6 +53,56 @@ impl Service for Agent {
             agent_start_ms: self.start_uptime_ms,
             container_created: self.container.root().is_some(),
         })
+    }
+
+    /// `new_machine`: reseeds the kernel's RNG, sets the clock, binds the
+    /// devices, in this order, after checking every param. Allowed before
+    /// `create`, once: a call that fails its checks changes nothing and
+    /// does not count; past them it counts, whatever its outcome.
+    fn do_new_machine(&self, p: NewMachineParams) -> Result<NewMachineResult, AgentError> {
+        // Held throughout: no `create` meanwhile, nor a second call.
+        let phase = self.container.lock();
+        match *phase {
+            Phase::Empty => {}
+            Phase::ShuttingDown => return Err(AgentError::ShuttingDown),
+            _ => {
+                return Err(AgentError::InvalidState(
+                    "container already created (new_machine comes before create)".into(),
+                ))
+            }
+        }
+        if self.container.machine_renewed() {
+            return Err(AgentError::InvalidState(
+                "new_machine already called".into(),
+            ));
+        }
+        let MachinePlan {
+            realtime_ns,
+            entropy,
+            devices,
+        } = MachinePlan::new(p)?;
+        self.container.mark_machine_renewed();
+        let platform = &self.container.platform;
+        let reseeded = platform.reseed_rng(entropy.bytes());
+        let bytes = entropy.bytes().len();
+        drop(entropy);
+        reseeded?;
+        platform.set_realtime_clock(realtime_ns)?;
+        for (i, device) in devices.iter().enumerate() {
+            platform.bind_virtio_mmio(device).map_err(|e| match e {
+                AgentError::Os { what, errno } => AgentError::Os {
+                    what: format!("devices[{i}]: {what}"),
+                    errno,
+                },
+                other => other,
+            })?;
+        }
+        agent_log!(
+            "new machine: RNG reseeded with {bytes} bytes, clock set, bound {:?}",
+            devices
+        );
+        drop(phase);
+        Ok(NewMachineResult { bound: devices })
     }
 
     /// `create`: mounts, hostname, network, the init process's stdio, and

@@ -21,6 +21,7 @@ pub mod container;
 mod control;
 pub mod error;
 pub mod handlers;
+pub mod machine;
 pub mod network;
 pub mod platform;
 pub mod processes;
@@ -43,7 +44,7 @@ use crate::protocol::*;
 
 pub(crate) use control::{serve_lines, Control, SharedWriter};
 pub use error::AgentError;
-pub use platform::{DirectoryPlatform, Platform};
+pub use platform::{DirectoryPlatform, MachineStep, Platform};
 
 /// A byte-stream connection the server can use.
 pub trait Connection: Read + Write + Send + 'static {

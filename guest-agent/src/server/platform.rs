@@ -1,12 +1,15 @@
 //! What differs between the guest and a host test: mounting, the
-//! container's cgroup, and power.
+//! container's cgroup, power, and what makes a restored guest a new
+//! machine (RNG, clock, devices).
 //!
 //! The guest's implementation is [`GuestPlatform`](crate::guest::GuestPlatform)
-//! (real mounts, a cgroup2 mount of its own, `sethostname`, `reboot`);
+//! (real mounts, a cgroup2 mount of its own, `sethostname`, `reboot`, the
+//! kernel's RNG ioctls, `clock_settime`, driver-core binds);
 //! [`DirectoryPlatform`] uses a plain host directory as the rootfs, an
 //! existing host cgroup v2 group if the test gives one, and only records
-//! mounts, hostname, network, sysctls and power-off, so protocol tests run the real server
-//! without touching the host's mounts.
+//! mounts, hostname, network, sysctls, `new_machine`'s steps and power-off,
+//! so protocol tests run the real server without touching the host's
+//! mounts, RNG, clock or devices.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +17,7 @@ use std::sync::Mutex;
 
 use super::cgroup::Cgroup;
 use super::error::AgentError;
+use super::machine::bind_error;
 use super::network::NetworkPlan;
 use super::spawn::ChildMount;
 use crate::protocol::{MountSpec, RootfsSpec, ShareSpec};
@@ -54,6 +58,21 @@ pub trait Platform: Send + Sync + 'static {
     /// How many of the container's processes the OOM killer has killed
     /// (the guest: its group's `memory.events`).
     fn oom_kills(&self) -> u64;
+    /// Mixes `entropy` into the kernel's entropy pool, credited as 8 bits
+    /// per byte, then reseeds the kernel's CRNG (`new_machine`), so that a
+    /// guest restored from a template does not draw the template's random
+    /// numbers. The platform keeps no copy of the bytes.
+    fn reseed_rng(&self, entropy: &[u8]) -> Result<(), AgentError>;
+    /// Sets `CLOCK_REALTIME` to `realtime_ns`, in ns since the Unix epoch
+    /// (`new_machine`).
+    fn set_realtime_clock(&self, realtime_ns: u64) -> Result<(), AgentError>;
+    /// Binds the platform device `device` (`virtio-mmio.<N>`, checked by
+    /// [`virtio_mmio_slot`](crate::protocol::virtio_mmio_slot)) to the
+    /// virtio-mmio driver and returns once the driver has probed it (its
+    /// `/dev/vdX`, network interface or virtio-fs tag exists). Errors name
+    /// the device ([`bind_error`]): `ENODEV` when the slot holds no device,
+    /// `EBUSY` when it is bound already.
+    fn bind_virtio_mmio(&self, device: &str) -> Result<(), AgentError>;
     /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
     fn unmount_all(&self);
     /// Powers the machine off (the guest reboots, which the VMM turns into
@@ -61,8 +80,26 @@ pub trait Platform: Send + Sync + 'static {
     fn power_off(&self);
 }
 
+/// One step of `new_machine` as [`DirectoryPlatform`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineStep {
+    /// `reseed_rng` with this many bytes (the bytes are not kept).
+    Reseed {
+        /// Length of the entropy, bytes.
+        bytes: usize,
+    },
+    /// `set_realtime_clock`.
+    Clock {
+        /// The time set, ns since the Unix epoch.
+        realtime_ns: u64,
+    },
+    /// `bind_virtio_mmio` of this device.
+    Bind(String),
+}
+
 /// A rootfs that is a directory on the local machine (`rootfs.source`);
-/// mounts, hostname and power-off are recorded, not performed.
+/// mounts, hostname, `new_machine`'s steps and power-off are recorded, not
+/// performed.
 #[derive(Default)]
 pub struct DirectoryPlatform {
     /// An existing cgroup v2 directory (e.g. made by a test under the
@@ -82,6 +119,11 @@ pub struct DirectoryPlatform {
     /// A path whose `set_sysctl` fails with `ENOENT` (as a key that names
     /// no parameter does in the guest).
     pub missing_sysctl: Option<String>,
+    /// `new_machine`'s steps, in order.
+    pub machine: Mutex<Vec<MachineStep>>,
+    /// A device whose bind fails with `ENODEV` (as an empty slot does in
+    /// the guest). Binding a device twice fails with `EBUSY`.
+    pub missing_device: Option<String>,
     /// Whether `power_off` was called.
     pub powered_off: AtomicBool,
     /// What `oom_kills` returns.
@@ -162,9 +204,43 @@ impl Platform for DirectoryPlatform {
         self.cgroup.clone().map(Cgroup::new)
     }
 
+    fn reseed_rng(&self, entropy: &[u8]) -> Result<(), AgentError> {
+        self.record(MachineStep::Reseed {
+            bytes: entropy.len(),
+        });
+        Ok(())
+    }
+
+    fn set_realtime_clock(&self, realtime_ns: u64) -> Result<(), AgentError> {
+        self.record(MachineStep::Clock { realtime_ns });
+        Ok(())
+    }
+
+    fn bind_virtio_mmio(&self, device: &str) -> Result<(), AgentError> {
+        if self.missing_device.as_deref() == Some(device) {
+            return Err(bind_error(device, libc::ENODEV));
+        }
+        let mut steps = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let step = MachineStep::Bind(device.to_string());
+        if steps.contains(&step) {
+            return Err(bind_error(device, libc::EBUSY));
+        }
+        steps.push(step);
+        Ok(())
+    }
+
     fn unmount_all(&self) {}
 
     fn power_off(&self) {
         self.powered_off.store(true, Ordering::SeqCst);
+    }
+}
+
+impl DirectoryPlatform {
+    fn record(&self, step: MachineStep) {
+        self.machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(step);
     }
 }
