@@ -12,6 +12,8 @@
 //!   queue with a budget per event.
 //! - [`fs`]: virtio-fs (§5.11), a vhost-user frontend whose backend
 //!   (`virtiofsd`) serves the queues.
+//! - [`free_slot`]: a slot with DeviceID 0 (§4.2.2), which the guest
+//!   ignores until a device is put there and bound.
 //!
 //! # Threads
 //!
@@ -49,6 +51,7 @@
 pub mod activation;
 pub mod block;
 pub mod common;
+pub mod free_slot;
 pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
