@@ -13,6 +13,7 @@ use capsa_devices::legacy::{
     Serial, SerialSnapshot, I8042, SERIAL_PORT_BASE, SERIAL_PORT_IRQ, SERIAL_PORT_LEN,
 };
 use capsa_devices::virtio::block::{Block, BlockConfig};
+use capsa_devices::virtio::free_slot::FreeSlot;
 use capsa_devices::virtio::fs::{Fs, DEFAULT_BACKEND_TIMEOUT};
 use capsa_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, Tap};
 use capsa_devices::virtio::rng::Rng;
@@ -281,6 +282,7 @@ pub(crate) fn finish(
         transports: parts.devices.transports.clone(),
         serial: parts.serial,
         host_quirks: quirks,
+        added: Vec::new(),
     };
     let mut vmm = Vmm::new(
         vm,
@@ -326,8 +328,12 @@ impl FatalExit {
     }
 }
 
-/// The disks (in order: `/dev/vda`, `/dev/vdb`, …), the vsock device, the
-/// rng, the virtio-fs shares and the network device.
+/// The vsock device, the rng, the disks (in order: `/dev/vda`,
+/// `/dev/vdb`, …), the virtio-fs shares, the network device, then
+/// `config.free_slots` free slots. The devices every VM of a shape has
+/// come first, so that a template VM's (vsock and rng, then free slots)
+/// keep their slots when a restored VM adds its own after them
+/// (docs/snapshot.md, "Devices added at restore").
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
@@ -336,18 +342,6 @@ fn attach_virtio_devices(
     config: &VmConfig,
     fatal: &FatalExit,
 ) -> Result<(), BuildError> {
-    for (index, disk) in config.disks.iter().enumerate() {
-        let block = Block::new(&BlockConfig {
-            path: disk.path.clone(),
-            read_only: disk.read_only,
-            serial: None,
-        })
-        .map_err(|e| BuildError::Disk {
-            index,
-            message: e.to_string(),
-        })?;
-        devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
-    }
     if let Some(vsock) = &config.vsock {
         let dev = Vsock::new(&VsockDeviceConfig {
             guest_cid: u64::from(vsock.guest_cid),
@@ -359,6 +353,18 @@ fn attach_virtio_devices(
     if config.rng {
         let rng = Rng::new().map_err(BuildError::Rng)?;
         devices.attach_virtio(&vm.fd, mem, event_loop, rng)?;
+    }
+    for (index, disk) in config.disks.iter().enumerate() {
+        let block = Block::new(&BlockConfig {
+            path: disk.path.clone(),
+            read_only: disk.read_only,
+            serial: None,
+        })
+        .map_err(|e| BuildError::Disk {
+            index,
+            message: e.to_string(),
+        })?;
+        devices.attach_virtio(&vm.fd, mem, event_loop, block)?;
     }
     for (index, share) in config.fs.iter().enumerate() {
         let fs_err = |message: String| BuildError::Fs {
@@ -397,6 +403,9 @@ fn attach_virtio_devices(
     }
     if let Some(net) = &config.net {
         devices.attach_virtio(&vm.fd, mem, event_loop, net_device(net)?)?;
+    }
+    for _ in 0..config.free_slots {
+        devices.attach_virtio(&vm.fd, mem, event_loop, FreeSlot)?;
     }
     Ok(())
 }

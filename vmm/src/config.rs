@@ -120,6 +120,20 @@ pub struct VmConfig {
     /// match the snapshot's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<PathBuf>,
+    /// Free virtio-mmio slots announced on the kernel command line after
+    /// the devices (DeviceID 0: the guest leaves them unbound), where a VM
+    /// restored from a snapshot of this one can be given devices of its
+    /// own (docs/snapshot.md, "Devices added at restore"). At most
+    /// [`MAX_FREE_SLOTS`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub free_slots: u8,
+}
+
+/// Upper bound of [`VmConfig::free_slots`].
+pub const MAX_FREE_SLOTS: u8 = 16;
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// When and how to snapshot a running VM.
@@ -419,7 +433,18 @@ impl VmConfig {
             profile: None,
             snapshot: None,
             restore_from: None,
+            free_slots: 0,
         }
+    }
+
+    /// The virtio devices this configuration attaches, free slots not
+    /// counted.
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + self.disks.len()
+            + self.fs.len()
+            + usize::from(self.net.is_some())
     }
 
     /// Parses a JSON configuration. Errors name the field.
@@ -577,12 +602,12 @@ impl VmConfig {
             if dir.as_os_str().is_empty() {
                 return Err(ConfigError::new("restore_from", "is empty"));
             }
-            if !self.fs.is_empty() {
-                return Err(ConfigError::new(
-                    "restore_from",
-                    "a VM with virtio-fs shares cannot be restored from a snapshot (not supported yet)",
-                ));
-            }
+        }
+        if self.free_slots > MAX_FREE_SLOTS {
+            return Err(ConfigError::new(
+                "free_slots",
+                format!("{} is more than {MAX_FREE_SLOTS}", self.free_slots),
+            ));
         }
         Ok(())
     }
@@ -756,7 +781,13 @@ mod tests {
             socket: Some("/x".into()),
             socket_fd: None,
         });
-        assert_eq!(c.validate(1024).unwrap_err().field, "restore_from");
+        assert_eq!(
+            c.validate(1024),
+            Ok(()),
+            "a share can be added at restore, in a free slot"
+        );
+        c.free_slots = MAX_FREE_SLOTS + 1;
+        assert_eq!(c.validate(1024).unwrap_err().field, "free_slots");
         let mut c = VmConfig::new("/k");
         c.snapshot = Some(SnapshotConfig {
             dir: "/s".into(),

@@ -62,6 +62,9 @@ pub(crate) struct Machine {
     pub serial: Option<Arc<Mutex<Serial>>>,
     /// Whether the guest runs with the PVM host workarounds.
     pub host_quirks: bool,
+    /// After a restore: the slots (indexes into `slots`) whose device was
+    /// put in a free slot of the snapshot, which the guest must bind.
+    pub added: Vec<usize>,
 }
 
 /// A snapshot to take: where and what then, and the event that says when.
@@ -107,6 +110,24 @@ impl Vmm {
     /// The devices that a snapshot saves.
     pub(crate) fn set_machine(&mut self, machine: Machine) {
         self.machine = machine;
+    }
+
+    /// Records the devices a restore put in free slots of the snapshot.
+    pub(crate) fn set_added_devices(&mut self, added: Vec<usize>) {
+        self.machine.added = added;
+    }
+
+    /// The Linux platform device names (`virtio-mmio.<N>`, N = the slot's
+    /// place on the kernel command line) of the devices a restore put in
+    /// free slots of the snapshot, in slot order: the guest must bind
+    /// them (`/sys/bus/platform/drivers/virtio-mmio/bind`) to probe them.
+    /// Empty after a cold boot.
+    pub fn added_devices(&self) -> Vec<String> {
+        self.machine
+            .added
+            .iter()
+            .map(|i| format!("virtio-mmio.{i}"))
+            .collect()
     }
 
     /// Takes a snapshot as `config` says: when `evt` is signalled (the

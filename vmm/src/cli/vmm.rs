@@ -123,6 +123,11 @@ pub struct VmmArgs {
     /// device layout.
     #[arg(long, value_name = "DIR")]
     restore_from: Option<PathBuf>,
+    /// Announce N free virtio-mmio slots after the devices, where a VM
+    /// restored from a snapshot of this one can be given its own disks,
+    /// shares and network device (docs/snapshot.md).
+    #[arg(long, value_name = "N")]
+    free_slots: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -196,6 +201,9 @@ impl VmmArgs {
         }
         if self.no_rng {
             config.rng = false;
+        }
+        if let Some(n) = self.free_slots {
+            config.free_slots = n;
         }
         apply_net_flags(&mut config, self.tap, self.tap_fd, self.mac, self.mtu)?;
         if self.agent {

@@ -212,6 +212,75 @@ pub fn restore(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, Memor
     GuestMemoryMmap::from_regions(regions).map_err(|e| io(&e))
 }
 
+/// Restores the memory of a snapshot in `dir` into a new memfd (the
+/// layout of [`crate::vstate::memory::create`]), mapped shared, for a VM
+/// whose memory a vhost-user backend must map too (virtio-fs): a private
+/// mapping of the snapshot's file would show the backend the snapshot's
+/// pages, not this VM's. Only the file's data extents are copied (its
+/// holes are zero pages, as a new memfd's are), so the cost follows the
+/// pages the snapshotted guest had written, not its RAM size.
+pub fn restore_shared(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, MemoryFileError> {
+    check_layout(state)?;
+    let path = dir.join(MEMORY_FILE);
+    let io = |e: &dyn std::fmt::Display| MemoryFileError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = File::open(&path).map_err(|e| io(&e))?;
+    let total = state.total();
+    let len = file.metadata().map_err(|e| io(&e))?.len();
+    if len < total {
+        return Err(io(&format!(
+            "{len} bytes, the snapshot's guest memory is {total} bytes (truncated?)"
+        )));
+    }
+    let mem = crate::vstate::memory::create(total).map_err(|e| io(&e))?;
+    let memfd = mem
+        .iter()
+        .next()
+        .and_then(|r| r.file_offset())
+        .map(|f| f.file().try_clone())
+        .ok_or_else(|| io(&"guest memory has no file"))?
+        .map_err(|e| io(&e))?;
+    let mut buf = vec![0u8; CHUNK];
+    for (start, end) in data_extents(&file, total).map_err(|e| io(&e))? {
+        let mut at = start;
+        while at < end {
+            let n = usize::try_from(end - at).unwrap_or(CHUNK).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], at).map_err(|e| io(&e))?;
+            memfd
+                .write_all_at(&buf[..n], at)
+                .map_err(|e| io(&format!("copying into guest memory: {e}")))?;
+            at += n as u64;
+        }
+    }
+    Ok(mem)
+}
+
+/// The data extents of `file` below `limit` (`SEEK_DATA`/`SEEK_HOLE`),
+/// as `(start, end)` byte offsets; a file system without holes reports
+/// the whole file as data.
+fn data_extents(file: &File, limit: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut extents = Vec::new();
+    let mut at: u64 = 0;
+    while at < limit {
+        let offset = i64::try_from(at).map_err(std::io::Error::other)?;
+        let start = match lseek(file, offset, Whence::SeekData) {
+            Ok(s) => s as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if start >= limit {
+            break;
+        }
+        let end = lseek(file, start as i64, Whence::SeekHole).map_err(std::io::Error::from)? as u64;
+        extents.push((start, end.min(limit)));
+        at = end;
+    }
+    Ok(extents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +308,21 @@ mod tests {
             0xbeef
         );
         back.write_obj(1u64, GuestAddress(0x3000)).unwrap();
+        let shared = restore_shared(dir.path(), &state).unwrap();
+        assert_eq!(
+            shared.read_obj::<u64>(GuestAddress(0x3000)).unwrap(),
+            0xfeed
+        );
+        assert_eq!(
+            shared
+                .read_obj::<u64>(GuestAddress((64 << 20) - 8))
+                .unwrap(),
+            0xbeef
+        );
+        assert!(
+            shared.iter().all(|r| r.file_offset().is_some()),
+            "a memfd a vhost-user backend can map"
+        );
         let again = restore(dir.path(), &state).unwrap();
         assert_eq!(
             again.read_obj::<u64>(GuestAddress(0x3000)).unwrap(),

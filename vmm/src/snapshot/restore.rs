@@ -7,6 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use capsa_devices::boot_timer::BootMark;
+use capsa_devices::virtio::free_slot::FREE_SLOT_DEVICE_ID;
 use capsa_devices::virtio::{self, persist::TransportState};
 
 use super::{Snapshot, SnapshotError};
@@ -38,6 +39,7 @@ pub fn restore_microvm(
 ) -> Result<(Vmm, Receiver<BootMark>), BuildError> {
     let snap = snapshot::load(dir)?;
     let mut config = config.clone();
+    config.free_slots = free_slots_left(&config, &snap)?;
     config.vcpus = snap.vcpus.len() as u8;
     config.memory_mib = u32::try_from(snap.memory.total() >> 20).unwrap_or(u32::MAX);
     config.validate(config::host_memory_mib().map_err(BuildError::HostMemory)?)?;
@@ -52,7 +54,14 @@ pub fn restore_microvm(
         .into());
     }
     let vm = Vm::new()?;
-    let mem = snapshot::memory::restore(dir, &snap.memory).map_err(SnapshotError::from)?;
+    // A vhost-user backend maps guest memory from its descriptor: it must
+    // see this VM's pages, so they are copied into a memfd of its own.
+    let mem = if config.fs.is_empty() {
+        snapshot::memory::restore(dir, &snap.memory)
+    } else {
+        snapshot::memory::restore_shared(dir, &snap.memory)
+    }
+    .map_err(SnapshotError::from)?;
     memory::register(&vm.fd, &mem)?;
     let parts = attach_devices(&vm, &mem, &config, start, snap.serial.as_ref())?;
     if parts.serial.is_some() != snap.serial.is_some() {
@@ -62,7 +71,7 @@ pub fn restore_microvm(
             "the serial console differs from the snapshot's: the guest's console writes go nowhere, or its UART starts from power-on"
         );
     }
-    check_device_layout(&parts.devices, &snap)?;
+    let added = check_device_layout(&parts.devices, &snap)?;
     snapshot::vm::restore(&vm.fd, &snap.vm).map_err(SnapshotError::from)?;
     let vcpus = snap
         .vcpus
@@ -77,6 +86,11 @@ pub fn restore_microvm(
         .zip(&snap.virtio)
         .enumerate()
     {
+        if saved.transport.device_type == FREE_SLOT_DEVICE_ID {
+            // A free slot, or a device added in one: the guest never
+            // bound it, so it starts from power-on.
+            continue;
+        }
         lock(t)
             .restore_state(&saved.transport)
             .map_err(|e| device_error(i, &saved.transport, e.to_string()))?;
@@ -84,16 +98,37 @@ pub fn restore_microvm(
     tracing::info!(
         dir = %dir.display(),
         elapsed_us = start.elapsed().as_micros() as u64,
+        added = ?added,
         "VM restored from snapshot"
     );
-    finish(vm, mem, vcpus, parts, &config, start, quirks)
+    let (mut vmm, marks) = finish(vm, mem, vcpus, parts, &config, start, quirks)?;
+    vmm.set_added_devices(added);
+    Ok((vmm, marks))
+}
+
+/// How many of the snapshot's free slots (DeviceID 0) stay free once the
+/// devices of `config` are placed: the snapshot's own devices first, then
+/// those it has not, in free slots.
+fn free_slots_left(config: &VmConfig, snap: &Snapshot) -> Result<u8, BuildError> {
+    let wanted = config.virtio_device_count();
+    let slots = snap.virtio.len();
+    let free = slots.checked_sub(wanted).ok_or_else(|| {
+        SnapshotError::Device(format!(
+            "the command line has {wanted} virtio devices, the snapshot {slots} slots (free ones included): the devices do not fit"
+        ))
+    })?;
+    Ok(u8::try_from(free).unwrap_or(u8::MAX))
 }
 
 /// The snapshot's virtio devices must be the command line's: the same
 /// kind at the same slot and IRQ, as many (each is checked again by its
-/// transport).
-fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<(), BuildError> {
+/// transport); a free slot of the snapshot may hold any device of the
+/// command line. Returns the slots (indexes in command-line order) whose
+/// device was added in a free slot: the guest binds them
+/// (docs/snapshot.md, "Devices added at restore").
+fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<Vec<usize>, BuildError> {
     let count = devices.virtio_devices.len().max(snap.virtio.len());
+    let mut added = Vec::new();
     for i in 0..count {
         let here = devices
             .virtio_devices
@@ -101,17 +136,23 @@ fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<(), B
             .zip(devices.transports.get(i))
             .map(|(slot, t)| (slot, lock(t).device_type()));
         let why = match (snap.virtio.get(i), here) {
-            (Some(saved), Some((slot, kind))) if kind != saved.transport.device_type => format!(
-                "the command line has a {} in its place (slot {:#x}): the device layout must match",
-                device_kind(kind),
-                slot.base
-            ),
             (Some(saved), Some((slot, _))) if (slot.base, slot.irq) != (saved.base, saved.irq) => {
                 format!(
                     "was at {:#x} IRQ {} in the snapshot, the command line puts it at {:#x} IRQ {}",
                     saved.base, saved.irq, slot.base, slot.irq
                 )
             }
+            (Some(saved), Some((_, kind))) if saved.transport.device_type == FREE_SLOT_DEVICE_ID => {
+                if kind != FREE_SLOT_DEVICE_ID {
+                    added.push(i);
+                }
+                continue;
+            }
+            (Some(saved), Some((slot, kind))) if kind != saved.transport.device_type => format!(
+                "the command line has a {} in its place (slot {:#x}): the device layout must match",
+                device_kind(kind),
+                slot.base
+            ),
             (Some(_), Some(_)) => continue,
             (Some(_), None) => "is in the snapshot but not on the command line".into(),
             (None, Some((_, kind))) => {
@@ -125,7 +166,7 @@ fn check_device_layout(devices: &DeviceManager, snap: &Snapshot) -> Result<(), B
         };
         return Err(device_error(i, &snap.virtio[i].transport, why));
     }
-    Ok(())
+    Ok(added)
 }
 
 fn device_kind(device_type: u32) -> &'static str {
@@ -135,6 +176,7 @@ fn device_kind(device_type: u32) -> &'static str {
         virtio::device_type::RNG => "virtio-rng",
         virtio::device_type::VSOCK => "virtio-vsock",
         virtio::device_type::FS => "virtio-fs",
+        FREE_SLOT_DEVICE_ID => "free slot",
         _ => "virtio device",
     }
 }
