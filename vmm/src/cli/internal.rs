@@ -54,3 +54,42 @@ pub fn exec_process(g: &GlobalArgs, args: ExecProcessArgs) -> anyhow::Result<u8>
         }
     }
 }
+
+/// Flags of `build-template`.
+#[derive(Debug, clap::Args)]
+pub struct BuildTemplateArgs {
+    /// vCPUs of the containers that will start from it.
+    #[arg(long, default_value_t = capsa_vmm::config::DEFAULT_VCPUS)]
+    pub vcpus: u8,
+    /// Guest RAM of those containers, MiB: 512 without a memory limit, a
+    /// limit of L MiB gives L + 32 + L/64 (docs/runtime.md, "The machine").
+    #[arg(long, default_value_t = capsa_vmm::runtime::vm_spec::DEFAULT_CONTAINER_MEMORY_MIB)]
+    pub memory_mib: u32,
+    /// Whether the guest runs with the PVM host workarounds (default: as
+    /// this host needs).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub host_quirks: Option<String>,
+    /// Give up at once when another builder is at work (the default is to
+    /// wait for it).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// Builds the VM template of one shape (docs/runtime.md, "Warm starts").
+pub fn build_template(args: BuildTemplateArgs) -> anyhow::Result<u8> {
+    use capsa_vmm::runtime::template::{self, Shape, Shipped};
+    let shipped = Shipped::locate()?;
+    let shape = Shape {
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        host_quirks: match args.host_quirks.as_deref() {
+            Some(v) => v == "on",
+            None => capsa_vmm::pvm::is_pvm_host(),
+        },
+    };
+    match template::build(&shipped, shape, !args.no_wait)? {
+        Some(dir) => println!("{}", dir.display()),
+        None => println!("another builder is at work on it"),
+    }
+    Ok(0)
+}

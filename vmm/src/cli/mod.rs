@@ -121,6 +121,9 @@ pub enum Command {
     Resume(pause::PauseArgs),
     /// Create and start a container, wait for it, and exit with its status.
     Run(run::RunArgs),
+    /// Build the VM template that containers of one shape (vCPUs,
+    /// memory) start from; `create` builds missing ones in the background.
+    BuildTemplate(internal::BuildTemplateArgs),
     /// The per-container VMM process (started by `create`).
     #[command(hide = true)]
     VmmProcess(internal::VmmProcessArgs),
@@ -185,6 +188,7 @@ pub fn run(cli: Cli, start: Instant) -> anyhow::Result<u8> {
         Command::Pause(args) => pause::pause(g, args),
         Command::Resume(args) => pause::resume(g, args),
         Command::Run(args) => run::run(g, args),
+        Command::BuildTemplate(args) => internal::build_template(args),
         Command::VmmProcess(args) => internal::vmm_process(args, start),
         Command::ExecProcess(args) => internal::exec_process(g, args),
     }

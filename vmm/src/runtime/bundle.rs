@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 
 use super::state::RuntimeType;
-use super::{Result, RuntimeError, ROOTFS_ANNOTATION, RUNTIME_ANNOTATION};
+use super::{Result, RuntimeError, BOOT_ANNOTATION, ROOTFS_ANNOTATION, RUNTIME_ANNOTATION};
 
 /// A bundle whose `config.json` parsed and validated.
 #[derive(Debug, Clone)]
@@ -24,6 +24,40 @@ pub struct Bundle {
     /// How a VM container's rootfs reaches the guest, from the annotation
     /// `io.capsa.rootfs`.
     pub rootfs_transport: RootfsTransport,
+    /// How a VM container's guest starts, from the annotation
+    /// `io.capsa.boot`.
+    pub boot: BootMode,
+}
+
+/// How a VM container's guest starts (annotation `io.capsa.boot`;
+/// docs/runtime.md § "Warm starts").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BootMode {
+    /// `warm` (default): restored from the template of its shape when
+    /// one is ready, else booted cold (the log says why).
+    #[default]
+    Warm,
+    /// `cold`: always boots its kernel.
+    Cold,
+}
+
+/// Reads the boot mode of a bundle.
+pub fn boot_mode(spec: &Spec, dir: &Path) -> Result<BootMode> {
+    let value = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(BOOT_ANNOTATION));
+    match value.map(String::as_str) {
+        None | Some("warm") => Ok(BootMode::Warm),
+        Some("cold") => Ok(BootMode::Cold),
+        Some(other) => Err(err(
+            dir,
+            format!(
+                "annotations.\"{BOOT_ANNOTATION}\": unknown boot mode {other:?} \
+                 (expected \"cold\" or \"warm\")"
+            ),
+        )),
+    }
 }
 
 /// How the rootfs directory reaches the guest (annotation
@@ -118,9 +152,9 @@ impl Bundle {
         }
         let spec = load_spec(&dir)?;
         let runtime = runtime_type(&spec, &dir)?;
-        let rootfs_transport = match runtime {
-            RuntimeType::Vm => rootfs_transport(&spec, &dir)?,
-            RuntimeType::Process => RootfsTransport::default(),
+        let (rootfs_transport, boot) = match runtime {
+            RuntimeType::Vm => (rootfs_transport(&spec, &dir)?, boot_mode(&spec, &dir)?),
+            RuntimeType::Process => Default::default(),
         };
         let root = spec
             .root()
@@ -163,6 +197,7 @@ impl Bundle {
             rootfs,
             runtime,
             rootfs_transport,
+            boot,
         };
         bundle.resolve_user()?;
         Ok(bundle)
@@ -305,6 +340,28 @@ mod tests {
         let e = b.unwrap_err().to_string();
         assert!(
             e.contains("annotations.\"io.capsa.rootfs\"") && e.contains("\"nfs\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn boot_annotation() {
+        let with = |v: &str| {
+            OK.replace(
+                r#""ociVersion""#,
+                &format!(r#""annotations":{{"io.capsa.boot":"{v}"}},"ociVersion""#),
+            )
+        };
+        let (_d, b) = bundle_with(OK);
+        assert_eq!(b.unwrap().boot, BootMode::Warm);
+        let (_d, b) = bundle_with(&with("cold"));
+        assert_eq!(b.unwrap().boot, BootMode::Cold);
+        let (_d, b) = bundle_with(&with("warm"));
+        assert_eq!(b.unwrap().boot, BootMode::Warm);
+        let (_d, b) = bundle_with(&with("fast"));
+        let e = b.unwrap_err().to_string();
+        assert!(
+            e.contains("annotations.\"io.capsa.boot\"") && e.contains("\"fast\""),
             "{e}"
         );
     }

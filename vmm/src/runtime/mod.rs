@@ -22,6 +22,7 @@
 //!   a `create` started, recorded before readiness;
 //! - [`stdio`] and [`console`]: relaying the caller's stdio or a pty to the
 //!   guest process's streams;
+//! - [`template`]: VM templates, the snapshots warm starts restore;
 //! - [`spawn`]: re-executing `capsa` as a helper that reports readiness;
 //! - [`virtiofsd`]: the virtio-fs backend serving a container's rootfs and
 //!   bind mounts;
@@ -43,6 +44,7 @@ pub mod signal;
 pub mod spawn;
 pub mod state;
 pub mod stdio;
+pub mod template;
 pub mod virtiofsd;
 pub mod vm;
 pub mod vm_spec;
@@ -56,6 +58,11 @@ pub const RUNTIME_ANNOTATION: &str = "io.capsa.runtime";
 /// Annotation that picks how a VM container's rootfs reaches the guest
 /// (`virtiofs`, the default, or `block`; see [`bundle::RootfsTransport`]).
 pub const ROOTFS_ANNOTATION: &str = "io.capsa.rootfs";
+
+/// Annotation that picks how a VM container's guest starts (`warm`, the
+/// default: from a template when one is ready; `cold`; see
+/// [`bundle::BootMode`]).
+pub const BOOT_ANNOTATION: &str = "io.capsa.boot";
 
 /// Default state root (as runc's `/run/runc`).
 pub const DEFAULT_ROOT: &str = "/run/capsa";

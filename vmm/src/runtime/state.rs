@@ -244,6 +244,10 @@ pub struct VmRecord {
     pub init_process_id: ProcessId,
     /// The hybrid vsock socket (host path).
     pub vsock: PathBuf,
+    /// The template the VM was restored from (a warm start; see
+    /// [`crate::runtime::template`]); `None` when it booted cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PathBuf>,
 }
 
 /// A jailed VMM process.
@@ -542,6 +546,7 @@ mod tests {
             jail: None,
             init_process_id: 1,
             vsock: PathBuf::new(),
+            template: None,
         };
         let c = Container {
             dir: dir.path().to_owned(),

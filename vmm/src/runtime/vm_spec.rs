@@ -385,6 +385,9 @@ pub struct Machine {
     /// The engine's interface carried into the guest, on the TAP the VMM
     /// process inherits.
     pub network: Option<GuestNetwork>,
+    /// The template to restore the VM from (a warm start; see
+    /// [`crate::runtime::template`]), or `None` to boot the kernel.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Machine {
@@ -415,6 +418,7 @@ impl Machine {
         });
         config.host_quirks = self.host_quirks;
         config.serial_log = Some(self.console_log.clone());
+        config.restore_from = self.restore_from.clone();
         config.fs = self
             .fs_socket_fd
             .map(|fd| FsConfig {
@@ -632,6 +636,7 @@ mod tests {
             console_fd: None,
             fs_socket_fd,
             network: None,
+            restore_from: None,
         }
     }
 

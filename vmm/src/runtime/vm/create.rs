@@ -2,7 +2,9 @@
 //!
 //! 1. [`VmSpec::from_bundle`]: what the bundle asks for (vCPUs, memory,
 //!    process, mounts);
-//! 2. [`ShippedFiles::locate`]: the guest kernel and the agent's initramfs;
+//! 2. [`Shipped::locate`]: the guest kernel and the agent's initramfs,
+//!    and [`template::choose`]: a warm start from the template of the VM's
+//!    shape, or a cold boot (and why);
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
@@ -44,6 +46,7 @@ use crate::runtime::id_lock::LaunchRecord;
 use crate::runtime::jail::{self, Jail};
 use crate::runtime::network::{self, HostNetwork, NetworkMode};
 use crate::runtime::state::{self, Container, JailRecord, Record, RuntimeRecord, VmRecord};
+use crate::runtime::template::{self, Shipped};
 use crate::runtime::virtiofsd::{self, Share};
 use crate::runtime::vm_spec::{DiskRole, Machine, MachineDisk, VmSpec, ROOTFS_ENTRY};
 use crate::runtime::vmm_process::{VmmReady, OOM_MARK};
@@ -67,11 +70,25 @@ fn vmm_file_size_limit(memory_mib: u32) -> u64 {
 pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Result<Child> {
     let spec = VmSpec::from_bundle(bundle)?;
     let cgroup = host_cgroup(id, bundle, &spec, opts)?;
-    let shipped = ShippedFiles::locate()?;
+    let shipped = Shipped::locate()?;
+    let host_quirks = crate::pvm::is_pvm_host();
+    let start = template::choose(
+        bundle.boot,
+        &shipped,
+        template::Shape {
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            host_quirks,
+        },
+    );
+    match &start {
+        template::Choice::Warm(t) => tracing::info!(template = %t.display(), "warm start"),
+        template::Choice::Cold(why) => tracing::info!("cold boot: {why}"),
+    }
     let mut placement = Placement::new(dir, id)?;
     placement.relay_oom_to(bundle);
     let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts, &cgroup)?;
-    let machine = plan_machine(&shipped, &resources, &mut placement);
+    let machine = plan_machine(&shipped, host_quirks, &start, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
     let vsock = placement.vsock.clone();
@@ -88,7 +105,17 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     // the network setup stays only if the container is recorded.
     let mut network = resources.network.take();
     drop(resources);
-    let child = record_state(id, bundle, dir, vmm, ready, vsock, opts.pid_file.as_deref())?;
+    let template = match start {
+        template::Choice::Warm(t) => Some(t),
+        template::Choice::Cold(_) => None,
+    };
+    let launched = Launched {
+        vmm,
+        ready,
+        vsock,
+        template,
+    };
+    let child = record_state(id, bundle, dir, launched, opts.pid_file.as_deref())?;
     if let Some(n) = network.as_mut() {
         n.keep();
     }
@@ -133,26 +160,6 @@ fn host_cgroup(
         path,
         limits: Limits::for_vm(spec.memory_mib, cpu),
     })
-}
-
-/// The files capsa ships that every VM boots from, as host paths.
-struct ShippedFiles {
-    kernel: PathBuf,
-    initramfs: PathBuf,
-}
-
-impl ShippedFiles {
-    /// Finds the guest kernel and the agent, and packs the agent as an
-    /// initramfs (cached by content).
-    fn locate() -> Result<ShippedFiles> {
-        let kernel = crate::install::kernel().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        let agent =
-            crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
-        let cache = crate::guest_agent::cache_dir().join("initramfs");
-        let initramfs = crate::guest_agent::initramfs(&agent, &cache)
-            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
-        Ok(ShippedFiles { kernel, initramfs })
-    }
 }
 
 /// Where the VMM process runs and keeps its files.
@@ -331,7 +338,9 @@ impl HostResources {
 /// The machine as the VMM will see it: the shipped files and the host
 /// resources at their paths in its jail.
 fn plan_machine(
-    shipped: &ShippedFiles,
+    shipped: &Shipped,
+    host_quirks: bool,
+    start: &template::Choice,
     resources: &HostResources,
     placement: &mut Placement,
 ) -> Machine {
@@ -345,7 +354,7 @@ fn plan_machine(
         console_log: placement.inside("console.log"),
         // Decided here: the jailed VMM sees neither /sys nor the host's
         // modules, so it could not detect a PVM host itself.
-        host_quirks: if crate::pvm::is_pvm_host() {
+        host_quirks: if host_quirks {
             HostQuirks::On
         } else {
             HostQuirks::Off
@@ -353,6 +362,10 @@ fn plan_machine(
         console_fd: resources.console.as_ref().map(AsRawFd::as_raw_fd),
         fs_socket_fd: resources.virtiofsd.as_ref().map(|v| v.conn.as_raw_fd()),
         network: resources.network.as_ref().map(HostNetwork::guest),
+        restore_from: match start {
+            template::Choice::Warm(dir) => Some(placement.read_only(dir, "template")),
+            template::Choice::Cold(_) => None,
+        },
     }
 }
 
@@ -501,17 +514,31 @@ fn start_vmm(
     Ok((guard, ready))
 }
 
+/// The VMM process `create` started, once it reported readiness.
+struct Launched {
+    vmm: VmmGuard,
+    ready: VmmReady,
+    /// The hybrid vsock socket (host path).
+    vsock: PathBuf,
+    /// The template its VM was restored from, if any.
+    template: Option<PathBuf>,
+}
+
 /// Writes the container's `state.json` and `--pid-file`, then commits the
 /// VMM process: from here on it is the container.
 fn record_state(
     id: &str,
     bundle: &Bundle,
     dir: &Path,
-    vmm: VmmGuard,
-    ready: VmmReady,
-    vsock: PathBuf,
+    launched: Launched,
     pid_file: Option<&Path>,
 ) -> Result<Child> {
+    let Launched {
+        vmm,
+        ready,
+        vsock,
+        template,
+    } = launched;
     let launcher = vmm.launcher().ok_or_else(|| {
         RuntimeError::Failed("the VMM process ended before the container was created".into())
     })?;
@@ -523,6 +550,7 @@ fn record_state(
         jail,
         init_process_id: ready.init_process_id,
         vsock,
+        template,
     };
     let container = Container {
         dir: dir.to_owned(),

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capsa_agent::client::{Client, HybridVsockConnector, Notification};
-use capsa_agent::protocol::CreateParams;
+use capsa_agent::protocol::{CreateParams, NewMachineParams};
 
 pub use inputs::{VmmInputs, VmmReady};
 
@@ -47,9 +47,71 @@ struct Controller {
     vsock: PathBuf,
     console_log: Option<PathBuf>,
     container: CreateParams,
+    /// After a restore from a template: what makes the guest a new
+    /// machine before the container is created.
+    new_machine: Option<NewMachine>,
     console_fd: Option<i32>,
     status: Arc<Mutex<Option<i32>>>,
     vm_ended: Arc<AtomicBool>,
+}
+
+/// What a guest restored from a template gets before `create`: fresh
+/// entropy, and the devices put in the template's free slots, to bind.
+struct NewMachine {
+    entropy: [u8; 64],
+    devices: Vec<String>,
+}
+
+impl NewMachine {
+    /// What a VM restored from a template (`config.restore_from`) needs:
+    /// entropy read here, before the threads' seccomp filters
+    /// (`getrandom(2)`), and the devices the restore added. `None` after a
+    /// cold boot.
+    fn plan(
+        config: &crate::config::VmConfig,
+        vmm: &crate::vmm::Vmm,
+    ) -> Result<Option<NewMachine>, String> {
+        if config.restore_from.is_none() {
+            return Ok(None);
+        }
+        let mut entropy = [0u8; 64];
+        fill_random(&mut entropy)
+            .map_err(|e| format!("cannot read entropy for the restored guest: {e}"))?;
+        Ok(Some(NewMachine {
+            entropy,
+            devices: vmm.added_devices(),
+        }))
+    }
+
+    /// The `new_machine` call, with the host's clock now.
+    fn params(&self) -> NewMachineParams {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        NewMachineParams {
+            realtime_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+            entropy: self.entropy.iter().map(|b| format!("{b:02x}")).collect(),
+            devices: self.devices.clone(),
+        }
+    }
+}
+
+/// Fills `buf` from the host kernel's CSPRNG (`getrandom(2)`).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most `buf.len() - done` bytes into `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
 }
 
 /// Runs the VMM process for the container whose VMM files are in `dir`;
@@ -81,11 +143,19 @@ pub fn run(dir: &Path, start: Instant) -> u8 {
             return 1;
         }
     };
+    let new_machine = match NewMachine::plan(&inputs.vm, &vmm) {
+        Ok(m) => m,
+        Err(e) => {
+            ready.fail(&e);
+            return 1;
+        }
+    };
     let controller = Controller {
         dir: dir.to_owned(),
         vsock,
         console_log: inputs.vm.serial_log.clone(),
         container: inputs.container,
+        new_machine,
         console_fd: inputs.console_fd,
         status: Arc::new(Mutex::new(None)),
         vm_ended: Arc::new(AtomicBool::new(false)),
@@ -196,6 +266,10 @@ impl Controller {
         let connector = HybridVsockConnector::new(&self.vsock);
         let client = Arc::new(self.connect(&connector, ready)?);
         client.set_timeout(Some(Duration::from_secs(60)));
+        if let Some(m) = &self.new_machine {
+            let bound = client.new_machine(&m.params())?;
+            tracing::info!(devices = ?bound.bound, "the restored guest is a new machine");
+        }
         let created = client.create(&self.container)?;
         let init = created.process_id;
         let relays = self.attach(&connector, &client, &created.streams, init)?;

@@ -1,0 +1,451 @@
+//! VM templates: warm starts (docs/runtime.md § "Warm starts").
+//!
+//! A template is a snapshot (docs/snapshot.md) of a VM of one *shape*
+//! (vCPUs, memory, host kind) booted from the shipped kernel and agent to
+//! "agent ready", with no container in it: a vsock device, a virtio-rng
+//! and [`FREE_SLOTS`] free virtio-mmio slots. `create` restores a
+//! container's VM from the template of its shape and puts the container's
+//! disks, virtio-fs share and network device in the free slots; the agent
+//! binds them and makes the guest a new machine (fresh entropy, the
+//! host's clock) before it creates the container.
+//!
+//! Templates live in `<cache>/templates/<shape>-<key>/`, where the key
+//! hashes what the snapshot depends on: the kernel and the capsa binary
+//! (by file identity: path, device, inode, size, modification time), the agent's
+//! initramfs (by content: its name is its hash), the shape and the number
+//! of free slots. `create` never waits for one: when the template of its
+//! shape is missing or unusable it starts a detached builder
+//! (`capsa build-template`) and boots cold, logging why. Builders take a
+//! lock per template and one for all (one template boot at a time, at
+//! the lowest CPU priority), build into a temporary directory and rename
+//! it into place; a template that fails its checks is removed and built
+//! again.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    HostQuirks, SnapshotConfig, SnapshotThen, SnapshotWhen, VmConfig, VsockConfig,
+    DEFAULT_GUEST_CID,
+};
+use crate::runtime::bundle::BootMode;
+use crate::runtime::{Result, RuntimeError};
+use crate::snapshot;
+
+/// Free virtio-mmio slots of a template: room for a container's rootfs
+/// disk, its bind-mount disk, its virtio-fs share and its network device,
+/// and two more.
+pub const FREE_SLOTS: u8 = 6;
+
+/// Environment variable that turns templates off for a process
+/// (`CAPSA_TEMPLATES=off`): every container it creates boots cold.
+pub const TEMPLATES_ENV: &str = "CAPSA_TEMPLATES";
+
+/// A file of this name in the templates directory turns templates off for
+/// the whole host (`touch <cache>/templates/off`).
+pub const OFF_FILE: &str = "off";
+
+/// How long a builder lets a template VM boot before giving up.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What a template depends on besides the shipped files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM, MiB.
+    pub memory_mib: u32,
+    /// Whether the guest runs with the PVM host workarounds.
+    pub host_quirks: bool,
+}
+
+/// The files a template boots from, as host paths.
+#[derive(Debug, Clone)]
+pub struct Shipped {
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The agent's initramfs.
+    pub initramfs: PathBuf,
+}
+
+impl Shipped {
+    /// Finds the guest kernel and the agent, and packs the agent as an
+    /// initramfs (cached by content).
+    pub fn locate() -> Result<Shipped> {
+        let kernel = crate::install::kernel().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let agent =
+            crate::guest_agent::locate().map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let cache = crate::guest_agent::cache_dir().join("initramfs");
+        let initramfs = crate::guest_agent::initramfs(&agent, &cache)
+            .map_err(|e| RuntimeError::io("cannot build the agent initramfs", e))?;
+        Ok(Shipped { kernel, initramfs })
+    }
+}
+
+/// Whether a container starts warm, and from which template.
+#[derive(Debug)]
+pub enum Choice {
+    /// Restore from the template in this directory.
+    Warm(PathBuf),
+    /// Boot cold, for this reason (logged by the caller).
+    Cold(String),
+}
+
+/// The directory of all templates: `<cache>/templates`.
+pub fn root() -> PathBuf {
+    crate::guest_agent::cache_dir().join("templates")
+}
+
+/// Why templates are off for this host or process, if they are.
+fn disabled() -> Option<String> {
+    if std::env::var(TEMPLATES_ENV).is_ok_and(|v| v == "off") {
+        return Some(format!("{TEMPLATES_ENV}=off"));
+    }
+    let off = root().join(OFF_FILE);
+    off.exists()
+        .then(|| format!("templates are off for this host ({} exists)", off.display()))
+}
+
+/// Picks how a container of `shape` starts: from its template when the
+/// bundle allows (`io.capsa.boot`), templates are on and the template is
+/// ready and passes its checks. Otherwise cold, with the reason; a missing
+/// or unusable template is (re)built in the background.
+pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape) -> Choice {
+    if boot == BootMode::Cold {
+        return Choice::Cold("the bundle asks for it (io.capsa.boot=cold)".into());
+    }
+    if let Some(why) = disabled() {
+        return Choice::Cold(why);
+    }
+    let dir = match template_dir(shipped, shape) {
+        Ok(d) => d,
+        Err(e) => return Choice::Cold(format!("cannot name the template: {e}")),
+    };
+    if !dir.exists() {
+        let started = start_builder(shape);
+        return Choice::Cold(format!(
+            "no template of this shape ({} vCPUs, {} MiB) yet{}",
+            shape.vcpus,
+            shape.memory_mib,
+            describe_builder(started)
+        ));
+    }
+    match check(&dir, shape) {
+        Ok(()) => Choice::Warm(dir),
+        Err(why) => {
+            // Never used again: moved aside first, so that no other
+            // `create` picks it while it is removed.
+            let trash = dir.with_extension(format!("bad.{}", std::process::id()));
+            if std::fs::rename(&dir, &trash).is_ok() {
+                let _ = std::fs::remove_dir_all(&trash);
+            }
+            let started = start_builder(shape);
+            Choice::Cold(format!(
+                "the template {} is unusable ({why}); removed{}",
+                dir.display(),
+                describe_builder(started)
+            ))
+        }
+    }
+}
+
+fn describe_builder(started: std::io::Result<()>) -> String {
+    match started {
+        Ok(()) => "; building it in the background".into(),
+        Err(e) => format!("; cannot start a builder: {e}"),
+    }
+}
+
+/// Checks the template in `dir` as a restore would, without the costly
+/// parts: its state file (header, format version, checksum, bounds), that
+/// it is of `shape` with [`FREE_SLOTS`] free slots, and that its memory
+/// file holds all of guest RAM.
+pub fn check(dir: &Path, shape: Shape) -> std::result::Result<(), String> {
+    let snap = snapshot::load(dir).map_err(|e| e.to_string())?;
+    if snap.vcpus.len() != usize::from(shape.vcpus)
+        || snap.memory.total() != u64::from(shape.memory_mib) << 20
+        || snap.host_quirks != shape.host_quirks
+    {
+        return Err(format!(
+            "its VM has {} vCPUs and {} MiB, not {} and {}",
+            snap.vcpus.len(),
+            snap.memory.total() >> 20,
+            shape.vcpus,
+            shape.memory_mib
+        ));
+    }
+    let free = snap
+        .virtio
+        .iter()
+        .filter(|d| {
+            d.transport.device_type == capsa_devices::virtio::free_slot::FREE_SLOT_DEVICE_ID
+        })
+        .count();
+    if free != usize::from(FREE_SLOTS) {
+        return Err(format!("{free} free slots, not {FREE_SLOTS}"));
+    }
+    let memory = dir.join(snapshot::memory::MEMORY_FILE);
+    let len = std::fs::metadata(&memory)
+        .map_err(|e| format!("{}: {e}", memory.display()))?
+        .len();
+    if len < snap.memory.total() {
+        return Err(format!(
+            "{}: {len} bytes, guest memory is {} (truncated?)",
+            memory.display(),
+            snap.memory.total()
+        ));
+    }
+    Ok(())
+}
+
+/// `<root>/<vcpus>c-<memory>m-<key>`, where the key hashes what the
+/// template depends on.
+pub fn template_dir(shipped: &Shipped, shape: Shape) -> std::io::Result<PathBuf> {
+    let mut h = Sha256::new();
+    h.update(b"capsa template 1\n");
+    h.update(format!(
+        "snapshot format {}\ncapsa {}\nfree slots {FREE_SLOTS}\nshape {} {} {}\n",
+        snapshot::format::VERSION_MAJOR,
+        env!("CARGO_PKG_VERSION"),
+        shape.vcpus,
+        shape.memory_mib,
+        shape.host_quirks,
+    ));
+    for path in [
+        Path::new("/proc/self/exe"),
+        shipped.kernel.as_path(),
+        shipped.initramfs.as_path(),
+    ] {
+        h.update(identity(path)?);
+    }
+    let key: String = h.finalize()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(root().join(format!("{}c-{}m-{key}", shape.vcpus, shape.memory_mib)))
+}
+
+/// A file's identity: where it is and which version of it (a replaced
+/// file has another inode, a rewritten one another modification time).
+/// Not its change time: the jail hard-links the capsa binary, which
+/// changes that.
+fn identity(path: &Path) -> std::io::Result<String> {
+    let real = std::fs::canonicalize(path)?;
+    let m = std::fs::metadata(&real)?;
+    Ok(format!(
+        "{} {} {} {} {}.{}\n",
+        real.display(),
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+    ))
+}
+
+/// Starts `capsa build-template` for `shape`, detached (its own session,
+/// stdio on its log in the templates directory), at the lowest CPU
+/// priority, out of the caller's cgroup when it can be moved to the root
+/// one (so that an engine removing the container's scope does not end
+/// it). Does not wait.
+fn start_builder(shape: Shape) -> std::io::Result<()> {
+    let root = root();
+    std::fs::create_dir_all(&root)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("build.log"))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args([
+        "build-template",
+        "--no-wait",
+        "--vcpus",
+        &shape.vcpus.to_string(),
+        "--memory-mib",
+        &shape.memory_mib.to_string(),
+        "--host-quirks",
+        if shape.host_quirks { "on" } else { "off" },
+    ])
+    .stdin(Stdio::null())
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    // SAFETY: setsid and setpriority are async-signal-safe and touch
+    // only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Best effort: a builder left in an engine's scope may be killed with
+    // it; the next `create` starts another.
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.procs", child.id().to_string());
+    Ok(())
+}
+
+/// Builds the template of `shape` unless it exists: boots a template VM
+/// with `capsa vmm` until its agent is ready, snapshots it, checks the
+/// snapshot and renames it into place. Builders hold a lock per template
+/// and one for all; with `wait`, this waits for them, else it gives up
+/// at once. Returns where the template is, or `None` when it gave up
+/// because another builder is at work.
+pub fn build(shipped: &Shipped, shape: Shape, wait: bool) -> Result<Option<PathBuf>> {
+    let dir = template_dir(shipped, shape)
+        .map_err(|e| RuntimeError::io("cannot name the template", e))?;
+    let root = root();
+    std::fs::create_dir_all(&root)
+        .map_err(|e| RuntimeError::io(format!("mkdir {}", root.display()), e))?;
+    let Some(_one) = lock(&dir.with_extension("lock"), wait)? else {
+        return Ok(None);
+    };
+    if dir.exists() && check(&dir, shape).is_ok() {
+        return Ok(Some(dir));
+    }
+    let Some(_all) = lock(&root.join(".build.lock"), wait)? else {
+        return Ok(None);
+    };
+    let work = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)
+        .map_err(|e| RuntimeError::io(format!("mkdir {}", work.display()), e))?;
+    let result = boot_and_snapshot(shipped, shape, &work).and_then(|snap| {
+        check(&snap, shape).map_err(|why| {
+            RuntimeError::Failed(format!("the new template fails its checks: {why}"))
+        })?;
+        publish(&snap, &dir)
+    });
+    let _ = std::fs::remove_dir_all(&work);
+    result.map(|()| Some(dir))
+}
+
+/// Boots the template VM in `work` and waits for its snapshot; returns
+/// the snapshot directory.
+fn boot_and_snapshot(shipped: &Shipped, shape: Shape, work: &Path) -> Result<PathBuf> {
+    let snap = work.join("snapshot");
+    let config = template_config(shipped, shape, work, &snap);
+    let config_path = work.join("config.json");
+    let text = serde_json::to_vec_pretty(&config)
+        .map_err(|e| RuntimeError::Failed(format!("cannot encode the template VM: {e}")))?;
+    std::fs::write(&config_path, text)
+        .map_err(|e| RuntimeError::io(format!("write {}", config_path.display()), e))?;
+    let started = Instant::now();
+    let mut child = Command::new("/proc/self/exe")
+        .arg("--log")
+        .arg(work.join("vmm.log"))
+        .args(["vmm", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| RuntimeError::io("cannot start the template VM", e))?;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if started.elapsed() > BUILD_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RuntimeError::Failed(format!(
+                    "the template VM was not ready within {BUILD_TIMEOUT:?}"
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(RuntimeError::io("waiting for the template VM", e)),
+        }
+    };
+    if !status.success() || !snap.join(snapshot::STATE_FILE).is_file() {
+        let log = std::fs::read_to_string(work.join("vmm.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        return Err(RuntimeError::Failed(format!(
+            "the template VM ended with {status} without a snapshot; its log ends:\n  {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        )));
+    }
+    tracing::info!(
+        dir = %snap.display(),
+        seconds = started.elapsed().as_secs_f64(),
+        "template VM snapshotted"
+    );
+    Ok(snap)
+}
+
+/// The template VM: what a container's VM of `shape` has (same kernel,
+/// agent, serial console, vsock CID, rng), without the container's
+/// devices, plus the free slots; snapshotted into `snap` when the agent
+/// is ready.
+pub fn template_config(shipped: &Shipped, shape: Shape, work: &Path, snap: &Path) -> VmConfig {
+    let mut config = VmConfig::new(&shipped.kernel);
+    config.initramfs = Some(shipped.initramfs.clone());
+    config.vcpus = shape.vcpus;
+    config.memory_mib = shape.memory_mib;
+    config.host_quirks = if shape.host_quirks {
+        HostQuirks::On
+    } else {
+        HostQuirks::Off
+    };
+    config.serial_log = Some(work.join("console.log"));
+    config.vsock = Some(VsockConfig {
+        guest_cid: DEFAULT_GUEST_CID,
+        uds_path: work.join("vsock"),
+    });
+    config.free_slots = FREE_SLOTS;
+    config.snapshot = Some(SnapshotConfig {
+        dir: snap.to_owned(),
+        when: SnapshotWhen::AgentReady,
+        then: SnapshotThen::Exit,
+    });
+    config
+}
+
+/// Makes the snapshot `snap` readable by jailed VMMs (each runs as its own
+/// uid and maps it read-only) and renames it to `dir`.
+fn publish(snap: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| RuntimeError::io(format!("chmod {}", p.display()), e))
+    };
+    for entry in std::fs::read_dir(snap)
+        .map_err(|e| RuntimeError::io(format!("read {}", snap.display()), e))?
+        .flatten()
+    {
+        chmod(&entry.path(), 0o644)?;
+    }
+    chmod(snap, 0o755)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(snap, dir)
+        .map_err(|e| RuntimeError::io(format!("rename {} to {}", snap.display(), dir.display()), e))
+}
+
+/// An exclusive `flock` on `path`: waiting for it with `wait`, else only
+/// if no one holds it.
+fn lock(path: &Path, wait: bool) -> Result<Option<Flock<File>>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| RuntimeError::io(format!("open {}", path.display()), e))?;
+    let how = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    match Flock::lock(file, how) {
+        Ok(locked) => Ok(Some(locked)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(RuntimeError::io(
+            format!("flock {}", path.display()),
+            e.into(),
+        )),
+    }
+}
