@@ -108,6 +108,23 @@ pub fn capsa_runtime() -> &'static Path {
             "{} has no OCI `create` command yet (issue 5), so engines cannot use it:\n{help}",
             bin.display()
         );
+        // The template containers of the default shape start from
+        // (docs/runtime.md, "Warm starts"), built as the engines' capsa
+        // would find its files; one boot, then every such start is warm.
+        let out = Command::new(&bin)
+            .arg("build-template")
+            .env_remove("CAPSA_CACHE_DIR")
+            .env_remove("CAPSA_KERNEL")
+            .env_remove("CAPSA_AGENT")
+            .env_remove("CAPSA_TEMPLATES")
+            .stdin(Stdio::null())
+            .output()
+            .expect("capsa build-template");
+        assert!(
+            out.status.success(),
+            "capsa build-template failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         bin
     })
 }
