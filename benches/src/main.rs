@@ -83,6 +83,11 @@ struct BootArgs {
     /// virtiofsd) or `block` (the echo on a block rootfs only).
     #[arg(long, default_value = "both", value_parser = ["both", "block"])]
     rootfs_transports: String,
+    /// Skip the warm launches (the echo restored from a template VM
+    /// snapshotted once at agent-ready, as `capsa create` starts
+    /// containers; docs/runtime.md "Warm starts").
+    #[arg(long)]
+    no_warm: bool,
 }
 
 /// The peers asked for; those asked for by name but absent are an error,
@@ -244,15 +249,30 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         args.rootfs_transports == "block" || fx.virtiofsd.is_some(),
         "--rootfs-transports both: virtiofsd is not installed (scripts/virtiofsd.sh)"
     );
-    let launch_kinds: Vec<(Job, Transport)> = if args.rootfs_transports == "both" {
+    let mut launch_kinds: Vec<(Job, Transport, bool)> = if args.rootfs_transports == "both" {
         vec![
-            (Job::Echo, Transport::Block),
-            (Job::Echo, Transport::Virtiofs),
-            (Job::SmallFiles, Transport::Block),
-            (Job::SmallFiles, Transport::Virtiofs),
+            (Job::Echo, Transport::Block, false),
+            (Job::Echo, Transport::Virtiofs, false),
+            (Job::SmallFiles, Transport::Block, false),
+            (Job::SmallFiles, Transport::Virtiofs, false),
         ]
     } else {
-        vec![(Job::Echo, Transport::Block)]
+        vec![(Job::Echo, Transport::Block, false)]
+    };
+    // The warm launches next to the cold ones of the same iteration: the
+    // echo restored from one template (built once, before the clock).
+    let template = if args.no_warm {
+        None
+    } else {
+        eprintln!("capsa-benches: booting the template VM of the warm launches");
+        let t = vmms::build_template(&fx, work.path(), mem, timeout)?;
+        let warm: Vec<(Job, Transport, bool)> = launch_kinds
+            .iter()
+            .filter(|(job, _, _)| *job == Job::Echo)
+            .map(|&(job, transport, _)| (job, transport, true))
+            .collect();
+        launch_kinds.extend(warm);
+        Some(t)
     };
     let per_iter = launch_kinds.len() + vmms_in_comparison.len();
     let parallel_rounds = usize::from(args.parallel > 0);
@@ -268,11 +288,16 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
 
     let mut launches = Vec::new();
     for i in 0..args.iterations {
-        for &(job, transport) in &launch_kinds {
-            let name = vmms::launch_workload(job, transport);
+        for &(job, transport, warm) in &launch_kinds {
+            let name = if warm {
+                vmms::warm_workload(transport)
+            } else {
+                vmms::launch_workload(job, transport)
+            };
             pb.set_message(format!("capsa {name} #{i}"));
             let spec = LaunchSpec {
                 work: work.path(),
+                template: if warm { template.as_deref() } else { None },
                 tag: &format!("l{i}"),
                 memory_mib: mem,
                 timeout,
@@ -300,6 +325,7 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         let tag = format!("s{i}");
         let spec = LaunchSpec {
             work: work.path(),
+            template: None,
             tag: &tag,
             memory_mib: mem,
             timeout,
@@ -399,6 +425,7 @@ fn render(
     let rows = report::summarize_rows(launches);
     let mut ratios = report::ratios(launches, peer_names);
     ratios.extend(report::transport_ratios(launches));
+    ratios.extend(report::warm_ratios(launches));
     ratios.extend(report::reference_ratios(launches));
     ratios.extend(report::smp_speedup(launches));
     let table = report::markdown(&rows, &ratios, parallel, &machine_line(machine));

@@ -147,7 +147,6 @@ pub const TRANSPORT_RATIO: &str = "rootfs virtiofs / block";
 /// of the echo, the small-file job's time (from `start` to its output),
 /// and the host CPU per launch of each.
 pub fn transport_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
-    type Metric = fn(&LaunchRecord) -> Option<f64>;
     let output: Metric = |l| l.marks_ms.get("first_output").copied();
     let job: Metric = |l| Some(l.marks_ms.get("first_output")? - l.extra_ms.get("start")?);
     let cpu: Metric = |l| Some(l.cpu_user_ms + l.cpu_sys_ms);
@@ -177,6 +176,65 @@ pub fn transport_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
             cpu,
         ),
     ];
+    pair_ratios(launches, TRANSPORT_RATIO, &cases)
+}
+
+/// The `peer` of the warm start ratios ([`warm_ratios`]).
+pub const WARM_RATIO: &str = "warm / cold";
+
+/// Warm launches (restored from a template) against cold ones, launch
+/// pair by launch pair (the same iteration and rootfs transport): the
+/// time to container output, the host CPU and the VMM's peak RSS per
+/// launch.
+pub fn warm_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
+    let output: Metric = |l| l.marks_ms.get("first_output").copied();
+    let cpu: Metric = |l| Some(l.cpu_user_ms + l.cpu_sys_ms);
+    let rss: Metric = |l| Some(l.max_rss_kib as f64);
+    let cases: [(&str, &str, &str, Metric); 6] = [
+        (
+            "launch-warm",
+            "launch",
+            "echo, block: exec → container output",
+            output,
+        ),
+        (
+            "launch-warm",
+            "launch",
+            "echo, block: host CPU per launch",
+            cpu,
+        ),
+        ("launch-warm", "launch", "echo, block: VMM peak RSS", rss),
+        (
+            "launch-virtiofs-warm",
+            "launch-virtiofs",
+            "echo, virtiofs: exec → container output",
+            output,
+        ),
+        (
+            "launch-virtiofs-warm",
+            "launch-virtiofs",
+            "echo, virtiofs: host CPU per launch",
+            cpu,
+        ),
+        (
+            "launch-virtiofs-warm",
+            "launch-virtiofs",
+            "echo, virtiofs: VMM peak RSS",
+            rss,
+        ),
+    ];
+    pair_ratios(launches, WARM_RATIO, &cases)
+}
+
+/// One quantity of a launch, if it has it.
+type Metric = fn(&LaunchRecord) -> Option<f64>;
+
+/// A ratio to compute: workload, baseline workload, what, metric.
+type PairCase<'a> = (&'a str, &'a str, &'a str, Metric);
+
+/// For each case: the median (min, max) over iterations of
+/// metric(workload) / metric(baseline).
+fn pair_ratios(launches: &[LaunchRecord], peer: &str, cases: &[PairCase]) -> Vec<Ratio> {
     let ok = |w: &str| -> BTreeMap<usize, &LaunchRecord> {
         launches
             .iter()
@@ -185,18 +243,18 @@ pub fn transport_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
             .collect()
     };
     let mut out = Vec::new();
-    for (fs, block, what, metric) in cases {
-        let block = ok(block);
-        let r: Vec<f64> = ok(fs)
+    for &(this, base, what, metric) in cases {
+        let base = ok(base);
+        let r: Vec<f64> = ok(this)
             .iter()
             .filter_map(|(i, l)| {
-                let b = metric(block.get(i)?)?;
+                let b = metric(base.get(i)?)?;
                 (b > 0.0).then_some(metric(l)? / b)
             })
             .collect();
         if let Some(s) = summarize(&r) {
             out.push(Ratio {
-                peer: TRANSPORT_RATIO.into(),
+                peer: peer.into(),
                 what: what.into(),
                 median_ratio: s.median,
                 min_ratio: s.min,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use capsa_agent::client::{attach_stream, Client, HybridVsockConnector};
 use capsa_agent::protocol::{
-    method, CreateParams, Empty, MountSpec, ProcessSpec, RootfsSpec, RootfsType,
+    method, CreateParams, Empty, MountSpec, NewMachineParams, ProcessSpec, RootfsSpec, RootfsType,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -25,9 +25,11 @@ use crate::launch::{Event, Pipe, Watched};
 /// event that ends it (cumulative). A phase's own duration is the time
 /// since the previous phase that this launch saw.
 pub const PHASES: &[(&str, &str)] = &[
-    ("first_kvm_run", "exec → first KVM_RUN"),
+    ("restored", "→ restored from the template"),
+    ("first_kvm_run", "→ first KVM_RUN"),
     ("init", "→ guest /init"),
     ("agent_ready", "→ agent ready"),
+    ("new_machine", "→ new machine"),
     ("first_output", "→ container output"),
     ("exit", "→ exit"),
 ];
@@ -133,6 +135,16 @@ fn first_kvm_run_us(text: &str) -> Option<Option<u64>> {
     Some(v["fields"]["elapsed_us"].as_u64())
 }
 
+/// Whether `text` is the VMM's "VM restored from snapshot" log line, and
+/// its `elapsed_us` if it has one.
+fn restored_us(text: &str) -> Option<Option<u64>> {
+    if !text.contains("VM restored from snapshot") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    Some(v["fields"]["elapsed_us"].as_u64())
+}
+
 fn capsa_command(fx: &Fixtures) -> Command {
     let mut cmd = Command::new(&fx.capsa);
     cmd.env("CAPSA_LOG", "capsa_vmm=info")
@@ -153,7 +165,12 @@ fn collect_capsa_marks(w: &Watched, rec: &mut LaunchRecord, boot_timer_is_init: 
         else {
             continue;
         };
-        if let Some(us) = first_kvm_run_us(text) {
+        if let Some(us) = restored_us(text) {
+            rec.marks_ms.entry("restored".into()).or_insert(w.ms(*at));
+            if let Some(us) = us {
+                rec.vmm_reported_us.entry("restored".into()).or_insert(us);
+            }
+        } else if let Some(us) = first_kvm_run_us(text) {
             rec.marks_ms
                 .entry("first_kvm_run".into())
                 .or_insert(w.ms(*at));
@@ -262,10 +279,71 @@ pub fn launch_workload(job: Job, transport: Transport) -> &'static str {
     }
 }
 
+/// The workload name of a warm launch (restored from a template) of the
+/// echo on `transport`.
+pub fn warm_workload(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Block => "launch-warm",
+        Transport::Virtiofs => "launch-virtiofs-warm",
+    }
+}
+
+/// Free virtio-mmio slots of the benchmark's template (the runtime's
+/// number, docs/runtime.md "Warm starts").
+const TEMPLATE_FREE_SLOTS: u8 = capsa_vmm::runtime::template::FREE_SLOTS;
+
+/// Boots the template of the warm launches once: `capsa vmm --agent`
+/// with the launches' memory and free slots, snapshotted when the agent
+/// is ready, into `work/template`. Returns that directory.
+pub fn build_template(
+    fx: &Fixtures,
+    work: &Path,
+    memory_mib: u32,
+    timeout: Duration,
+) -> anyhow::Result<PathBuf> {
+    let dir = work.join("template");
+    let uds = work.join("template.sock");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&uds);
+    let mut cmd = capsa_command(fx);
+    cmd.arg("--agent")
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--boot-timer")
+        .args(["--memory-mib", &memory_mib.to_string()])
+        .args(["--free-slots", &TEMPLATE_FREE_SLOTS.to_string()])
+        .arg("--snapshot-to")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().context("start the template VM")?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the template VM did not snapshot within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    anyhow::ensure!(
+        status.success() && dir.join("state").is_file(),
+        "the template VM ended with {status} without a snapshot"
+    );
+    let _ = std::fs::remove_file(&uds);
+    Ok(dir)
+}
+
 /// One launch's setup.
 #[derive(Debug, Clone, Copy)]
 pub struct LaunchSpec<'a> {
     pub work: &'a Path,
+    /// Restore from this template (a warm launch) instead of booting.
+    pub template: Option<&'a Path>,
     pub tag: &'a str,
     pub memory_mib: u32,
     pub timeout: Duration,
@@ -281,7 +359,11 @@ pub struct LaunchSpec<'a> {
 pub fn capsa_launch(fx: &Fixtures, spec: LaunchSpec) -> LaunchRecord {
     let mut rec = LaunchRecord {
         vmm: "capsa".into(),
-        workload: launch_workload(spec.job, spec.transport).into(),
+        workload: match spec.template {
+            Some(_) => warm_workload(spec.transport),
+            None => launch_workload(spec.job, spec.transport),
+        }
+        .into(),
         ..Default::default()
     };
     if let Err(e) = capsa_launch_inner(fx, spec, &mut rec) {
@@ -336,8 +418,11 @@ fn capsa_launch_inner(
     let uds = work.join(format!("vsock-{tag}.sock"));
     let _ = std::fs::remove_file(&uds);
     let mut cmd = capsa_command(fx);
-    cmd.arg("--agent")
-        .arg("--vsock-uds")
+    match spec.template {
+        Some(t) => cmd.arg("--restore-from").arg(t),
+        None => cmd.arg("--agent"),
+    };
+    cmd.arg("--vsock-uds")
         .arg(&uds)
         .arg("--boot-timer")
         .args(["--vcpus", &spec.job.vcpus().to_string()])
@@ -400,6 +485,19 @@ fn record_smp(out: &str, rec: &mut LaunchRecord) -> anyhow::Result<()> {
 
 /// The virtio-fs tag of the rootfs share in the launches.
 const FS_TAG: &str = "rootfs";
+
+/// The `new_machine` of a warm launch: 64 bytes from the host's
+/// `/dev/urandom`, its clock, the rootfs device in slot 2.
+fn new_machine_params() -> anyhow::Result<NewMachineParams> {
+    let mut entropy = [0u8; 64];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut entropy)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    Ok(NewMachineParams {
+        realtime_ns: u64::try_from(now.as_nanos())?,
+        entropy: entropy.iter().map(|b| format!("{b:02x}")).collect(),
+        devices: vec!["virtio-mmio.2".into()],
+    })
+}
 
 /// The agent's `create` for a launch.
 fn create_params(spec: LaunchSpec) -> CreateParams {
@@ -491,6 +589,15 @@ fn drive_agent(
     rec.marks_ms
         .insert("agent_ready".into(), w.ms(Instant::now()));
     let rpc_timeout = Some(deadline.saturating_duration_since(Instant::now()));
+    if spec.template.is_some() {
+        // As the runtime's VMM process does: the rootfs device took the
+        // first free slot, after vsock (0) and rng (1).
+        client
+            .call::<method::NewMachine>(&new_machine_params()?, rpc_timeout)
+            .context("new_machine")?;
+        rec.marks_ms
+            .insert("new_machine".into(), w.ms(Instant::now()));
+    }
     let params = create_params(spec);
     let created = client
         .call::<method::Create>(&params, rpc_timeout)

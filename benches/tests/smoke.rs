@@ -1,5 +1,6 @@
-//! Smoke test of the benchmark: one capsa launch (block rootfs), no peers,
-//! no parallel round. It checks that the bench runs and writes well-formed results and
+//! Smoke test of the benchmark: one capsa launch (block rootfs) cold and
+//! one warm (restored from the bench's template VM), no peers, no parallel
+//! round. It checks that the bench runs and writes well-formed results and
 //! a chart; it never asserts a timing (the figures are measured, not
 //! tested). It boots one real guest, so it needs /dev/kvm.
 
@@ -42,27 +43,40 @@ fn one_iteration_writes_json_and_chart() {
     assert_eq!(v["schema"], "capsa-benches/boot/1");
     assert_eq!(v["config"]["iterations"], 1);
     let launches = v["launches"].as_array().expect("launches is an array");
-    assert_eq!(launches.len(), 1, "{text}");
-    let launch = &launches[0];
-    assert_eq!(launch["vmm"], "capsa");
-    assert_eq!(launch["workload"], "launch");
-    assert!(
-        launch["error"].is_null(),
-        "the launch failed: {}",
-        launch["error"]
-    );
-    for key in [
+    assert_eq!(launches.len(), 2, "{text}");
+    let cold_marks = [
         "first_kvm_run",
         "init",
         "agent_ready",
         "first_output",
         "exit",
+    ];
+    let warm_marks = [
+        "restored",
+        "first_kvm_run",
+        "agent_ready",
+        "new_machine",
+        "first_output",
+        "exit",
+    ];
+    for (launch, workload, marks) in [
+        (&launches[0], "launch", &cold_marks[..]),
+        (&launches[1], "launch-warm", &warm_marks[..]),
     ] {
+        assert_eq!(launch["vmm"], "capsa");
+        assert_eq!(launch["workload"], workload);
         assert!(
-            launch["marks_ms"][key].is_number(),
-            "no {key} mark in {}",
-            launch["marks_ms"]
+            launch["error"].is_null(),
+            "the {workload} launch failed: {}",
+            launch["error"]
         );
+        for key in marks {
+            assert!(
+                launch["marks_ms"][key].is_number(),
+                "no {key} mark in {workload}: {}",
+                launch["marks_ms"]
+            );
+        }
     }
     assert!(v["summary"].as_array().is_some_and(|s| !s.is_empty()));
 
