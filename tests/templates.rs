@@ -71,10 +71,13 @@ fn machine_bundle(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn spawn_run(dir: &Path, name: &str) -> Child {
-    let b = machine_bundle(dir, name);
+    spawn_bundle(dir, name, &machine_bundle(dir, name))
+}
+
+fn spawn_bundle(dir: &Path, name: &str, b: &Path) -> Child {
     capsa(dir, &dir.join(format!("{name}.log")))
         .args(["run", "--bundle"])
-        .arg(&b)
+        .arg(b)
         .arg(name)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -159,6 +162,31 @@ fn warm_starts_are_new_machines_and_a_bad_template_is_rebuilt() {
     );
     assert_ne!(a.boot_id, b.boot_id, "same boot id from one template");
     assert_ne!(a.random, b.random, "same random bytes from one template");
+
+    // A guest's writes stay its own: a block-rootfs container (its memory
+    // the template's file mapped MAP_PRIVATE) fills 8 MiB of its RAM, and
+    // the template's memory file is unchanged.
+    let memory = template.join("memory");
+    let before = std::fs::read(&memory).unwrap();
+    let mut config = vm_config(&[
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/dev/fill bs=1M count=8 2>/dev/null; echo filled",
+    ]);
+    config["annotations"] = json!({"io.capsa.rootfs": "block"});
+    config["linux"]["resources"] = json!({"memory": {"limit": u64::from(LIMIT_MIB) << 20}});
+    let writer = bundle(dir, "writer", &config);
+    let out = spawn_bundle(dir, "writer", &writer)
+        .wait_with_output()
+        .unwrap();
+    assert_ok(&out, "capsa run writer");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("filled"));
+    let log = std::fs::read_to_string(dir.join("writer.log")).unwrap_or_default();
+    assert!(log.contains("warm start"), "{log}");
+    assert!(
+        std::fs::read(&memory).unwrap() == before,
+        "a warm container's writes reached the template's memory file"
+    );
 
     // A flipped byte in the state file: the container boots cold, the
     // template is removed and built again.

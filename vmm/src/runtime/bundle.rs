@@ -43,21 +43,13 @@ pub enum BootMode {
 
 /// Reads the boot mode of a bundle.
 pub fn boot_mode(spec: &Spec, dir: &Path) -> Result<BootMode> {
-    let value = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(BOOT_ANNOTATION));
-    match value.map(String::as_str) {
-        None | Some("warm") => Ok(BootMode::Warm),
-        Some("cold") => Ok(BootMode::Cold),
-        Some(other) => Err(err(
-            dir,
-            format!(
-                "annotations.\"{BOOT_ANNOTATION}\": unknown boot mode {other:?} \
-                 (expected \"cold\" or \"warm\")"
-            ),
-        )),
-    }
+    annotation_choice(
+        spec,
+        dir,
+        BOOT_ANNOTATION,
+        "boot mode",
+        &[("warm", BootMode::Warm), ("cold", BootMode::Cold)],
+    )
 }
 
 /// How the rootfs directory reaches the guest (annotation
@@ -76,21 +68,43 @@ pub enum RootfsTransport {
 
 /// Reads the rootfs transport of a bundle.
 pub fn rootfs_transport(spec: &Spec, dir: &Path) -> Result<RootfsTransport> {
-    let value = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(ROOTFS_ANNOTATION));
-    match value.map(String::as_str) {
-        None | Some("virtiofs") => Ok(RootfsTransport::Virtiofs),
-        Some("block") => Ok(RootfsTransport::Block),
-        Some(other) => Err(err(
-            dir,
-            format!(
-                "annotations.\"{ROOTFS_ANNOTATION}\": unknown rootfs transport {other:?} \
-                 (expected \"virtiofs\" or \"block\")"
-            ),
-        )),
+    annotation_choice(
+        spec,
+        dir,
+        ROOTFS_ANNOTATION,
+        "rootfs transport",
+        &[
+            ("virtiofs", RootfsTransport::Virtiofs),
+            ("block", RootfsTransport::Block),
+        ],
+    )
+}
+
+/// The value of annotation `key` among `choices` (value, meaning); the
+/// first is the default when the annotation is absent. Any other value
+/// is an error naming the annotation, the value and the choices.
+fn annotation_choice<T: Copy>(
+    spec: &Spec,
+    dir: &Path,
+    key: &str,
+    what: &str,
+    choices: &[(&str, T)],
+) -> Result<T> {
+    let value = spec.annotations().as_ref().and_then(|a| a.get(key));
+    let Some(value) = value else {
+        return Ok(choices[0].1);
+    };
+    if let Some((_, t)) = choices.iter().find(|(v, _)| v == value) {
+        return Ok(*t);
     }
+    let expected: Vec<String> = choices.iter().map(|(v, _)| format!("{v:?}")).collect();
+    Err(err(
+        dir,
+        format!(
+            "annotations.\"{key}\": unknown {what} {value:?} (expected {})",
+            expected.join(" or ")
+        ),
+    ))
 }
 
 fn err(dir: &Path, message: impl Into<String>) -> RuntimeError {
@@ -103,21 +117,13 @@ fn err(dir: &Path, message: impl Into<String>) -> RuntimeError {
 /// Reads only the runtime type of a bundle (for the `process` hand-off,
 /// which leaves the rest of the validation to runc).
 pub fn runtime_type(spec: &Spec, dir: &Path) -> Result<RuntimeType> {
-    let value = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(RUNTIME_ANNOTATION));
-    match value.map(String::as_str) {
-        None | Some("vm") => Ok(RuntimeType::Vm),
-        Some("process") => Ok(RuntimeType::Process),
-        Some(other) => Err(err(
-            dir,
-            format!(
-                "annotations.\"{RUNTIME_ANNOTATION}\": unknown runtime type {other:?} \
-                 (expected \"vm\" or \"process\")"
-            ),
-        )),
-    }
+    annotation_choice(
+        spec,
+        dir,
+        RUNTIME_ANNOTATION,
+        "runtime type",
+        &[("vm", RuntimeType::Vm), ("process", RuntimeType::Process)],
+    )
 }
 
 /// Parses `dir/config.json`; errors name the JSON path of the bad field.

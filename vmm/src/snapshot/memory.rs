@@ -177,16 +177,20 @@ pub fn check_layout(state: &MemoryState) -> Result<(), MemoryFileError> {
     Ok(())
 }
 
-/// Maps the memory file of a snapshot in `dir` `MAP_PRIVATE`, after
-/// [`check_layout`] and a check that the file holds every region.
-pub fn restore(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, MemoryFileError> {
+/// Opens the memory file of a snapshot in `dir` after [`check_layout`]
+/// and a check that it holds every region; returns it with the maker of
+/// its errors (naming the file).
+fn open_checked(
+    dir: &Path,
+    state: &MemoryState,
+) -> Result<(File, impl Fn(&dyn std::fmt::Display) -> MemoryFileError), MemoryFileError> {
     check_layout(state)?;
-    let path = dir.join(MEMORY_FILE);
-    let io = |e: &dyn std::fmt::Display| MemoryFileError::Io {
-        path: path.display().to_string(),
+    let path = dir.join(MEMORY_FILE).display().to_string();
+    let io = move |e: &dyn std::fmt::Display| MemoryFileError::Io {
+        path: path.clone(),
         message: e.to_string(),
     };
-    let file = File::open(&path).map_err(|e| io(&e))?;
+    let file = File::open(dir.join(MEMORY_FILE)).map_err(|e| io(&e))?;
     let len = file.metadata().map_err(|e| io(&e))?.len();
     if len < state.total() {
         return Err(io(&format!(
@@ -194,6 +198,13 @@ pub fn restore(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, Memor
             state.total()
         )));
     }
+    Ok((file, io))
+}
+
+/// Maps the memory file of a snapshot in `dir` `MAP_PRIVATE`, after
+/// [`check_layout`] and a check that the file holds every region.
+pub fn restore(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, MemoryFileError> {
+    let (file, io) = open_checked(dir, state)?;
     let mut regions = Vec::with_capacity(state.regions.len());
     for r in &state.regions {
         let size = usize::try_from(r.size).map_err(|e| io(&e))?;
@@ -220,20 +231,8 @@ pub fn restore(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, Memor
 /// holes are zero pages, as a new memfd's are), so the cost follows the
 /// pages the snapshotted guest had written, not its RAM size.
 pub fn restore_shared(dir: &Path, state: &MemoryState) -> Result<GuestMemoryMmap, MemoryFileError> {
-    check_layout(state)?;
-    let path = dir.join(MEMORY_FILE);
-    let io = |e: &dyn std::fmt::Display| MemoryFileError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let file = File::open(&path).map_err(|e| io(&e))?;
+    let (file, io) = open_checked(dir, state)?;
     let total = state.total();
-    let len = file.metadata().map_err(|e| io(&e))?.len();
-    if len < total {
-        return Err(io(&format!(
-            "{len} bytes, the snapshot's guest memory is {total} bytes (truncated?)"
-        )));
-    }
     let mem = crate::vstate::memory::create(total).map_err(|e| io(&e))?;
     let memfd = mem
         .iter()

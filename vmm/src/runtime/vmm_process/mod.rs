@@ -75,7 +75,7 @@ impl NewMachine {
             return Ok(None);
         }
         let mut entropy = [0u8; 64];
-        fill_random(&mut entropy)
+        capsa_devices::virtio::rng::fill_random(&mut entropy)
             .map_err(|e| format!("cannot read entropy for the restored guest: {e}"))?;
         Ok(Some(NewMachine {
             entropy,
@@ -94,24 +94,6 @@ impl NewMachine {
             devices: self.devices.clone(),
         }
     }
-}
-
-/// Fills `buf` from the host kernel's CSPRNG (`getrandom(2)`).
-fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: writes at most `buf.len() - done` bytes into `buf`.
-        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        done += n as usize;
-    }
-    Ok(())
 }
 
 /// Runs the VMM process for the container whose VMM files are in `dir`;
