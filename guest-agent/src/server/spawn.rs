@@ -796,6 +796,10 @@ fn child_main(args: &ChildArgs<'_>) -> ! {
     // outlives the child's use of it (`ChildMemory`); every failure ends in
     // `fail`, success in execve.
     unsafe {
+        // Not dumpable: the memory is the agent's until execve, so only a
+        // tracer with CAP_SYS_PTRACE may attach (`ptrace_may_access`); the
+        // flag is the shared memory's, and execve sets the program's own.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         if let Some(fd) = args.cgroup_procs {
             // "0" moves the writing process (cgroup-v2.rst, cgroup.procs).
             if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
