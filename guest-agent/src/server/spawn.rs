@@ -640,9 +640,7 @@ fn wait_eof(fd: &OwnedFd) {
     loop {
         // SAFETY: reading into a local buffer.
         let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n > 0
-            || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR))
-        {
+        if n > 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)) {
             continue;
         }
         return;
@@ -998,13 +996,27 @@ mod raw {
     /// read(2) into `buf`.
     pub unsafe fn read(fd: libc::c_int, buf: &mut [u8]) -> isize {
         // SAFETY: `buf` is writable for its length.
-        unsafe { syscall3(libc::SYS_read, fd as usize, buf.as_mut_ptr() as usize, buf.len()) }
+        unsafe {
+            syscall3(
+                libc::SYS_read,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+            )
+        }
     }
 
     /// write(2) of `buf`.
     pub unsafe fn write(fd: libc::c_int, buf: &[u8]) -> isize {
         // SAFETY: `buf` is readable for its length.
-        unsafe { syscall3(libc::SYS_write, fd as usize, buf.as_ptr() as usize, buf.len()) }
+        unsafe {
+            syscall3(
+                libc::SYS_write,
+                fd as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+            )
+        }
     }
 
     /// execve(2); returns only on failure, with the errno.
@@ -1015,7 +1027,14 @@ mod raw {
     ) -> i32 {
         // SAFETY: NUL-terminated path, NULL-terminated arrays (the
         // caller's plan).
-        let r = unsafe { syscall3(libc::SYS_execve, path as usize, argv as usize, envp as usize) };
+        let r = unsafe {
+            syscall3(
+                libc::SYS_execve,
+                path as usize,
+                argv as usize,
+                envp as usize,
+            )
+        };
         -r as i32
     }
 
