@@ -158,12 +158,13 @@ fn keeps_nothing(target: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(target.to_string_lossy().as_bytes()) else {
         return false;
     };
-    // SAFETY: statfs and statvfs fill the zeroed structs; `c` is a valid
-    // C string.
+    // SAFETY: plain C structs, for which all zeroes is a valid value.
     let (mut st, mut vst): (libc::statfs, libc::statvfs) = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0
-        || unsafe { libc::statvfs(c.as_ptr(), &mut vst) } != 0
-    {
+    // SAFETY: `c` is a valid C string; the calls fill the structs.
+    let failed = unsafe {
+        libc::statfs(c.as_ptr(), &mut st) != 0 || libc::statvfs(c.as_ptr(), &mut vst) != 0
+    };
+    if failed {
         return false;
     }
     let read_only = vst.f_flag & libc::ST_RDONLY != 0;
