@@ -422,6 +422,12 @@ fn capsa_launch_inner(
         Some(t) => cmd.arg("--restore-from").arg(t),
         None => cmd.arg("--agent"),
     };
+    // The guest profiler on every launch (docs/kernel.md "Profiling the
+    // boot"): one report per launch, named by its tag.
+    if let Some(dir) = std::env::var_os(PROFILE_DIR_ENV) {
+        cmd.arg("--profile")
+            .arg(Path::new(&dir).join(format!("{}-{tag}.prof", rec.workload)));
+    }
     cmd.arg("--vsock-uds")
         .arg(&uds)
         .arg("--boot-timer")
@@ -482,6 +488,9 @@ fn record_smp(out: &str, rec: &mut LaunchRecord) -> anyhow::Result<()> {
     rec.extra_ms.insert("two_threads".into(), (c - b) * 1e3);
     Ok(())
 }
+
+/// Set to a directory, every capsa launch writes a guest profile there.
+pub const PROFILE_DIR_ENV: &str = "CAPSA_BENCH_PROFILE_DIR";
 
 /// The virtio-fs tag of the rootfs share in the launches.
 const FS_TAG: &str = "rootfs";

@@ -116,6 +116,72 @@ impl GuestPlatform {
 }
 
 /// The container's cgroup v2 group (see `container_cgroup`).
+impl GuestPlatform {
+    /// Syncs, unmounts (lazily, innermost first) the recorded mounts for
+    /// which `unmount` says so, and syncs again; forgets them all.
+    fn unmount_where(&self, unmount: impl Fn(&Path) -> bool) {
+        // SAFETY: sync has no arguments.
+        unsafe { libc::sync() };
+        let mounted = match self.mounted.lock() {
+            Ok(mut m) => std::mem::take(&mut *m),
+            Err(_) => return,
+        };
+        for target in mounted.iter().rev().filter(|t| unmount(t)) {
+            let Ok(c) = std::ffi::CString::new(target.to_string_lossy().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: valid C string.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                agent_log!(
+                    "umount {}: {}",
+                    target.display(),
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::sync() };
+    }
+}
+
+/// `mqueue`'s magic (not in `libc`).
+const MQUEUE_MAGIC: libc::c_long = 0x1980_0202;
+
+/// Whether unmounting `target`, after a `sync`, writes nothing anywhere:
+/// it is mounted read-only, or its file system lives in guest RAM (tmpfs,
+/// proc, sysfs, ...) or only stacks on others (overlay, whose upper layer
+/// is synced and unmounted on its own). Tearing such a mount down before
+/// the power-off only costs guest time: evicting a read-only ext4 rootfs's
+/// inodes and page cache took ~1 s of an emulated guest's shutdown.
+/// `false` when `statfs` fails (then it is unmounted, as before).
+fn keeps_nothing(target: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(target.to_string_lossy().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: plain C structs, for which all zeroes is a valid value.
+    let (mut st, mut vst): (libc::statfs, libc::statvfs) = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string; the calls fill the structs.
+    let failed = unsafe {
+        libc::statfs(c.as_ptr(), &mut st) != 0 || libc::statvfs(c.as_ptr(), &mut vst) != 0
+    };
+    if failed {
+        return false;
+    }
+    let read_only = vst.f_flag & libc::ST_RDONLY != 0;
+    let in_memory = [
+        libc::TMPFS_MAGIC,
+        libc::PROC_SUPER_MAGIC,
+        libc::SYSFS_MAGIC,
+        libc::DEVPTS_SUPER_MAGIC,
+        libc::CGROUP_SUPER_MAGIC,
+        libc::CGROUP2_SUPER_MAGIC,
+        libc::OVERLAYFS_SUPER_MAGIC,
+        MQUEUE_MAGIC,
+    ]
+    .contains(&st.f_type);
+    read_only || in_memory
+}
+
 fn container_group() -> PathBuf {
     Path::new(RUN_DIR).join("cgroup").join("container")
 }
@@ -322,27 +388,11 @@ impl Platform for GuestPlatform {
     }
 
     fn unmount_all(&self) {
-        // SAFETY: sync has no arguments.
-        unsafe { libc::sync() };
-        let mounted = match self.mounted.lock() {
-            Ok(mut m) => std::mem::take(&mut *m),
-            Err(_) => return,
-        };
-        for target in mounted.iter().rev() {
-            let Ok(c) = std::ffi::CString::new(target.to_string_lossy().as_bytes()) else {
-                continue;
-            };
-            // SAFETY: valid C string.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-                agent_log!(
-                    "umount {}: {}",
-                    target.display(),
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        // SAFETY: as above.
-        unsafe { libc::sync() };
+        self.unmount_where(|_| true);
+    }
+
+    fn unmount_for_power_off(&self) {
+        self.unmount_where(|target| !keeps_nothing(target));
     }
 
     fn power_off(&self) {

@@ -413,7 +413,7 @@ impl Agent {
         let table = Arc::clone(&self.processes);
         let platform = Arc::clone(&self.container.platform);
         spawn::spawn(
-            &plan,
+            plan,
             &child,
             &SpawnOptions {
                 cgroup_procs: procs.as_ref().map(|fd| fd.as_raw_fd()),
@@ -459,7 +459,7 @@ impl Control for Agent {
             let _ = kill(pid, libc::SIGKILL);
         }
         self.streams.clear();
-        self.container.platform.unmount_all();
+        self.container.platform.unmount_for_power_off();
         self.container.platform.power_off();
     }
 }

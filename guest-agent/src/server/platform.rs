@@ -75,6 +75,12 @@ pub trait Platform: Send + Sync + 'static {
     fn bind_virtio_mmio(&self, device: &str) -> Result<(), AgentError>;
     /// Syncs and unmounts what `mount_rootfs`/`apply_mounts` mounted.
     fn unmount_all(&self);
+    /// Before [`power_off`](Platform::power_off): syncs, and unmounts only
+    /// what an unmount still writes to (a writable disk's file system);
+    /// by default everything, as [`unmount_all`](Platform::unmount_all).
+    fn unmount_for_power_off(&self) {
+        self.unmount_all();
+    }
     /// Powers the machine off (the guest reboots, which the VMM turns into
     /// its exit). May return, e.g. in tests.
     fn power_off(&self);

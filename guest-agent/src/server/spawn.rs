@@ -1,15 +1,27 @@
-//! Starting a container process: fork (or clone into a new PID
-//! namespace), set up, optionally wait for `start`, exec.
+//! Starting a container process: clone (sharing the agent's memory, as
+//! `posix_spawn` does), set up, optionally wait for `start`, exec.
 //!
 //! Everything the child needs (argv, envp, candidate paths for the `PATH`
 //! lookup, ids, limits, the mounts it makes itself) is prepared in the
-//! parent as a [`Plan`] and [`SpawnOptions`], because after `fork` in a
-//! multi-threaded process the child may only make async-signal-safe calls:
-//! it runs raw system calls on prepared pointers and never allocates. The
-//! child reports over a close-on-exec pipe as `(stage, errno)` records: a
+//! parent as a [`Plan`] and [`SpawnOptions`], because the child of a
+//! multi-threaded process may only make async-signal-safe calls: it runs
+//! raw system calls on prepared pointers and never allocates. The child
+//! reports over a close-on-exec pipe as `(stage, errno)` records: a
 //! failure (after which it `_exit(127)`s), or [`READY`] when it waits for
 //! `start`; an empty read means the exec succeeded. The child is reaped by
 //! [`reaper`](super::reaper), never here.
+//!
+//! The child is cloned with `CLONE_VM` onto a stack of its own
+//! ([`ChildMemory`]) rather than forked: it runs in the agent's address
+//! space until `execve` replaces it. A fork copied the agent's page tables,
+//! then both sides took copy-on-write faults and the child's `execve` tore
+//! the copy down again: about 0.45 s of a container start where the guest
+//! kernel is emulated (docs/kernel.md, "The boot diet"). In exchange the
+//! child must not write the agent's memory: it writes only its own stack,
+//! and after it reported [`READY`] (when the agent thread that cloned it
+//! runs on) it makes its system calls through [`raw`], which leaves that
+//! thread's `errno` alone. The stack and the plan stay allocated until the
+//! child has exec'd or exited (the report pipe's end of file).
 //!
 //! Order in the child (as runc's init): joining the container's cgroup
 //! (writing `0` to its `cgroup.procs`, opened by the parent, so the child
@@ -359,6 +371,20 @@ pub struct Spawned {
     go: Option<OwnedFd>,
     err_read: OwnedFd,
     plan_name: String,
+    /// The stack and plan of a child that waits for `start`.
+    memory: Option<ChildMemory>,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // Never released: closing `go` makes the child exit, but when is
+        // not known here (a frozen cgroup can hold it), and it runs on this
+        // memory until then. A few KiB per container that was created and
+        // never started are left mapped instead.
+        if let Some(memory) = self.memory.take() {
+            std::mem::forget(memory);
+        }
+    }
 }
 
 impl Spawned {
@@ -373,7 +399,14 @@ impl Spawned {
             return Err(AgentError::last_os("release the container's process"));
         }
         drop(go);
-        match read_report(&self.err_read) {
+        let report = read_report(&self.err_read);
+        if report.is_some() {
+            // It failed and exits now.
+            wait_eof(&self.err_read);
+        }
+        // The child has exec'd or exited: its memory is free.
+        drop(self.memory.take());
+        match report {
             None => Ok(self.pid),
             Some((stage, errno)) => Err(report_error(&self.plan_name, stage, errno)),
         }
@@ -457,17 +490,22 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Forks `plan` with `stdio` and `options`, registering `route` with the
+/// Starts `plan` with `stdio` and `options`, registering `route` with the
 /// reaper. Returns once the child exec'd, or — with
 /// [`SpawnOptions::wait_for_start`] — once it is set up and waits for
 /// [`Spawned::release`]; or why it failed before that (a missing command
 /// is [`AgentError::NotExecutable`]).
 pub fn spawn(
-    plan: &Plan,
+    plan: Plan,
     stdio: &ChildStdio,
     options: &SpawnOptions<'_>,
     route: ExitRoute,
 ) -> Result<Spawned, AgentError> {
+    let memory = ChildMemory {
+        stack: ChildStack::new()?,
+        plan: Box::new(plan),
+    };
+    let plan = &*memory.plan;
     let (err_read, err_write) = pipe()?;
     let (go_read, go_write) = if options.wait_for_start {
         let (r, w) = pipe()?;
@@ -487,44 +525,136 @@ pub fn spawn(
         err_fd: err_write.as_raw_fd(),
         go_fd: go_read.as_ref().map(|fd| fd.as_raw_fd()),
     };
-    let pid = reaper::spawn_registered(|| fork_child(&child, options.pid_ns, own_ns), route)
-        .map_err(|e| match (options.pid_ns, e.raw_os_error()) {
-            // fork into a PID namespace whose init has exited.
-            (PidNamespace::Join(_), Some(libc::ENOMEM)) => {
-                AgentError::InvalidState("the container's process has exited".into())
-            }
-            _ => AgentError::from_io("fork", &e),
-        })?;
+    let stack_top = memory.stack.top();
+    let pid = reaper::spawn_registered(
+        || clone_child(&child, stack_top, options.pid_ns, own_ns),
+        route,
+    )
+    .map_err(|e| match (options.pid_ns, e.raw_os_error()) {
+        // clone into a PID namespace whose init has exited.
+        (PidNamespace::Join(_), Some(libc::ENOMEM)) => {
+            AgentError::InvalidState("the container's process has exited".into())
+        }
+        _ => AgentError::from_io("clone", &e),
+    })?;
     drop(err_write);
     drop(go_read);
+    let plan_name = plan.name.clone();
     match read_report(&err_read) {
+        // It waits for `start` on its stack: `memory` goes with it.
         Some((READY, _)) if go_write.is_some() => Ok(Spawned {
             pid,
             go: go_write,
             err_read,
-            plan_name: plan.name.clone(),
+            plan_name,
+            memory: Some(memory),
         }),
+        // It exec'd.
         None if go_write.is_none() => Ok(Spawned {
             pid,
             go: None,
             err_read,
-            plan_name: plan.name.clone(),
+            plan_name,
+            memory: None,
         }),
         // The child died before reporting (it cannot, unless killed).
         None => Err(AgentError::ExecFailed {
             stage: "unknown",
             errno: libc::EIO,
         }),
-        Some((stage, errno)) => Err(report_error(&plan.name, stage, errno)),
+        Some((stage, errno)) => {
+            // It exits now; its stack is freed once it has.
+            wait_eof(&err_read);
+            Err(report_error(&plan_name, stage, errno))
+        }
     }
 }
 
-/// Forks (or clones into a new PID namespace, or forks from inside the
-/// container's) the child that runs `child_main`; in the parent, the pid.
-/// `own_ns` is the agent's PID namespace to return this thread to after a
+/// The memory a child cloned with `CLONE_VM` uses until it has exec'd or
+/// exited: its stack, and the plan whose strings its `execve` reads.
+struct ChildMemory {
+    stack: ChildStack,
+    plan: Box<Plan>,
+}
+
+// SAFETY: the plan's raw pointers point into its own strings, which move
+// with it; nothing in it is tied to a thread.
+unsafe impl Send for ChildMemory {}
+
+/// An anonymous mapping for a child's stack, with a guard page below it.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    /// Enough for `child_main` and the libc calls it makes (it uses a few
+    /// KiB; only the pages it touches are ever allocated).
+    const LEN: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+
+    fn new() -> Result<ChildStack, AgentError> {
+        // SAFETY: a fresh anonymous mapping, owned by the result.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(AgentError::last_os("mmap the child's stack"));
+        }
+        let stack = ChildStack {
+            base,
+            len: Self::LEN,
+        };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, Self::GUARD, libc::PROT_NONE) } != 0 {
+            return Err(AgentError::last_os("mprotect the child's stack guard"));
+        }
+        Ok(stack)
+    }
+
+    /// The initial stack pointer (the stack grows down from the end).
+    fn top(&self) -> usize {
+        self.base as usize + self.len
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `new` made; no child runs on it any more
+        // (see `ChildMemory`).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Reads `fd` until end of file: the child has exec'd or exited (or a read
+/// failed, which cannot happen on a pipe we own).
+fn wait_eof(fd: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n > 0 || (n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)) {
+            continue;
+        }
+        return;
+    }
+}
+
+/// Clones the child that runs `child_main` on the stack ending at
+/// `stack_top`, sharing the agent's memory (`CLONE_VM`), in a new PID
+/// namespace or inside the container's; the child's pid. `own_ns` is the
+/// agent's PID namespace to return this thread to after a
 /// [`PidNamespace::Join`].
-fn fork_child(
+fn clone_child(
     child: &ChildArgs<'_>,
+    stack_top: usize,
     pid_ns: PidNamespace,
     own_ns: Option<RawFd>,
 ) -> std::io::Result<libc::pid_t> {
@@ -535,30 +665,24 @@ fn fork_child(
             return Err(std::io::Error::last_os_error());
         }
     }
-    let pid = match pid_ns {
-        // SAFETY: clone without CLONE_VM and without a new stack is
-        // fork(2) with a flag; the child only runs `child_main`
-        // (raw system calls on memory prepared before, never
-        // returning), so glibc's fork bookkeeping is not needed.
-        PidNamespace::New => unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            ) as libc::pid_t
-        },
-        // SAFETY: as above, the child only runs `child_main`.
-        _ => unsafe { libc::fork() },
+    let mut flags = libc::CLONE_VM | libc::SIGCHLD;
+    if pid_ns == PidNamespace::New {
+        flags |= libc::CLONE_NEWPID;
+    }
+    // SAFETY: the child runs `child_entry` on its own stack (a mapping
+    // that outlives it, see `ChildMemory`) and reads `child`, which the
+    // caller keeps alive until the child reported READY or is gone; it
+    // never returns into this frame (it execs or exits).
+    let pid = unsafe {
+        libc::clone(
+            child_entry,
+            stack_top as *mut libc::c_void,
+            flags,
+            (child as *const ChildArgs<'_>).cast_mut().cast(),
+        )
     };
-    let fork_error = std::io::Error::last_os_error();
-    // Only in the agent (the parent, or a failed fork): the child is in the
-    // container's namespace already, where `own` is an ancestor that
-    // setns(2) refuses (EINVAL), and it must not allocate (the log would)
-    // between fork and exec.
-    if let (Some(own), true) = (own_ns, pid != 0) {
+    let clone_error = std::io::Error::last_os_error();
+    if let Some(own) = own_ns {
         // Back to the agent's namespace for this thread's next
         // children (allowed: it is the thread's active one).
         // SAFETY: setns on the descriptor `own_pid_ns` keeps open.
@@ -570,10 +694,18 @@ fn fork_child(
         }
     }
     match pid {
-        -1 => Err(fork_error),
-        0 => child_main(child),
+        -1 => Err(clone_error),
         pid => Ok(pid),
     }
+}
+
+/// The cloned child's entry: `arg` is the `ChildArgs` of `clone_child`.
+extern "C" fn child_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `clone_child` passes a `ChildArgs` that lives until the
+    // child reported READY or is gone, and `child_main` reads it only
+    // before that.
+    let args = unsafe { &*(arg as *const ChildArgs<'_>) };
+    child_main(args)
 }
 
 /// What the child reads: pointers into memory prepared before the fork.
@@ -586,23 +718,25 @@ struct ChildArgs<'a> {
     go_fd: Option<RawFd>,
 }
 
-/// Writes a `(stage, errno)` record; async-signal-safe.
+/// Writes a `(stage, errno)` record; async-signal-safe, `errno` untouched.
 fn report(err_fd: RawFd, stage: u32, errno: i32) {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&stage.to_ne_bytes());
     msg[4..].copy_from_slice(&errno.to_ne_bytes());
     // SAFETY: write(2) of a local buffer.
-    unsafe { libc::write(err_fd, msg.as_ptr().cast(), msg.len()) };
+    unsafe { raw::write(err_fd, &msg) };
 }
 
-/// Reports `(stage, errno)` and exits; async-signal-safe.
+/// Reports `(stage, errno)` and exits; async-signal-safe, `errno`
+/// untouched.
 fn fail_with(err_fd: RawFd, stage: u32, errno: i32) -> ! {
     report(err_fd, stage, errno);
-    // SAFETY: _exit is async-signal-safe and does not return.
-    unsafe { libc::_exit(127) }
+    // SAFETY: exit_group does not return.
+    unsafe { raw::exit_group(127) }
 }
 
-/// Reports `(stage, errno)` with the current errno and exits.
+/// Reports `(stage, errno)` with the current errno and exits. Only before
+/// READY (the cloning thread's `errno` is the child's until then).
 fn fail(err_fd: RawFd, stage: u32) -> ! {
     // SAFETY: the errno location is thread-local and valid.
     let errno = unsafe { *libc::__errno_location() };
@@ -655,10 +789,15 @@ unsafe fn look_up(plan: &Plan) -> Result<usize, (u32, i32)> {
 
 fn child_main(args: &ChildArgs<'_>) -> ! {
     let (plan, err_fd) = (args.plan, args.err_fd);
-    // SAFETY: runs in the freshly forked child: only async-signal-safe raw
-    // system calls on pointers into `plan`, which the fork copied; every
-    // failure ends in `fail`, success in execve.
+    // SAFETY: runs in the freshly cloned child, on its own stack: only
+    // async-signal-safe raw system calls on pointers into `plan`, which
+    // outlives the child's use of it (`ChildMemory`); every failure ends in
+    // `fail`, success in execve.
     unsafe {
+        // Not dumpable: the memory is the agent's until execve, so only a
+        // tracer with CAP_SYS_PTRACE may attach (`ptrace_may_access`); the
+        // flag is the shared memory's, and execve sets the program's own.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         if let Some(fd) = args.cgroup_procs {
             // "0" moves the writing process (cgroup-v2.rst, cgroup.procs).
             if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
@@ -702,15 +841,18 @@ fn child_main(args: &ChildArgs<'_>) -> ! {
             Ok(i) => &plan.candidates[i],
             Err((stage, errno)) => fail_with(err_fd, stage, errno),
         };
-        if let Some(go) = args.go_fd {
-            wait_for_start(go, err_fd);
-        }
-        libc::execve(
+        // From here on `args` may be gone (the agent runs on after
+        // READY): only these pointers into the plan's heap strings.
+        let (exe, argv, envp) = (
             exe.as_ptr(),
             plan.argv_ptrs.as_ptr(),
             plan.envp_ptrs.as_ptr(),
         );
-        fail(err_fd, 12)
+        if let Some(go) = args.go_fd {
+            wait_for_start(go, err_fd);
+        }
+        let errno = raw::execve(exe, argv, envp);
+        fail_with(err_fd, 12, errno)
     }
 }
 
@@ -809,17 +951,105 @@ unsafe fn child_mounts(mounts: &[ChildMount], err_fd: RawFd) {
 /// Only in the forked child (async-signal-safe calls only).
 unsafe fn wait_for_start(go: RawFd, err_fd: RawFd) {
     report(err_fd, READY, 0);
-    let mut byte = 0u8;
+    let mut byte = [0u8; 1];
     loop {
         // SAFETY: a one-byte read into a local.
-        match unsafe { libc::read(go, (&mut byte as *mut u8).cast(), 1) } {
+        match unsafe { raw::read(go, &mut byte) } {
             1 => return,
             // The agent let go without `start` (shutdown): run nothing.
-            // SAFETY: _exit does not return.
-            0 => unsafe { libc::_exit(255) },
-            // SAFETY: errno is this thread's.
-            _ if unsafe { *libc::__errno_location() } == libc::EINTR => continue,
-            _ => fail(err_fd, STAGE_START),
+            // SAFETY: exit_group does not return.
+            0 => unsafe { raw::exit_group(255) },
+            n if n == -(libc::EINTR as isize) => continue,
+            n => fail_with(err_fd, STAGE_START, -n as i32),
+        }
+    }
+}
+
+/// The system calls the child makes after it reported READY, without
+/// libc's `errno`: the child shares the memory, and so the thread-local
+/// `errno`, of the agent thread that cloned it, which runs on meanwhile.
+/// They return `-errno` on failure, as the kernel does.
+mod raw {
+    use std::arch::asm;
+
+    /// # Safety
+    /// A Linux x86-64 system call with three arguments.
+    unsafe fn syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> isize {
+        let ret: isize;
+        // SAFETY: the `syscall` instruction clobbers rcx and r11 and
+        // returns in rax; the caller vouches for the arguments.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") nr as isize => ret,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret
+    }
+
+    /// read(2) into `buf`.
+    pub unsafe fn read(fd: libc::c_int, buf: &mut [u8]) -> isize {
+        // SAFETY: `buf` is writable for its length.
+        unsafe {
+            syscall3(
+                libc::SYS_read,
+                fd as usize,
+                buf.as_mut_ptr() as usize,
+                buf.len(),
+            )
+        }
+    }
+
+    /// write(2) of `buf`.
+    pub unsafe fn write(fd: libc::c_int, buf: &[u8]) -> isize {
+        // SAFETY: `buf` is readable for its length.
+        unsafe {
+            syscall3(
+                libc::SYS_write,
+                fd as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+            )
+        }
+    }
+
+    /// execve(2); returns only on failure, with the errno.
+    pub unsafe fn execve(
+        path: *const libc::c_char,
+        argv: *const *const libc::c_char,
+        envp: *const *const libc::c_char,
+    ) -> i32 {
+        // SAFETY: NUL-terminated path, NULL-terminated arrays (the
+        // caller's plan).
+        let r = unsafe {
+            syscall3(
+                libc::SYS_execve,
+                path as usize,
+                argv as usize,
+                envp as usize,
+            )
+        };
+        -r as i32
+    }
+
+    /// exit_group(2).
+    pub unsafe fn exit_group(code: libc::c_int) -> ! {
+        // SAFETY: exit_group does not return.
+        unsafe {
+            syscall3(libc::SYS_exit_group, code as usize, 0, 0);
+        }
+        unreachable_exit()
+    }
+
+    fn unreachable_exit() -> ! {
+        loop {
+            std::hint::spin_loop();
         }
     }
 }
