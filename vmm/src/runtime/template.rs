@@ -113,13 +113,21 @@ fn disabled() -> Option<String> {
         .then(|| format!("templates are off for this host ({} exists)", off.display()))
 }
 
-/// Picks how a container of `shape` starts: from its template when the
-/// bundle allows (`io.capsa.boot`), templates are on and the template is
-/// ready and passes its checks. Otherwise cold, with the reason; a missing
-/// or unusable template is (re)built in the background.
-pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape) -> Choice {
+/// Picks how a container of `shape` that adds `devices` virtio devices to
+/// its VM (its disks, virtio-fs share and network device: each takes a
+/// free slot of the template) starts: from its template when the bundle
+/// allows (`io.capsa.boot`), the devices fit in the [`FREE_SLOTS`],
+/// templates are on and the template is ready and passes its checks.
+/// Otherwise cold, with the reason; a missing or unusable template is
+/// (re)built in the background.
+pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape, devices: usize) -> Choice {
     if boot == BootMode::Cold {
         return Choice::Cold("the bundle asks for it (io.capsa.boot=cold)".into());
+    }
+    if devices > usize::from(FREE_SLOTS) {
+        return Choice::Cold(format!(
+            "the container adds {devices} devices to its VM, a template has {FREE_SLOTS} free slots"
+        ));
     }
     if let Some(why) = disabled() {
         return Choice::Cold(why);
@@ -447,5 +455,42 @@ fn lock(path: &Path, wait: bool) -> Result<Option<Flock<File>>> {
             format!("flock {}", path.display()),
             e.into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Shipped {
+        Shipped {
+            kernel: "/nonexistent/vmlinux".into(),
+            initramfs: "/nonexistent/initramfs.cpio".into(),
+        }
+    }
+
+    const SHAPE: Shape = Shape {
+        vcpus: 1,
+        memory_mib: 512,
+        host_quirks: false,
+    };
+
+    #[test]
+    fn more_devices_than_free_slots_boot_cold() {
+        let devices = usize::from(FREE_SLOTS) + 1;
+        let Choice::Cold(why) = choose(BootMode::Warm, &shipped(), SHAPE, devices) else {
+            panic!("{devices} devices cannot start warm");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "the container adds {devices} devices to its VM, a template has {FREE_SLOTS} free slots"
+            )
+        );
+        // The bundle's choice comes first.
+        let Choice::Cold(why) = choose(BootMode::Cold, &shipped(), SHAPE, devices) else {
+            panic!("io.capsa.boot=cold");
+        };
+        assert!(why.contains("io.capsa.boot=cold"), "{why}");
     }
 }
