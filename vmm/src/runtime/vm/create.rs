@@ -86,7 +86,7 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
         resources.device_count(),
     );
     match &start {
-        template::Choice::Warm(t) => tracing::info!(template = %t.display(), "warm start"),
+        template::Choice::Warm(t) => tracing::info!(template = %t.dir.display(), "warm start"),
         template::Choice::Cold(why) => tracing::info!("cold boot: {why}"),
     }
     let machine = plan_machine(&shipped, host_quirks, &start, &resources, &mut placement);
@@ -106,8 +106,9 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     // the network setup stays only if the container is recorded.
     let mut network = resources.network.take();
     drop(resources);
+    // The VM is restored: the template is no longer held.
     let template = match start {
-        template::Choice::Warm(t) => Some(t),
+        template::Choice::Warm(t) => Some(t.dir),
         template::Choice::Cold(_) => None,
     };
     let launched = Launched {
@@ -373,7 +374,7 @@ fn plan_machine(
         fs_socket_fd: resources.virtiofsd.as_ref().map(|v| v.conn.as_raw_fd()),
         network: resources.network.as_ref().map(HostNetwork::guest),
         restore_from: match start {
-            template::Choice::Warm(dir) => Some(placement.read_only(dir, "template")),
+            template::Choice::Warm(t) => Some(placement.read_only(&t.dir, "template")),
             template::Choice::Cold(_) => None,
         },
     }
