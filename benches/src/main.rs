@@ -55,7 +55,9 @@ struct BootArgs {
     /// loop on one thread, then the same work on two (0: skip).
     #[arg(long, default_value_t = 1)]
     smp_iterations: usize,
-    /// VMs at once in the launches/s round (0: skip the round).
+    /// VMs at once in the launches/s rounds (0: skip them): capsa's boot
+    /// comparison and, unless --no-warm, the echo container launched cold
+    /// and warm (each VM restored from the one template).
     #[arg(long, default_value_t = 2)]
     parallel: usize,
     /// Results directory (default: benches/results/<UTC timestamp>/).
@@ -211,6 +213,31 @@ fn describe(rec: &LaunchRecord) -> String {
     }
 }
 
+fn describe_parallel(p: &vmms::ParallelRecord) -> String {
+    let output = p
+        .first_output_ms
+        .map(|o| {
+            format!(
+                ", to container output {:.2} s median, {:.2} s max",
+                o.median / 1e3,
+                o.max / 1e3
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {}: {} at once: {:.3} launches/s (wall {:.2} s){output}{}",
+        p.vmm,
+        p.workload,
+        p.parallel,
+        p.launches_per_second,
+        p.wall_ms / 1e3,
+        p.error
+            .as_deref()
+            .map(|e| format!(" (error: {})", e.lines().next().unwrap_or("")))
+            .unwrap_or_default()
+    )
+}
+
 fn boot(args: BootArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.iterations >= 1, "--iterations must be at least 1");
     let (mut peers, skipped) = select_peers(&args.peers)?;
@@ -275,7 +302,12 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
         Some(t)
     };
     let per_iter = launch_kinds.len() + vmms_in_comparison.len();
-    let parallel_rounds = usize::from(args.parallel > 0);
+    // The boot round, and with a template the cold and warm launch rounds.
+    let parallel_rounds = match (args.parallel, &template) {
+        (0, _) => 0,
+        (_, None) => 1,
+        (_, Some(_)) => 3,
+    };
     let total = (args.iterations * per_iter + parallel_rounds + args.smp_iterations) as u64;
     let pb = ProgressBar::new(total);
     pb.set_style(
@@ -340,27 +372,33 @@ fn boot(args: BootArgs) -> anyhow::Result<()> {
     }
     let mut parallel = Vec::new();
     if args.parallel > 0 {
+        let k = args.parallel;
         // capsa only: the peers' launches/s would be skewed by the kill of
         // those that do not exit on the guest's reset.
-        let round_vmms = [Vmm::Capsa];
-        for vmm in &round_vmms {
-            pb.set_message(format!("{} x{} in parallel", vmm.name(), args.parallel));
-            let p = vmms::boot_parallel(vmm, &fx, work.path(), args.parallel, mem, timeout);
-            say(
-                &pb,
-                format!(
-                    "{}: {} at once: {:.3} launches/s{}",
-                    p.vmm,
-                    p.parallel,
-                    p.launches_per_second,
-                    p.error
-                        .as_deref()
-                        .map(|e| format!(" (error: {})", e.lines().next().unwrap_or("")))
-                        .unwrap_or_default()
-                ),
-            );
-            parallel.push(p);
-            pb.inc(1);
+        pb.set_message(format!("capsa boot x{k} in parallel"));
+        let boot = vmms::boot_parallel(&Vmm::Capsa, &fx, work.path(), k, mem, timeout);
+        say(&pb, describe_parallel(&boot));
+        pb.inc(1);
+        parallel.push(boot);
+        // The echo container launched K at once, cold then warm (each VM
+        // restored from the one template), as `launch` and `launch-warm`.
+        if let Some(t) = template.as_deref() {
+            for (tag, template) in [("pc", None), ("pw", Some(t))] {
+                let spec = LaunchSpec {
+                    work: work.path(),
+                    template,
+                    tag,
+                    memory_mib: mem,
+                    timeout,
+                    job: Job::Echo,
+                    transport: Transport::Block,
+                };
+                pb.set_message(format!("capsa launches x{k} in parallel ({tag})"));
+                let p = vmms::launch_parallel(&fx, spec, k);
+                say(&pb, describe_parallel(&p));
+                pb.inc(1);
+                parallel.push(p);
+            }
         }
     }
     pb.finish_and_clear();
@@ -426,6 +464,7 @@ fn render(
     let mut ratios = report::ratios(launches, peer_names);
     ratios.extend(report::transport_ratios(launches));
     ratios.extend(report::warm_ratios(launches));
+    ratios.extend(report::parallel_warm_ratios(parallel));
     ratios.extend(report::reference_ratios(launches));
     ratios.extend(report::smp_speedup(launches));
     let table = report::markdown(&rows, &ratios, parallel, &machine_line(machine));

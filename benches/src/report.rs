@@ -147,7 +147,7 @@ pub const TRANSPORT_RATIO: &str = "rootfs virtiofs / block";
 /// of the echo, the small-file job's time (from `start` to its output),
 /// and the host CPU per launch of each.
 pub fn transport_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
-    let output: Metric = |l| l.marks_ms.get("first_output").copied();
+    let output: Metric = first_output;
     let job: Metric = |l| Some(l.marks_ms.get("first_output")? - l.extra_ms.get("start")?);
     let cpu: Metric = |l| Some(l.cpu_user_ms + l.cpu_sys_ms);
     let cases: [(&str, &str, &str, Metric); 4] = [
@@ -187,7 +187,7 @@ pub const WARM_RATIO: &str = "warm / cold";
 /// time to container output, the host CPU and the VMM's peak RSS per
 /// launch.
 pub fn warm_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
-    let output: Metric = |l| l.marks_ms.get("first_output").copied();
+    let output: Metric = first_output;
     let cpu: Metric = |l| Some(l.cpu_user_ms + l.cpu_sys_ms);
     let rss: Metric = |l| Some(l.max_rss_kib as f64);
     let cases: [(&str, &str, &str, Metric); 6] = [
@@ -226,8 +226,49 @@ pub fn warm_ratios(launches: &[LaunchRecord]) -> Vec<Ratio> {
     pair_ratios(launches, WARM_RATIO, &cases)
 }
 
+/// The launch rounds of `--parallel`, warm against cold at the same K:
+/// the ratio of their launches/s, and per pair of launches (the i-th of
+/// each round) the time to container output.
+pub fn parallel_warm_ratios(parallel: &[ParallelRecord]) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for warm in parallel.iter().filter(|p| p.workload == "launch-warm") {
+        let Some(cold) = parallel
+            .iter()
+            .find(|p| p.workload == "launch" && p.parallel == warm.parallel)
+        else {
+            continue;
+        };
+        if cold.launches_per_second > 0.0 && warm.launches_per_second > 0.0 {
+            let r = warm.launches_per_second / cold.launches_per_second;
+            out.push(Ratio {
+                peer: WARM_RATIO.into(),
+                what: format!("{} at once: launches/s", warm.parallel),
+                median_ratio: r,
+                min_ratio: r,
+                max_ratio: r,
+                pairs: 1,
+            });
+        }
+        let launches: Vec<LaunchRecord> = warm
+            .launches
+            .iter()
+            .chain(&cold.launches)
+            .cloned()
+            .collect();
+        let what = format!("{} at once: exec → container output", warm.parallel);
+        let cases: [PairCase; 1] = [("launch-warm", "launch", &what, first_output)];
+        out.extend(pair_ratios(&launches, WARM_RATIO, &cases));
+    }
+    out
+}
+
 /// One quantity of a launch, if it has it.
 type Metric = fn(&LaunchRecord) -> Option<f64>;
+
+/// Spawn → the container's first output, ms.
+fn first_output(l: &LaunchRecord) -> Option<f64> {
+    l.marks_ms.get("first_output").copied()
+}
 
 /// A ratio to compute: workload, baseline workload, what, metric.
 type PairCase<'a> = (&'a str, &'a str, &'a str, Metric);
@@ -387,6 +428,8 @@ fn workload_name(w: &str) -> &str {
     match w {
         "launch" => "container launch",
         "launch-virtiofs" => "container launch, virtiofs rootfs",
+        "launch-warm" => "container launch, warm",
+        "launch-virtiofs-warm" => "container launch, virtiofs rootfs, warm",
         "smallfiles-block" => "small files, block rootfs",
         "smallfiles-virtiofs" => "small files, virtiofs rootfs",
         "boot" => "boot comparison",
@@ -499,19 +542,32 @@ pub fn markdown(
     if !parallel.is_empty() {
         let _ = writeln!(
             md,
-            "\n| VMM | workload | VMs at once | wall, s | launches/s |"
+            "\nVMs launched at once; wall from the first spawn to the last exit; launches/s \
+             counts those that succeeded:\n"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| VMM | workload | VMs at once | launches ok / failed | wall, s | launches/s | to container output, s (median / max) |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---|---:|---:|---:|");
         for p in parallel {
+            let ok = p.launches.iter().filter(|l| l.error.is_none()).count();
+            let output = p
+                .first_output_ms
+                .map(|o| format!("{} / {}", s(o.median), s(o.max)))
+                .unwrap_or_else(|| "n/a".into());
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.3}{} |",
+                "| {} | {} | {} | {} / {} | {} | {:.3}{} | {} |",
                 p.vmm,
                 workload_name(&p.workload),
                 p.parallel,
+                ok,
+                p.launches.len() - ok,
                 s(p.wall_ms),
                 p.launches_per_second,
-                if p.error.is_some() { " (errors)" } else { "" }
+                if p.error.is_some() { " (errors)" } else { "" },
+                output
             );
         }
     }
@@ -716,5 +772,66 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].pairs, 1);
         assert!((r[0].median_ratio - 1.875).abs() < 1e-9);
+    }
+
+    fn round(workload: &str, k: usize, wall_ms: f64, outputs: &[f64]) -> ParallelRecord {
+        let launches: Vec<LaunchRecord> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| rec("capsa", workload, i, &[("first_output", *o)]))
+            .collect();
+        ParallelRecord {
+            vmm: "capsa".into(),
+            workload: workload.into(),
+            parallel: k,
+            wall_ms,
+            launches_per_second: launches.len() as f64 / (wall_ms / 1e3),
+            first_output_ms: summarize(outputs),
+            launches,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn parallel_rounds_warm_against_cold() {
+        let mut warm = round("launch-warm", 2, 10_000.0, &[4000.0, 8000.0]);
+        let cold = round("launch", 2, 40_000.0, &[20_000.0, 40_000.0]);
+        let boot = round("boot", 2, 30_000.0, &[]);
+        let r = parallel_warm_ratios(&[boot.clone(), cold.clone(), warm.clone()]);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r[0].what, "2 at once: launches/s");
+        assert!((r[0].median_ratio - 4.0).abs() < 1e-9);
+        assert_eq!((r[1].pairs, r[1].min_ratio, r[1].max_ratio), (2, 0.2, 0.2));
+        // A warm launch that failed (e.g. not restored) is not counted.
+        warm.launches[1].error = Some("not restored".into());
+        assert_eq!(parallel_warm_ratios(&[cold.clone(), warm])[1].pairs, 1);
+        // No cold round at that K: no ratio.
+        assert!(parallel_warm_ratios(&[round("launch-warm", 4, 1.0, &[1.0]), cold]).is_empty());
+        let md = markdown(
+            &[],
+            &[],
+            &[boot, round("launch-warm", 2, 10_000.0, &[4000.0, 8000.0])],
+            "m",
+        );
+        assert!(
+            md.contains(
+                "| capsa | container launch, warm | 2 | 2 / 0 | 10.00 | 0.200 | 6.00 / 8.00 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| capsa | boot comparison | 2 | 0 / 0 | 30.00 | 0.000 | n/a |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn parallel_records_of_earlier_runs_still_load() {
+        // As written before the launch rounds: no first_output_ms.
+        let old = r#"{"vmm":"capsa","workload":"boot","parallel":2,"wall_ms":35090.0,
+            "launches_per_second":0.057,"launches":[],"error":null}"#;
+        let p: ParallelRecord = serde_json::from_str(old).unwrap();
+        assert!(p.first_output_ms.is_none());
+        assert!(markdown(&[], &[], &[p], "m").contains("| 35.09 | 0.057 | n/a |"));
     }
 }

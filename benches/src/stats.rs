@@ -1,9 +1,9 @@
 //! Order statistics of a handful of samples.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Median, p90 (nearest rank), min, max and mean of some samples.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub median: f64,

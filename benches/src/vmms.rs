@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::fixtures::{Fixtures, CONTAINER_OUTPUT, INIT_LINE, WRITTEN_FILES};
 use crate::launch::{Event, Pipe, Watched};
+use crate::stats::{summarize, Summary};
 
 /// The phases, in order; each is timed as the host time from spawn to the
 /// event that ends it (cumulative). A phase's own duration is the time
@@ -351,13 +352,9 @@ pub struct LaunchSpec<'a> {
     pub transport: Transport,
 }
 
-/// capsa's full launch: `capsa vmm --agent` with a vsock socket and the
-/// rootfs (a disk, or a virtio-fs share served by virtiofsd); the host
-/// connects, `hello`, `create` + `start` a process that does its job and
-/// echoes one line, reads its first stdout byte, `wait`s for it and asks
-/// the agent to `shutdown`; the VMM then exits.
-pub fn capsa_launch(fx: &Fixtures, spec: LaunchSpec) -> LaunchRecord {
-    let mut rec = LaunchRecord {
+/// The record of a launch of `spec`, before it runs.
+fn launch_record(spec: LaunchSpec) -> LaunchRecord {
+    LaunchRecord {
         vmm: "capsa".into(),
         workload: match spec.template {
             Some(_) => warm_workload(spec.transport),
@@ -365,11 +362,22 @@ pub fn capsa_launch(fx: &Fixtures, spec: LaunchSpec) -> LaunchRecord {
         }
         .into(),
         ..Default::default()
-    };
-    if let Err(e) = capsa_launch_inner(fx, spec, &mut rec) {
-        rec.error = Some(format!("{e:#}"));
     }
-    rec
+}
+
+/// capsa's full launch: `capsa vmm --agent` with a vsock socket and the
+/// rootfs (a disk, or a virtio-fs share served by virtiofsd); the host
+/// connects, `hello`, `create` + `start` a process that does its job and
+/// echoes one line, reads its first stdout byte, `wait`s for it and asks
+/// the agent to `shutdown`; the VMM then exits.
+pub fn capsa_launch(fx: &Fixtures, spec: LaunchSpec) -> LaunchRecord {
+    match launch_start(fx, spec) {
+        Ok(run) => run.finish().0,
+        Err(e) => LaunchRecord {
+            error: Some(format!("{e:#}")),
+            ..launch_record(spec)
+        },
+    }
 }
 
 /// virtiofsd sharing the rootfs tree on `socket` (killed on drop), with
@@ -409,11 +417,21 @@ impl Drop for Virtiofsd {
     }
 }
 
-fn capsa_launch_inner(
-    fx: &Fixtures,
-    spec: LaunchSpec,
-    rec: &mut LaunchRecord,
-) -> anyhow::Result<()> {
+/// A launch that is running: started by [`launch_start`], driven to its
+/// end by [`Running::finish`].
+pub struct LaunchRun<'a> {
+    fx: &'a Fixtures,
+    spec: LaunchSpec<'a>,
+    w: Watched,
+    rec: LaunchRecord,
+    uds: PathBuf,
+    socket: PathBuf,
+    _virtiofsd: Option<Virtiofsd>,
+}
+
+/// Spawns the VMM of a launch (and first its virtiofsd, as the runtime
+/// does).
+pub fn launch_start<'a>(fx: &'a Fixtures, spec: LaunchSpec<'a>) -> anyhow::Result<LaunchRun<'a>> {
     let (work, tag) = (spec.work, spec.tag);
     let uds = work.join(format!("vsock-{tag}.sock"));
     let _ = std::fs::remove_file(&uds);
@@ -435,7 +453,7 @@ fn capsa_launch_inner(
         .args(["--memory-mib", &spec.memory_mib.to_string()]);
     let socket = work.join(format!("virtiofsd-{tag}.sock"));
     // Started before the clock: the runtime starts it before the VMM too.
-    let _virtiofsd = match spec.transport {
+    let virtiofsd = match spec.transport {
         Transport::Block => {
             cmd.arg("--disk").arg(format!("{},ro", fx.rootfs.display()));
             None
@@ -447,24 +465,70 @@ fn capsa_launch_inner(
             Some(d)
         }
     };
-    let mut w = Watched::spawn(cmd, spec.memory_mib)?;
-    let deadline = w.t0 + spec.timeout;
-    let result = drive_agent(&mut w, &uds, deadline, spec, rec);
-    if result.is_err() {
-        w.kill();
+    Ok(LaunchRun {
+        fx,
+        spec,
+        w: Watched::spawn(cmd, spec.memory_mib)?,
+        rec: launch_record(spec),
+        uds,
+        socket,
+        _virtiofsd: virtiofsd,
+    })
+}
+
+impl LaunchRun<'_> {
+    /// Drives the agent through the job, waits for the exit and records
+    /// the marks.
+    fn drive_to_end(&mut self) -> anyhow::Result<()> {
+        let (fx, spec, rec) = (self.fx, self.spec, &mut self.rec);
+        let deadline = self.w.t0 + spec.timeout;
+        let result = drive_agent(&mut self.w, &self.uds, deadline, spec, rec);
+        if result.is_err() {
+            self.w.kill();
+        }
+        let finished = finish_record(&mut self.w, rec, deadline + Duration::from_secs(30));
+        collect_capsa_marks(&self.w, rec, true);
+        let _ = std::fs::remove_file(&self.uds);
+        let _ = std::fs::remove_file(&self.socket);
+        // What the job wrote through to the shared tree goes, so that each
+        // launch creates its files anew.
+        for i in 0..WRITTEN_FILES {
+            let _ = std::fs::remove_file(fx.rootfs_tree.join(format!("tmp/w{i}")));
+        }
+        let out = result.and_then(|out| finished.map(|()| out))?;
+        if spec.template.is_some() {
+            check_restored(rec)?;
+        }
+        if spec.job == Job::Smp {
+            record_smp(&out, rec)?;
+        }
+        Ok(())
     }
-    let finished = finish_record(&mut w, rec, deadline + Duration::from_secs(30));
-    collect_capsa_marks(&w, rec, true);
-    let _ = std::fs::remove_file(&uds);
-    let _ = std::fs::remove_file(&socket);
-    // What the job wrote through to the shared tree goes, so that each
-    // launch creates its files anew.
-    for i in 0..WRITTEN_FILES {
-        let _ = std::fs::remove_file(fx.rootfs_tree.join(format!("tmp/w{i}")));
+}
+
+impl Running for LaunchRun<'_> {
+    fn t0(&self) -> Instant {
+        self.w.t0
     }
-    let out = result.and_then(|out| finished.map(|()| out))?;
-    if spec.job == Job::Smp {
-        record_smp(&out, rec)?;
+
+    fn finish(mut self) -> (LaunchRecord, Option<Instant>) {
+        if let Err(e) = self.drive_to_end() {
+            self.rec.error = Some(format!("{e:#}"));
+        }
+        let exit = self.w.ended().map(|(at, _)| at);
+        (self.rec, exit)
+    }
+}
+
+/// A warm launch counts only if its VM was restored from the template:
+/// the VMM logged the restore, and no guest kernel booted (no /init
+/// mark). Anything else (a fallback to a cold boot) is an error.
+fn check_restored(rec: &LaunchRecord) -> anyhow::Result<()> {
+    if !rec.marks_ms.contains_key("restored") {
+        bail!("warm launch not restored: the VMM logged no \"VM restored from snapshot\"");
+    }
+    if rec.marks_ms.contains_key("init") {
+        bail!("warm launch booted the guest kernel (its /init mark) instead of restoring");
     }
     Ok(())
 }
@@ -768,15 +832,22 @@ pub fn boot_start(
     })
 }
 
-impl BootRun {
+/// A launch that is running (for the parallel rounds).
+pub trait Running: Send {
     /// When it was spawned.
-    pub fn t0(&self) -> Instant {
+    fn t0(&self) -> Instant;
+
+    /// Waits for its end; returns the record and the exit instant.
+    fn finish(self) -> (LaunchRecord, Option<Instant>);
+}
+
+impl Running for BootRun {
+    fn t0(&self) -> Instant {
         self.w.t0
     }
 
-    /// Waits for the init line and the exit; returns the record and the
-    /// exit instant.
-    pub fn finish(mut self) -> (LaunchRecord, Option<Instant>) {
+    /// Waits for the init line and the exit.
+    fn finish(mut self) -> (LaunchRecord, Option<Instant>) {
         let deadline = self.w.t0 + self.timeout;
         let init = self.w.wait_for(deadline, |ev| match ev {
             Event::Line {
@@ -853,9 +924,79 @@ pub struct ParallelRecord {
     pub parallel: usize,
     /// From the first spawn to the last exit, ms.
     pub wall_ms: f64,
+    /// Launches that succeeded per second of `wall_ms`.
     pub launches_per_second: f64,
+    /// Per launch, spawn → the container's first output, ms (container
+    /// launches only; absent from runs before 2026-12-03).
+    #[serde(default)]
+    pub first_output_ms: Option<Summary>,
     pub launches: Vec<LaunchRecord>,
     pub error: Option<String>,
+}
+
+/// Starts `k` launches at once (`start(i)` spawns the i-th), finishes
+/// each on its own thread so that none waits on another, and times the
+/// round from the first spawn to the last exit.
+fn run_parallel<R: Running>(
+    vmm: &str,
+    workload: &str,
+    k: usize,
+    mut start: impl FnMut(usize) -> anyhow::Result<R>,
+) -> ParallelRecord {
+    let mut runs = Vec::new();
+    let mut launches = Vec::new();
+    for i in 0..k {
+        match start(i) {
+            Ok(r) => runs.push((i, r)),
+            Err(e) => launches.push(LaunchRecord {
+                vmm: vmm.into(),
+                workload: workload.into(),
+                iteration: i,
+                error: Some(format!("{e:#}")),
+                ..Default::default()
+            }),
+        }
+    }
+    let first = runs.iter().map(|(_, r)| r.t0()).min();
+    let ended: Vec<(LaunchRecord, Option<Instant>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|(i, r)| {
+                s.spawn(move || {
+                    let (mut rec, exit) = r.finish();
+                    rec.iteration = i;
+                    (rec, exit)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let last = ended.iter().filter_map(|(_, exit)| *exit).max();
+    launches.extend(ended.into_iter().map(|(rec, _)| rec));
+    launches.sort_by_key(|l| l.iteration);
+    let wall_ms = match (first, last) {
+        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64() * 1e3,
+        _ => 0.0,
+    };
+    let ok: Vec<&LaunchRecord> = launches.iter().filter(|l| l.error.is_none()).collect();
+    let output: Vec<f64> = ok
+        .iter()
+        .filter_map(|l| l.marks_ms.get("first_output").copied())
+        .collect();
+    ParallelRecord {
+        vmm: vmm.into(),
+        workload: workload.into(),
+        parallel: k,
+        wall_ms,
+        launches_per_second: if wall_ms > 0.0 {
+            ok.len() as f64 / (wall_ms / 1e3)
+        } else {
+            0.0
+        },
+        first_output_ms: summarize(&output),
+        error: launches.iter().find_map(|l| l.error.clone()),
+        launches,
+    }
 }
 
 /// Starts `k` boot-comparison launches of `vmm` at once and waits for all.
@@ -867,49 +1008,27 @@ pub fn boot_parallel(
     memory_mib: u32,
     timeout: Duration,
 ) -> ParallelRecord {
-    let mut runs = Vec::new();
-    let mut error = None;
-    for i in 0..k {
-        match boot_start(vmm, fx, work, &format!("par{i}"), memory_mib, timeout) {
-            Ok(r) => runs.push(r),
-            Err(e) => error = Some(format!("{e:#}")),
-        }
-    }
-    let first = runs.iter().map(BootRun::t0).min();
-    // Each run is finished on its own thread so that none waits on another.
-    let handles: Vec<_> = runs
-        .into_iter()
-        .map(|r| std::thread::spawn(move || r.finish()))
-        .collect();
-    let mut launches = Vec::new();
-    let mut last = None;
-    for h in handles {
-        if let Ok((rec, exit)) = h.join() {
-            if let Some(e) = &rec.error {
-                error.get_or_insert_with(|| e.clone());
-            }
-            last = last.max(exit);
-            launches.push(rec);
-        }
-    }
-    let wall_ms = match (first, last) {
-        (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64() * 1e3,
-        _ => 0.0,
-    };
-    let ok = launches.iter().filter(|l| l.error.is_none()).count();
-    ParallelRecord {
-        vmm: vmm.name().into(),
-        workload: "boot".into(),
-        parallel: k,
-        wall_ms,
-        launches_per_second: if wall_ms > 0.0 {
-            ok as f64 / (wall_ms / 1e3)
-        } else {
-            0.0
-        },
-        launches,
-        error,
-    }
+    run_parallel(vmm.name(), "boot", k, |i| {
+        boot_start(vmm, fx, work, &format!("par{i}"), memory_mib, timeout)
+    })
+}
+
+/// Starts `k` capsa container launches of `spec` at once (each with its
+/// own tag: `spec.tag` and its index) and waits for all. With a
+/// template, each VM is restored from it on its own; a launch that was
+/// not restored is an error ([`check_restored`]).
+pub fn launch_parallel(fx: &Fixtures, spec: LaunchSpec, k: usize) -> ParallelRecord {
+    let tags: Vec<String> = (0..k).map(|i| format!("{}{i}", spec.tag)).collect();
+    let workload = launch_record(spec).workload;
+    run_parallel("capsa", &workload, k, |i| {
+        launch_start(
+            fx,
+            LaunchSpec {
+                tag: &tags[i],
+                ..spec
+            },
+        )
+    })
 }
 
 #[cfg(test)]
@@ -925,5 +1044,16 @@ mod tests {
         let log = r#"{"timestamp":"x","level":"INFO","fields":{"message":"first KVM_RUN","elapsed_us":987},"target":"capsa_vmm::vstate::vcpu"}"#;
         assert_eq!(first_kvm_run_us(log), Some(Some(987)));
         assert_eq!(first_kvm_run_us("other"), None);
+    }
+
+    #[test]
+    fn a_warm_launch_must_have_been_restored() {
+        let mut rec = LaunchRecord::default();
+        rec.marks_ms.insert("first_output".into(), 5000.0);
+        assert!(check_restored(&rec).is_err(), "no restore line");
+        rec.marks_ms.insert("restored".into(), 20.0);
+        assert!(check_restored(&rec).is_ok());
+        rec.marks_ms.insert("init".into(), 20_000.0);
+        assert!(check_restored(&rec).is_err(), "booted cold");
     }
 }

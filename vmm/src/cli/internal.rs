@@ -73,6 +73,11 @@ pub struct BuildTemplateArgs {
     /// wait for it).
     #[arg(long)]
     pub no_wait: bool,
+    /// First remove the templates of other builds (another capsa binary,
+    /// kernel or agent: any shape) and what builders left behind, except
+    /// those in use; prints each removed directory on stderr.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 /// Builds the VM template of one shape (docs/runtime.md, "Warm starts").
@@ -87,6 +92,11 @@ pub fn build_template(args: BuildTemplateArgs) -> anyhow::Result<u8> {
             None => capsa_vmm::pvm::is_pvm_host(),
         },
     };
+    if args.prune {
+        for dir in template::prune(&shipped)? {
+            eprintln!("removed {}", dir.display());
+        }
+    }
     match template::build(&shipped, shape, !args.no_wait)? {
         Some(dir) => println!("{}", dir.display()),
         None => println!("another builder is at work on it"),

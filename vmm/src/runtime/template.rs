@@ -19,7 +19,9 @@
 //! lock per template and one for all (one template boot at a time, at
 //! the lowest CPU priority), build into a temporary directory and rename
 //! it into place; a template that fails its checks is removed and built
-//! again.
+//! again. `create` holds its template's lock shared until the VM is
+//! restored, so that `build-template --prune` ([`prune`]), which removes
+//! the templates of other builds under their locks, leaves it alone.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -92,10 +94,20 @@ impl Shipped {
 /// Whether a container starts warm, and from which template.
 #[derive(Debug)]
 pub enum Choice {
-    /// Restore from the template in this directory.
-    Warm(PathBuf),
+    /// Restore from this template.
+    Warm(Template),
     /// Boot cold, for this reason (logged by the caller).
     Cold(String),
+}
+
+/// A template chosen for a restore, held (a shared lock) until dropped,
+/// once the VM is restored: `build-template --prune` does not remove a
+/// template while it is held.
+#[derive(Debug)]
+pub struct Template {
+    /// Its directory.
+    pub dir: PathBuf,
+    _hold: Option<Flock<File>>,
 }
 
 /// The directory of all templates: `<cache>/templates`.
@@ -113,13 +125,21 @@ fn disabled() -> Option<String> {
         .then(|| format!("templates are off for this host ({} exists)", off.display()))
 }
 
-/// Picks how a container of `shape` starts: from its template when the
-/// bundle allows (`io.capsa.boot`), templates are on and the template is
-/// ready and passes its checks. Otherwise cold, with the reason; a missing
-/// or unusable template is (re)built in the background.
-pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape) -> Choice {
+/// Picks how a container of `shape` that adds `devices` virtio devices to
+/// its VM (its disks, virtio-fs share and network device: each takes a
+/// free slot of the template) starts: from its template when the bundle
+/// allows (`io.capsa.boot`), the devices fit in the [`FREE_SLOTS`],
+/// templates are on and the template is ready and passes its checks.
+/// Otherwise cold, with the reason; a missing or unusable template is
+/// (re)built in the background.
+pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape, devices: usize) -> Choice {
     if boot == BootMode::Cold {
         return Choice::Cold("the bundle asks for it (io.capsa.boot=cold)".into());
+    }
+    if devices > usize::from(FREE_SLOTS) {
+        return Choice::Cold(format!(
+            "the container adds {devices} devices to its VM, a template has {FREE_SLOTS} free slots"
+        ));
     }
     if let Some(why) = disabled() {
         return Choice::Cold(why);
@@ -137,9 +157,22 @@ pub fn choose(boot: BootMode, shipped: &Shipped, shape: Shape) -> Choice {
             describe_builder(started)
         ));
     }
+    let hold = match lock(&dir.with_extension("lock"), FlockArg::LockSharedNonblock) {
+        Ok(Some(hold)) => Some(hold),
+        Ok(None) => {
+            return Choice::Cold(format!(
+                "the template {} is locked by a builder or a prune",
+                dir.display()
+            ))
+        }
+        // A templates directory this process cannot write: no lock, as
+        // before locks were taken.
+        Err(_) => None,
+    };
     match check(&dir, shape) {
-        Ok(()) => Choice::Warm(dir),
+        Ok(()) => Choice::Warm(Template { dir, _hold: hold }),
         Err(why) => {
+            drop(hold);
             // Never used again: moved aside first, so that no other
             // `create` picks it while it is removed.
             let trash = dir.with_extension(format!("bad.{}", std::process::id()));
@@ -208,6 +241,12 @@ pub fn check(dir: &Path, shape: Shape) -> std::result::Result<(), String> {
 /// `<root>/<vcpus>c-<memory>m-<key>`, where the key hashes what the
 /// template depends on.
 pub fn template_dir(shipped: &Shipped, shape: Shape) -> std::io::Result<PathBuf> {
+    Ok(root().join(template_name(shipped, shape)?))
+}
+
+/// `<vcpus>c-<memory>m-<key>`: the name of the template of `shape` made
+/// from `shipped` and this capsa binary.
+fn template_name(shipped: &Shipped, shape: Shape) -> std::io::Result<String> {
     let mut h = Sha256::new();
     h.update(b"capsa template 1\n");
     h.update(format!(
@@ -229,7 +268,91 @@ pub fn template_dir(shipped: &Shipped, shape: Shape) -> std::io::Result<PathBuf>
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(root().join(format!("{}c-{}m-{key}", shape.vcpus, shape.memory_mib)))
+    Ok(format!("{}c-{}m-{key}", shape.vcpus, shape.memory_mib))
+}
+
+/// The vCPUs and memory of a template's name (`<vcpus>c-<memory>m-<key>`).
+fn parse_name(name: &str) -> Option<(u8, u32)> {
+    let (vcpus, rest) = name.split_once("c-")?;
+    let (memory_mib, key) = rest.split_once("m-")?;
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((vcpus.parse().ok()?, memory_mib.parse().ok()?))
+}
+
+/// Removes the templates of other builds (`capsa build-template
+/// --prune`); returns what it removed. See [`prune_in`].
+pub fn prune(shipped: &Shipped) -> Result<Vec<PathBuf>> {
+    prune_in(&root(), |shape| template_name(shipped, shape))
+}
+
+/// Removes from the templates directory `root` every template whose name
+/// is not `current`'s for its shape (either host kind): those of another
+/// capsa binary, kernel or agent. Also what builders and removals left:
+/// `<name>.tmp` (a builder's work) and `<name>.bad.<pid>`, and the lock
+/// files of the templates removed. Each name is handled under its
+/// template's exclusive lock, and skipped while someone holds it: a
+/// builder at work, or a `create` restoring from it (held shared until
+/// its VM is restored; a running VM keeps its mapping of the memory file,
+/// also through the bind mount of its jail). Returns what was removed.
+fn prune_in(
+    root: &Path,
+    current: impl Fn(Shape) -> std::io::Result<String>,
+) -> Result<Vec<PathBuf>> {
+    let entries: Vec<String> = match std::fs::read_dir(root) {
+        Ok(dir) => dir
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(RuntimeError::io(format!("read {}", root.display()), e)),
+    };
+    // The templates' names, from their directories, work directories,
+    // leftovers and lock files.
+    let mut names: Vec<(&str, (u8, u32))> = entries
+        .iter()
+        .map(|e| e.split_once('.').map_or(e.as_str(), |(name, _)| name))
+        .filter_map(|name| Some((name, parse_name(name)?)))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut removed = Vec::new();
+    for (name, (vcpus, memory_mib)) in names {
+        let mut is_current = false;
+        for host_quirks in [false, true] {
+            let shape = Shape {
+                vcpus,
+                memory_mib,
+                host_quirks,
+            };
+            is_current |= current(shape)
+                .map_err(|e| RuntimeError::io("cannot name the current templates", e))?
+                == name;
+        }
+        let lock_file = root.join(format!("{name}.lock"));
+        let Some(_held) = lock(&lock_file, FlockArg::LockExclusiveNonblock)? else {
+            continue;
+        };
+        let leftovers = entries.iter().filter(|e| {
+            e.strip_prefix(name)
+                .is_some_and(|rest| rest == ".tmp" || rest.starts_with(".bad."))
+        });
+        let stale = (!is_current).then(|| name.to_owned());
+        for entry in leftovers.chain(stale.as_ref()) {
+            let path = root.join(entry);
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RuntimeError::io(format!("rm -r {}", path.display()), e)),
+            }
+        }
+        if !is_current {
+            std::fs::remove_file(&lock_file)
+                .map_err(|e| RuntimeError::io(format!("rm {}", lock_file.display()), e))?;
+        }
+    }
+    Ok(removed)
 }
 
 /// A file's identity: where it is and which version of it (a replaced
@@ -304,13 +427,18 @@ pub fn build(shipped: &Shipped, shape: Shape, wait: bool) -> Result<Option<PathB
     let root = root();
     std::fs::create_dir_all(&root)
         .map_err(|e| RuntimeError::io(format!("mkdir {}", root.display()), e))?;
-    let Some(_one) = lock(&dir.with_extension("lock"), wait)? else {
+    let how = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    let Some(_one) = lock(&dir.with_extension("lock"), how)? else {
         return Ok(None);
     };
     if dir.exists() && check(&dir, shape).is_ok() {
         return Ok(Some(dir));
     }
-    let Some(_all) = lock(&root.join(".build.lock"), wait)? else {
+    let Some(_all) = lock(&root.join(".build.lock"), how)? else {
         return Ok(None);
     };
     let work = dir.with_extension("tmp");
@@ -426,20 +554,15 @@ fn publish(snap: &Path, dir: &Path) -> Result<()> {
         .map_err(|e| RuntimeError::io(format!("rename {} to {}", snap.display(), dir.display()), e))
 }
 
-/// An exclusive `flock` on `path`: waiting for it with `wait`, else only
-/// if no one holds it.
-fn lock(path: &Path, wait: bool) -> Result<Option<Flock<File>>> {
+/// A `flock` of kind `how` on `path` (created if missing); `None` when a
+/// non-blocking one finds it held.
+fn lock(path: &Path, how: FlockArg) -> Result<Option<Flock<File>>> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .map_err(|e| RuntimeError::io(format!("open {}", path.display()), e))?;
-    let how = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
     match Flock::lock(file, how) {
         Ok(locked) => Ok(Some(locked)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -447,5 +570,142 @@ fn lock(path: &Path, wait: bool) -> Result<Option<Flock<File>>> {
             format!("flock {}", path.display()),
             e.into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Shipped {
+        Shipped {
+            kernel: "/nonexistent/vmlinux".into(),
+            initramfs: "/nonexistent/initramfs.cpio".into(),
+        }
+    }
+
+    const SHAPE: Shape = Shape {
+        vcpus: 1,
+        memory_mib: 512,
+        host_quirks: false,
+    };
+
+    #[test]
+    fn more_devices_than_free_slots_boot_cold() {
+        let devices = usize::from(FREE_SLOTS) + 1;
+        let Choice::Cold(why) = choose(BootMode::Warm, &shipped(), SHAPE, devices) else {
+            panic!("{devices} devices cannot start warm");
+        };
+        assert_eq!(
+            why,
+            format!(
+                "the container adds {devices} devices to its VM, a template has {FREE_SLOTS} free slots"
+            )
+        );
+        // The bundle's choice comes first.
+        let Choice::Cold(why) = choose(BootMode::Cold, &shipped(), SHAPE, devices) else {
+            panic!("io.capsa.boot=cold");
+        };
+        assert!(why.contains("io.capsa.boot=cold"), "{why}");
+    }
+
+    #[test]
+    fn template_names_are_parsed() {
+        assert_eq!(
+            parse_name("1c-512m-75f9d3bcc066c41a94c0e839"),
+            Some((1, 512))
+        );
+        assert_eq!(parse_name("2c-162m-ab"), Some((2, 162)));
+        for other in [
+            "build.log",
+            "off",
+            "1c-512m-",
+            "1c-512m-xyz",
+            "c-1m-ab",
+            "1c512m-ab",
+        ] {
+            assert_eq!(parse_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn prune_removes_other_builds_and_leftovers_but_not_held_templates() {
+        let root = std::env::temp_dir().join(format!("capsa-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        // This build's names: key "aa" with the PVM workarounds, "bb" without.
+        let current = |s: Shape| {
+            let key = if s.host_quirks { "aa" } else { "bb" };
+            Ok(format!("{}c-{}m-{key}", s.vcpus, s.memory_mib))
+        };
+        let dirs = [
+            "1c-512m-aa",        // current: kept
+            "1c-512m-aa.tmp",    // a dead builder's work: removed
+            "1c-512m-aa.bad.42", // left by a removal: removed
+            "1c-97m-bb",         // current (other host kind): kept
+            "1c-512m-cc",        // another build: removed, with its lock
+            "2c-162m-dd",        // another build, held: kept
+            "2c-162m-ee.tmp",    // another build's work, no one at work: removed
+            "not-a-template",    // kept
+        ];
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+            std::fs::write(root.join(d).join("memory"), b"x").unwrap();
+        }
+        for f in [
+            "1c-512m-aa.lock",
+            "1c-512m-cc.lock",
+            "2c-162m-dd.lock",
+            "build.log",
+            "off",
+        ] {
+            std::fs::write(root.join(f), b"").unwrap();
+        }
+        // A `create` restoring from 2c-162m-dd holds it shared.
+        let held = lock(&root.join("2c-162m-dd.lock"), FlockArg::LockSharedNonblock)
+            .unwrap()
+            .unwrap();
+        let mut removed = prune_in(&root, current).unwrap();
+        removed.sort();
+        let names: Vec<&str> = removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "1c-512m-aa.bad.42",
+                "1c-512m-aa.tmp",
+                "1c-512m-cc",
+                "2c-162m-ee.tmp"
+            ]
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "1c-512m-aa",
+                "1c-512m-aa.lock",
+                "1c-97m-bb",
+                "1c-97m-bb.lock",
+                "2c-162m-dd",
+                "2c-162m-dd.lock",
+                "build.log",
+                "not-a-template",
+                "off"
+            ]
+        );
+        // Released, the other build's template goes too.
+        drop(held);
+        let removed = prune_in(&root, current).unwrap();
+        assert_eq!(removed, [root.join("2c-162m-dd")]);
+        assert!(!root.join("2c-162m-dd.lock").exists());
+        // A missing templates directory has nothing to prune.
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(prune_in(&root, current).unwrap().is_empty());
     }
 }

@@ -2,9 +2,7 @@
 //!
 //! 1. [`VmSpec::from_bundle`]: what the bundle asks for (vCPUs, memory,
 //!    process, mounts);
-//! 2. [`Shipped::locate`]: the guest kernel and the agent's initramfs,
-//!    and [`template::choose`]: a warm start from the template of the VM's
-//!    shape, or a cold boot (and why);
+//! 2. [`Shipped::locate`]: the guest kernel and the agent's initramfs;
 //! 3. [`Placement::new`]: where the VMM process will run and keep its
 //!    files: its jail (the default) or, unjailed, the state directory;
 //! 4. [`HostResources::prepare`]: what the VM needs from the host: the
@@ -13,7 +11,9 @@
 //!    rootfs image (`block` transport), the container's virtiofsd serving
 //!    the rootfs directory and the bind-mounted files and directories, the
 //!    pty of `--console-socket`, the engine's network interface carried to
-//!    a TAP ([`network`]);
+//!    a TAP ([`network`]); then [`template::choose`]: a warm start from
+//!    the template of the VM's shape when these devices fit in its free
+//!    slots, or a cold boot (and why);
 //! 5. [`plan_machine`], then [`VmSpec::vmm_inputs`]: the machine as the
 //!    VMM will see it, and the VM configuration (finished, then validated)
 //!    with the agent's `create` parameters;
@@ -72,6 +72,9 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     let cgroup = host_cgroup(id, bundle, &spec, opts)?;
     let shipped = Shipped::locate()?;
     let host_quirks = crate::pvm::is_pvm_host();
+    let mut placement = Placement::new(dir, id)?;
+    placement.relay_oom_to(bundle);
+    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts, &cgroup)?;
     let start = template::choose(
         bundle.boot,
         &shipped,
@@ -80,14 +83,12 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
             memory_mib: spec.memory_mib,
             host_quirks,
         },
+        resources.device_count(),
     );
     match &start {
-        template::Choice::Warm(t) => tracing::info!(template = %t.display(), "warm start"),
+        template::Choice::Warm(t) => tracing::info!(template = %t.dir.display(), "warm start"),
         template::Choice::Cold(why) => tracing::info!("cold boot: {why}"),
     }
-    let mut placement = Placement::new(dir, id)?;
-    placement.relay_oom_to(bundle);
-    let mut resources = HostResources::prepare(bundle, &spec, dir, &mut placement, opts, &cgroup)?;
     let machine = plan_machine(&shipped, host_quirks, &start, &resources, &mut placement);
     let inputs = spec.vmm_inputs(id, &machine)?;
     inputs.write(&placement.dir)?;
@@ -105,8 +106,9 @@ pub fn create(id: &str, bundle: &Bundle, dir: &Path, opts: &CreateOptions) -> Re
     // the network setup stays only if the container is recorded.
     let mut network = resources.network.take();
     drop(resources);
+    // The VM is restored: the template is no longer held.
     let template = match start {
-        template::Choice::Warm(t) => Some(t),
+        template::Choice::Warm(t) => Some(t.dir),
         template::Choice::Cold(_) => None,
     };
     let launched = Launched {
@@ -324,6 +326,15 @@ impl HostResources {
         })
     }
 
+    /// The virtio devices these add to the VM (the disks, the virtio-fs
+    /// share, the network device), as `Machine::vm_config` makes them: in
+    /// a warm start, each takes a free slot of the template.
+    fn device_count(&self) -> usize {
+        self.disks.len()
+            + usize::from(self.virtiofsd.is_some())
+            + usize::from(self.network.is_some())
+    }
+
     /// The descriptors the VMM process inherits, with their numbers.
     fn inherited_fds(&self) -> Vec<RawFd> {
         self.console
@@ -363,7 +374,7 @@ fn plan_machine(
         fs_socket_fd: resources.virtiofsd.as_ref().map(|v| v.conn.as_raw_fd()),
         network: resources.network.as_ref().map(HostNetwork::guest),
         restore_from: match start {
-            template::Choice::Warm(dir) => Some(placement.read_only(dir, "template")),
+            template::Choice::Warm(t) => Some(placement.read_only(&t.dir, "template")),
             template::Choice::Cold(_) => None,
         },
     }
