@@ -444,7 +444,7 @@ pub fn launch_start<'a>(fx: &'a Fixtures, spec: LaunchSpec<'a>) -> anyhow::Resul
     // boot"): one report per launch, named by its tag.
     if let Some(dir) = std::env::var_os(PROFILE_DIR_ENV) {
         cmd.arg("--profile")
-            .arg(Path::new(&dir).join(format!("{}-{tag}.prof", rec.workload)));
+            .arg(Path::new(&dir).join(format!("{}-{tag}.prof", launch_record(spec).workload)));
     }
     cmd.arg("--vsock-uds")
         .arg(&uds)
