@@ -375,6 +375,16 @@ fn ctr_run_detached_exec_ps_kill(rt: Runtime) {
     let name = container_name("ctr-exec", rt);
     let _guard = Container::new(Engine::Ctr, &name, rt, Path::new(CTR_ROOT));
     ok(ctr_run(rt).args(["-d", BUSYBOX, &name, "sleep", "1000"]));
+    if rt == Runtime::Capsa {
+        // containerd's shim runs capsa with its own environment: it still
+        // finds the default template (docs/runtime.md, "Warm starts").
+        let state = Path::new(CTR_ROOT).join(&name).join("state.json");
+        let text = std::fs::read_to_string(&state).unwrap();
+        assert!(
+            text.contains("\"template\""),
+            "ctr's container booted cold:\n{text}"
+        );
+    }
 
     let mut cmd = engines().command("ctr");
     cmd.args([

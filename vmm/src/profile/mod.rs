@@ -1,6 +1,7 @@
 //! A sampling profiler of the guest: where the vCPUs spend their time.
 //!
-//! Every `interval`, a sampler thread asks each vCPU thread for a sample
+//! Every `interval` on average (each period drawn between half and one and
+//! a half of it, see [`Jitter`]), a sampler thread asks each vCPU thread for a sample
 //! and kicks it out of `KVM_RUN` with the vCPU kick signal. The vCPU
 //! thread, back in its run loop, reads its registers (`KVM_GET_REGS`,
 //! `KVM_GET_SREGS`, `KVM_GET_MP_STATE`) and records the instruction
@@ -149,6 +150,9 @@ impl Profiler {
         std::thread::Builder::new()
             .name("capsa-profiler".into())
             .spawn(move || {
+                // Seeded before the filter (std may read the kernel's
+                // randomness for it).
+                let mut jitter = Jitter::new();
                 if let Err(e) = filters.install(crate::seccomp::ThreadKind::Profiler) {
                     tracing::error!("guest profiler: {e}");
                     return;
@@ -161,7 +165,7 @@ impl Profiler {
                     if next > now {
                         std::thread::sleep(next - now);
                     }
-                    next += me.interval;
+                    next += jitter.around(me.interval);
                     for (flag, thread) in me.requested.iter().zip(&threads) {
                         flag.store(true, Ordering::Release);
                         // SAFETY: `thread` is a vCPU thread that the VMM
@@ -323,9 +327,52 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Spreads the sampler's periods uniformly over 0.5–1.5 times the
+/// interval (the mean stays the interval). A fixed period phase-locks with
+/// the guest's own periodic work: with the default 10 ms and the guest's
+/// 100 Hz tick, every sample of a restored guest landed in the timer
+/// interrupt, which then seemed to take half of its CPU time.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        use std::hash::{BuildHasher, Hasher};
+        // A random seed without a crate: std's hasher keys are random.
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Jitter(seed | 1)
+    }
+
+    /// The next period: `interval` times a uniform factor in [0.5, 1.5).
+    fn around(&mut self, interval: Duration) -> Duration {
+        // xorshift64 (Marsaglia): statistical quality is all this needs.
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        interval.mul_f64(0.5 + unit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jittered_periods_stay_within_half_and_one_and_a_half_intervals() {
+        let mut j = Jitter::new();
+        let interval = Duration::from_millis(10);
+        let periods: Vec<Duration> = (0..10_000).map(|_| j.around(interval)).collect();
+        assert!(periods
+            .iter()
+            .all(|p| *p >= interval / 2 && *p < interval * 3 / 2));
+        let mean = periods.iter().sum::<Duration>() / periods.len() as u32;
+        assert!(mean > Duration::from_micros(9_800) && mean < Duration::from_micros(10_200));
+        // Not a fixed period: the spread covers most of the range.
+        let (min, max) = (periods.iter().min().unwrap(), periods.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_millis(9));
+    }
 
     #[test]
     fn interval_has_a_floor_and_samples_start_empty() {
