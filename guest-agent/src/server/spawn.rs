@@ -996,27 +996,22 @@ mod raw {
     /// read(2) into `buf`.
     pub unsafe fn read(fd: libc::c_int, buf: &mut [u8]) -> isize {
         // SAFETY: `buf` is writable for its length.
-        unsafe {
-            syscall3(
-                libc::SYS_read,
-                fd as usize,
-                buf.as_mut_ptr() as usize,
-                buf.len(),
-            )
-        }
+        unsafe { transfer(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) }
     }
 
     /// write(2) of `buf`.
     pub unsafe fn write(fd: libc::c_int, buf: &[u8]) -> isize {
         // SAFETY: `buf` is readable for its length.
-        unsafe {
-            syscall3(
-                libc::SYS_write,
-                fd as usize,
-                buf.as_ptr() as usize,
-                buf.len(),
-            )
-        }
+        unsafe { transfer(libc::SYS_write, fd, buf.as_ptr(), buf.len()) }
+    }
+
+    /// read(2) or write(2) (`nr`) of `len` bytes at `buf`.
+    ///
+    /// # Safety
+    /// `buf` is valid for `len` bytes in the call's direction.
+    unsafe fn transfer<T>(nr: libc::c_long, fd: libc::c_int, buf: *const T, len: usize) -> isize {
+        // SAFETY: the caller vouches for `buf`.
+        unsafe { syscall3(nr, fd as usize, buf as usize, len) }
     }
 
     /// execve(2); returns only on failure, with the errno.
