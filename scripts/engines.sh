@@ -239,7 +239,9 @@ stop() {
   # Shims outlive containerd by design: end those of our containerd only.
   local p
   for p in $(pgrep -x containerd-shim 2>/dev/null; pgrep -f '^/usr/bin/containerd-shim-runc-v2 ' 2>/dev/null); do
-    if tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -qF -- "-address $containerd_sock"; then
+    local cmdline
+    cmdline=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null) || continue
+    if grep -qF -- "-address $containerd_sock" <<<"$cmdline"; then
       kill -KILL "$p" 2>/dev/null || true
     fi
   done

@@ -53,6 +53,11 @@ for name in debian busybox; do
   fi
 done
 
+# Not `ctr image ls -q | grep -q`: ctr writes one line at a time, so when
+# grep quits at a match ctr may die of SIGPIPE, and pipefail reports the
+# image missing (seen in CI for busybox, listed before debian).
+containerd_has() { local list; list=$(ctr image ls -q) && grep -qxF "$1" <<<"$list"; }
+
 image_of() { case $1 in debian) echo "${images[0]}" ;; busybox) echo "${images[1]}" ;; esac; }
 
 for name in debian busybox; do
@@ -73,10 +78,10 @@ for name in debian busybox; do
   fi
   # containerd (namespace "default", what ctr uses), when it runs.
   if ctr version >/dev/null 2>&1; then
-    if ! ctr image ls -q | grep -qxF "$image"; then
+    if ! containerd_has "$image"; then
       log "importing $image into containerd"
       ctr image import --base-name "${image%:*}" "$cache/$name.oci.tar" >/dev/null
-      ctr image ls -q | grep -qxF "$image" || { log "containerd has no $image after the import"; exit 1; }
+      containerd_has "$image" || { log "containerd has no $image after the import"; exit 1; }
     fi
   fi
   # docker, when it runs.
