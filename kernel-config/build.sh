@@ -75,6 +75,10 @@ for opt in PVH KVM_GUEST VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRT
            SECCOMP_FILTER CGROUPS MEMCG PID_NS SERIAL_8250_CONSOLE VIRTIO_NET INET IPV6 SMP X86_LOCAL_APIC X86_IO_APIC; do
   grep -q "^CONFIG_$opt=y" .config || { log "CONFIG_$opt is not set after config.sh"; exit 1; }
 done
+# And what must be off (an option a patch adds is absent if the patch is).
+for opt in SLUB_SYSFS; do
+  grep -q "^# CONFIG_$opt is not set" .config || { log "CONFIG_$opt is not off after config.sh"; exit 1; }
+done
 if ! make -j"${CAPSA_KERNEL_JOBS:-$(nproc)}" vmlinux > build.log 2>&1; then
   tail -n 40 build.log >&2
   log "kernel build failed"
