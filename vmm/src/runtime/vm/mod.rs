@@ -29,6 +29,31 @@ use super::{Result, RuntimeError};
 /// unanswered `CONNECT`).
 pub const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long `kill` of SIGKILL waits for the VM to end by itself (the VMM
+/// drains the container's output and records its status) before it kills
+/// the VM's host processes.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// After SIGKILL reached the container's process, the VM ends: waits for
+/// its host processes to be gone, up to [`KILL_GRACE`], then kills what is
+/// left. Under runc that process is gone when `kill` returns, and engines
+/// wait only briefly for it (podman's `stop`/`rm --force` gives the pid
+/// 5 s after `kill`), while a guest kernel that is emulated and shares
+/// the host's cores with other VMs may take longer to tear it down.
+fn await_vm_end(c: &Container) {
+    let deadline = std::time::Instant::now() + KILL_GRACE;
+    while c.vmm_alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if c.vmm_alive() {
+        tracing::warn!(
+            "the VM did not end within {} s of SIGKILL: killing its VMM",
+            KILL_GRACE.as_secs()
+        );
+        c.kill_vmm(Duration::from_secs(5));
+    }
+}
+
 /// The `vm` runtime type.
 #[derive(Debug, Clone)]
 pub struct VmBackend {
@@ -128,9 +153,13 @@ impl Backend for VmBackend {
         };
         match result {
             // Exited meanwhile: as good as signalled.
-            Err(e) if e.rpc_code() == Some(ErrorCode::InvalidState) => Ok(()),
-            r => r.map_err(Into::into),
+            Err(e) if e.rpc_code() == Some(ErrorCode::InvalidState) => {}
+            r => r?,
         }
+        if signal == libc::SIGKILL {
+            await_vm_end(c);
+        }
+        Ok(())
     }
 
     fn delete(&self, c: &Container, force: bool) -> Result<()> {
