@@ -240,7 +240,7 @@ stop() {
   local p
   for p in $(pgrep -x containerd-shim 2>/dev/null; pgrep -f '^/usr/bin/containerd-shim-runc-v2 ' 2>/dev/null); do
     local cmdline
-    cmdline=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null) || continue
+    cmdline=$(tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline") || continue
     if grep -qF -- "-address $containerd_sock" <<<"$cmdline"; then
       kill -KILL "$p" 2>/dev/null || true
     fi
