@@ -72,8 +72,7 @@ sh "$here/config.sh"
 # those whose dependencies are missing, so check what must be there.
 for opt in PVH KVM_GUEST VIRTIO_MMIO VIRTIO_MMIO_CMDLINE_DEVICES VIRTIO_BLK VIRTIO_VSOCKETS HW_RANDOM_VIRTIO \
            VIRTIO_FS EXT4_FS EROFS_FS OVERLAY_FS DEVMEM BLK_DEV_INITRD DEVTMPFS UNIX98_PTYS X86_MPPARSE \
-           SECCOMP_FILTER CGROUPS MEMCG PID_NS SERIAL_8250_CONSOLE VIRTIO_NET INET IPV6 SMP X86_LOCAL_APIC X86_IO_APIC \
-           HZ_50; do
+           SECCOMP_FILTER CGROUPS MEMCG PID_NS SERIAL_8250_CONSOLE VIRTIO_NET INET IPV6 SMP X86_LOCAL_APIC X86_IO_APIC; do
   grep -q "^CONFIG_$opt=y" .config || { log "CONFIG_$opt is not set after config.sh"; exit 1; }
 done
 # And what must be off (an option a patch adds is absent if the patch is).

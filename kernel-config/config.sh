@@ -75,10 +75,10 @@ $C -d ACPI -d PCI -d FTRACE -d FUNCTION_TRACER -d JUMP_LABEL -d KPROBES -d RANDO
    -d DEBUG_FS -d MAGIC_SYSRQ -d SECURITY -d AUDIT -d PROFILING -d PERF_EVENTS -d HIBERNATION -d SUSPEND -d PM \
    -d CPU_FREQ -d CPU_IDLE -d MICROCODE -d X86_MCE -d DMI -d EFI -d MTRR -d X86_PAT -d STRICT_KERNEL_RWX
 
-# Boot time: the ORC unwinder's table sort and the tick cost seconds of
-# guest kernel time; idle ticks are dropped. HZ_50 is patches/0008's.
+# Boot time: the ORC unwinder's table sort and a 250 Hz tick cost seconds
+# of guest kernel time; idle ticks are dropped.
 $C -d SLUB_DEBUG -d UNWINDER_ORC -d UNWINDER_FRAME_POINTER -e UNWINDER_GUESS \
-   -d HZ_250 -d HZ_100 -e HZ_50 --set-val HZ 50 -d HZ_PERIODIC -e NO_HZ_IDLE
+   -d HZ_250 -e HZ_100 --set-val HZ 100 -d HZ_PERIODIC -e NO_HZ_IDLE
 $C -e CC_OPTIMIZE_FOR_PERFORMANCE -d CC_OPTIMIZE_FOR_SIZE -e SLUB -d SLOB
 # SLUB's /sys/kernel/slab/<cache>/ directories (~40 files per cache) were
 # 11% of a cold boot's guest CPU; SLUB_SYSFS is patches/0006's switch.
