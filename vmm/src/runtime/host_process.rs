@@ -52,8 +52,20 @@ pub fn kill_and_wait(processes: &[HostProcess], timeout: Duration) {
     for p in processes {
         p.signal(libc::SIGKILL);
     }
+    wait_gone(processes, timeout);
+}
+
+/// Waits up to `timeout` for all of `processes` to be gone (exited, or
+/// zombies); true when they are.
+pub fn wait_gone(processes: &[HostProcess], timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while processes.iter().any(HostProcess::alive) && Instant::now() < deadline {
+    loop {
+        if !processes.iter().any(HostProcess::alive) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -41,11 +41,10 @@ pub const KILL_GRACE: Duration = Duration::from_secs(10);
 /// 5 s after `kill`), while a guest kernel that is emulated and shares
 /// the host's cores with other VMs may take longer to tear it down.
 fn await_vm_end(c: &Container) {
-    let deadline = std::time::Instant::now() + KILL_GRACE;
-    while c.vmm_alive() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if c.vmm_alive() {
+    let Some(vm) = c.vm() else {
+        return;
+    };
+    if !super::host_process::wait_gone(&vm.processes(), KILL_GRACE) {
         tracing::warn!(
             "the VM did not end within {} s of SIGKILL: killing its VMM",
             KILL_GRACE.as_secs()
